@@ -1,0 +1,19 @@
+//! PEFT-exact LoRA for Burn: a `LoraLinear` that wraps a dense or 4-bit base layer,
+//! PEFT's module targeting rules, trainable-parameter bookkeeping, and PEFT adapter files
+//! (`adapter_config.json` + `adapter_model.safetensors`).
+//!
+//! Kept apart as PEFT does: [`config`] (what to adapt), [`layer`] (the wrapped layer),
+//! [`target`] (which modules), [`params`] (what trains), [`peft`] (files).
+
+pub mod config;
+pub mod error;
+pub mod layer;
+pub mod params;
+pub mod peft;
+pub mod target;
+
+pub use config::{BiasMode, LoraInit, LoraSettings, TargetSpec};
+pub use error::LoraError;
+pub use layer::{BaseLinear, LoraLinear};
+pub use params::{ParamReport, PathVisitor, param_report, set_trainable};
+pub use target::{auto_targets, select_targets};

@@ -1,0 +1,178 @@
+//! What trains: path-aware parameter visiting, freezing, and PEFT's trainable-parameter report.
+
+use std::fmt;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+/// Tracks the dotted module path (Hugging Face names) while Burn walks a module tree. Enum
+/// variants (e.g. `BaseLinear::Dense`) are not part of the path, so paths stay the HF ones.
+#[derive(Debug, Default, Clone)]
+pub struct PathStack {
+    segments: Vec<Option<String>>,
+}
+
+impl PathStack {
+    /// Enter a field, a `Vec` index or an enum variant.
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        let keep = !container_type.starts_with("Enum:");
+        self.segments.push(keep.then(|| name.to_string()));
+    }
+    /// Leave it.
+    pub fn exit(&mut self) {
+        self.segments.pop();
+    }
+    /// The current path, e.g. `model.layer.0.attention.q_proj.base.weight`.
+    pub fn path(&self) -> String {
+        self.segments
+            .iter()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+/// Calls `f(path, numel, trainable)` for every float parameter.
+pub struct PathVisitor<F> {
+    stack: PathStack,
+    f: F,
+}
+
+impl<F> PathVisitor<F> {
+    /// A visitor around `f`.
+    pub fn new(f: F) -> Self {
+        Self {
+            stack: PathStack::default(),
+            f,
+        }
+    }
+}
+
+impl<B: Backend, F: FnMut(&str, usize, bool)> ModuleVisitor<B> for PathVisitor<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        (self.f)(
+            &self.stack.path(),
+            t.shape().num_elements(),
+            t.is_require_grad(),
+        );
+    }
+}
+
+struct TrainableMapper<F> {
+    stack: PathStack,
+    f: F,
+}
+
+impl<B: Backend, F: FnMut(&str) -> Option<bool>> ModuleMapper<B> for TrainableMapper<F> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        match (self.f)(&self.stack.path()) {
+            Some(trainable) => param.set_require_grad(trainable),
+            None => param,
+        }
+    }
+}
+
+/// Set `require_grad` on every float parameter for which `f(path)` says `Some(flag)`; leave
+/// the others as they are.
+pub fn set_trainable<B: Backend, M: Module<B>>(
+    module: M,
+    f: impl FnMut(&str) -> Option<bool>,
+) -> M {
+    module.map(&mut TrainableMapper {
+        stack: PathStack::default(),
+        f,
+    })
+}
+
+/// PEFT's `print_trainable_parameters`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParamReport {
+    /// Parameters that receive gradients.
+    pub trainable: usize,
+    /// All parameters, 4-bit weights counted as one parameter per weight (as PEFT does).
+    pub all: usize,
+}
+
+impl ParamReport {
+    /// Trainable share in percent.
+    pub fn percent(&self) -> f64 {
+        if self.all == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.all as f64
+        }
+    }
+}
+
+impl fmt::Display for ParamReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            thousands(self.trainable),
+            thousands(self.all),
+            self.percent()
+        )
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Count parameters of `module` (on an autodiff backend, where `require_grad` is tracked);
+/// `frozen_constants` adds weights held as constants (4-bit weights) to the total.
+pub fn param_report<B: Backend, M: Module<B>>(module: &M, frozen_constants: usize) -> ParamReport {
+    let mut report = ParamReport {
+        trainable: 0,
+        all: frozen_constants,
+    };
+    module.visit(&mut PathVisitor::new(
+        |_: &str, n: usize, trainable: bool| {
+            report.all += n;
+            if trainable {
+                report.trainable += n;
+            }
+        },
+    ));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_wording() {
+        let r = ParamReport {
+            trainable: 1_234_567,
+            all: 22_000_000,
+        };
+        assert_eq!(
+            r.to_string(),
+            "trainable params: 1,234,567 || all params: 22,000,000 || trainable%: 5.6117"
+        );
+    }
+}

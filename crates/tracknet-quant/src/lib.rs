@@ -1,0 +1,22 @@
+//! bitsandbytes-exact 4-bit quantization (NF4 / FP4, blockwise absmax, double quantization)
+//! and a frozen 4-bit linear layer for Burn whose backward re-dequantizes instead of storing
+//! a full-precision weight.
+//!
+//! - [`codebook`], [`blockwise`]: the formats, on host slices, byte-identical to bitsandbytes.
+//! - [`ops`]: `QuantBackend`, the 4-bit matmul with its own backward.
+//! - [`linear`]: `QuantizedLinear`, holding codes on the device eight per 32-bit word.
+//! - [`model`]: which layers of a model to quantize, and a measured memory report.
+
+pub mod blockwise;
+pub mod codebook;
+pub mod error;
+pub mod linear;
+pub mod model;
+pub mod ops;
+
+pub use blockwise::{Absmax, Quantized4, dequantize_4bit, quantize_4bit};
+pub use codebook::QuantType;
+pub use error::QuantError;
+pub use linear::{CodeBooks, QuantSpec, QuantizedLinear};
+pub use model::{KeepReason, LayerMemory, LinearInfo, MemoryReport, QuantPlan, segment_match};
+pub use ops::{ComputeDtype, Q4Layout, QuantBackend};

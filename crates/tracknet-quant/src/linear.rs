@@ -1,0 +1,366 @@
+//! `QuantizedLinear`: a frozen linear layer whose weight lives on the device in 4-bit form.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::Param;
+use burn::nn::Linear;
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+
+use crate::blockwise::{Absmax, Quantized4, dequantize_4bit, quantize_4bit};
+use crate::codebook::{QuantType, codebook, dynamic_map_signed};
+use crate::error::QuantError;
+use crate::ops::{ComputeDtype, Q4Layout, Q4Weight, QuantBackend, expand_blocks, unpack_words};
+
+/// How to quantize one layer (bitsandbytes' `Linear4bit` arguments).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantSpec {
+    /// NF4 or FP4.
+    pub quant_type: QuantType,
+    /// Elements per absmax block (bitsandbytes: 64).
+    pub blocksize: usize,
+    /// Double quantization of the absmax (`compress_statistics` / `bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+    /// Dtype of the matmul.
+    pub compute: ComputeDtype,
+}
+
+impl Default for QuantSpec {
+    fn default() -> Self {
+        Self {
+            quant_type: QuantType::Nf4,
+            blocksize: 64,
+            double_quant: true,
+            compute: ComputeDtype::F32,
+        }
+    }
+}
+
+/// The code books, created once per model and shared (cloned tensors share storage) by every
+/// layer, so that per-layer storage is only codes and scales.
+#[derive(Module, Debug)]
+pub struct CodeBooks<B: Backend> {
+    /// `[16]` NF4 code book.
+    pub nf4: Tensor<B, 1>,
+    /// `[16]` FP4 code book.
+    pub fp4: Tensor<B, 1>,
+    /// `[256]` signed dynamic 8-bit map for double quantization.
+    pub dynamic: Tensor<B, 1>,
+}
+
+impl<B: Backend> CodeBooks<B> {
+    /// Upload the three code books to `device`.
+    pub fn new(device: &B::Device) -> Self {
+        let t = |v: &[f32]| Tensor::<B, 1>::from_floats(v, device);
+        Self {
+            nf4: t(&codebook(QuantType::Nf4)),
+            fp4: t(&codebook(QuantType::Fp4)),
+            dynamic: t(&dynamic_map_signed()),
+        }
+    }
+
+    /// The 4-bit code book for `quant_type`.
+    pub fn code(&self, quant_type: QuantType) -> Tensor<B, 1> {
+        match quant_type {
+            QuantType::Nf4 => self.nf4.clone(),
+            QuantType::Fp4 => self.fp4.clone(),
+        }
+    }
+
+    /// Bytes the shared code books occupy (counted once per model, not per layer).
+    pub fn stored_bytes(&self) -> usize {
+        (16 + 16 + 256) * 4
+    }
+}
+
+/// A frozen linear layer `y = x · dequant(W)ᵀ + b` with `W` stored as 4-bit codes.
+///
+/// Storage per weight: 4 bits of code, plus 32/blocksize bits of f32 absmax, or with double
+/// quantization 8/blocksize bits of 8-bit absmax + 32/(blocksize·256) bits of nested absmax.
+#[derive(Module, Debug)]
+pub struct QuantizedLinear<B: Backend> {
+    /// `[ceil(numel/8)]` int32 words, eight 4-bit codes each, PyTorch `[out, in]` element order.
+    pub packed: Tensor<B, 1, Int>,
+    /// Plain absmax: `[num_blocks]` f32.
+    pub absmax: Option<Tensor<B, 1>>,
+    /// Double quant: `[ceil(num_blocks/4)]` int32 words, four 8-bit absmax codes each.
+    pub absmax_q: Option<Tensor<B, 1, Int>>,
+    /// Double quant: `[ceil(num_blocks/256)]` f32 nested absmax.
+    pub nested_absmax: Option<Tensor<B, 1>>,
+    /// Double quant: `[1]` f32, the mean of the f32 absmax.
+    pub offset: Option<Tensor<B, 1>>,
+    /// `[16]` 4-bit code book (shared with every other layer).
+    pub code: Tensor<B, 1>,
+    /// `[256]` nested 8-bit map (shared), double quant only.
+    pub nested_code: Option<Tensor<B, 1>>,
+    /// `[out]` f32 bias; frozen unless the LoRA bias mode trains it.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Shapes and format.
+    #[module(skip)]
+    pub layout: Q4Layout,
+    /// Format details.
+    #[module(skip)]
+    pub spec: QuantSpec,
+    /// bitsandbytes' nested blocksize (256).
+    #[module(skip)]
+    pub nested_blocksize: usize,
+}
+
+static HALF_NOTICE: AtomicBool = AtomicBool::new(false);
+
+impl<B: QuantBackend> QuantizedLinear<B> {
+    /// Quantize a dense Burn `Linear` (weight `[in, out]`). Its bias is kept in f32.
+    pub fn from_linear(
+        linear: &Linear<B>,
+        spec: QuantSpec,
+        books: &CodeBooks<B>,
+    ) -> Result<Self, QuantError> {
+        let w = linear.weight.val();
+        let [d_in, d_out] = w.dims();
+        // PyTorch order `[out, in]`, so blocks and bytes match bitsandbytes exactly.
+        let torch_order: Vec<f32> = host_f32(w.transpose().into_data());
+        let bias = linear.bias.as_ref().map(|b| b.val());
+        Self::from_torch_weight(&torch_order, d_in, d_out, bias, spec, books)
+    }
+
+    /// Quantize a PyTorch-layout weight (`[out, in]` row-major) with an optional `[out]` bias.
+    pub fn from_torch_weight(
+        weight: &[f32],
+        in_features: usize,
+        out_features: usize,
+        bias: Option<Tensor<B, 1>>,
+        spec: QuantSpec,
+        books: &CodeBooks<B>,
+    ) -> Result<Self, QuantError> {
+        if weight.len() != in_features * out_features {
+            return Err(QuantError::Shape {
+                what: "weight".into(),
+                expected: format!(
+                    "[{out_features}, {in_features}] = {} elements",
+                    in_features * out_features
+                ),
+                found: format!("{} elements", weight.len()),
+            });
+        }
+        let q = quantize_4bit(weight, spec.quant_type, spec.blocksize, spec.double_quant)?;
+        let device = books.nf4.device();
+        Self::from_quantized(
+            &q,
+            in_features,
+            out_features,
+            bias,
+            spec.compute,
+            books,
+            &device,
+        )
+    }
+
+    /// Upload an already quantized weight (e.g. bitsandbytes' own output).
+    pub fn from_quantized(
+        q: &Quantized4,
+        in_features: usize,
+        out_features: usize,
+        bias: Option<Tensor<B, 1>>,
+        compute: ComputeDtype,
+        books: &CodeBooks<B>,
+        device: &B::Device,
+    ) -> Result<Self, QuantError> {
+        let numel = in_features * out_features;
+        if q.numel != numel {
+            return Err(QuantError::Shape {
+                what: "quantized weight".into(),
+                expected: format!("{numel} elements ([{out_features}, {in_features}])"),
+                found: format!("{} elements", q.numel),
+            });
+        }
+        if let Some(b) = &bias
+            && b.dims() != [out_features]
+        {
+            return Err(QuantError::Shape {
+                what: "bias".into(),
+                expected: format!("[{out_features}]"),
+                found: format!("{:?}", b.dims()),
+            });
+        }
+        let compute = if compute != ComputeDtype::F32 && !B::q4_supports_half() {
+            if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "note: this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
+                );
+            }
+            ComputeDtype::F32
+        } else {
+            compute
+        };
+        let layout = Q4Layout {
+            in_features,
+            out_features,
+            blocksize: q.blocksize,
+            compute,
+        };
+        let words = pack_words(&q.packed);
+        let packed = int_tensor::<B>(words, device);
+        let (absmax, absmax_q, nested_absmax, offset, nested_code, nested_blocksize) =
+            match &q.absmax {
+                Absmax::Plain(a) => (
+                    Some(Tensor::from_floats(a.as_slice(), device)),
+                    None,
+                    None,
+                    None,
+                    None,
+                    256,
+                ),
+                Absmax::Double {
+                    absmax_u8,
+                    nested_absmax,
+                    offset,
+                    nested_blocksize,
+                } => (
+                    None,
+                    Some(int_tensor::<B>(pack_words(absmax_u8), device)),
+                    Some(Tensor::from_floats(nested_absmax.as_slice(), device)),
+                    Some(Tensor::from_floats([*offset], device)),
+                    Some(books.dynamic.clone()),
+                    *nested_blocksize,
+                ),
+            };
+        let spec = QuantSpec {
+            quant_type: q.quant_type,
+            blocksize: q.blocksize,
+            double_quant: offset.is_some(),
+            compute,
+        };
+        Ok(Self {
+            packed,
+            absmax,
+            absmax_q,
+            nested_absmax,
+            offset,
+            code: books.code(q.quant_type),
+            nested_code,
+            bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
+            layout,
+            spec,
+            nested_blocksize,
+        })
+    }
+
+    /// `x [..., in] → [..., out]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let rows: usize = dims[..D - 1].iter().product();
+        let x2 = x.reshape([rows, self.layout.in_features]);
+        let y = B::q4_matmul(x2.into_primitive().tensor(), self.q4_weight(), self.layout);
+        let mut out_dims = dims;
+        out_dims[D - 1] = self.layout.out_features;
+        let y = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out_dims);
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+
+    /// The dense weight in Burn layout `[in, out]` (for merging and checks).
+    pub fn dequantize(&self) -> Tensor<B, 2> {
+        let w = B::q4_dequantize(self.q4_weight(), self.layout);
+        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(w)).transpose()
+    }
+
+    /// The f32 absmax per block, undoing double quantization as bitsandbytes does
+    /// (`nested_code[q] * nested_absmax + offset`).
+    pub fn absmax_f32(&self) -> Tensor<B, 1> {
+        if let Some(a) = &self.absmax {
+            return a.clone();
+        }
+        let nb = self.layout.num_blocks();
+        match (
+            &self.absmax_q,
+            &self.nested_absmax,
+            &self.offset,
+            &self.nested_code,
+        ) {
+            (Some(q), Some(nested), Some(offset), Some(map)) => {
+                let codes = unpack_words(q.clone(), 8, nb);
+                let scales = expand_blocks(nested.clone(), self.nested_blocksize, nb);
+                map.clone().select(0, codes) * scales + offset.clone()
+            }
+            // Construction guarantees one of the two forms; an empty absmax would only be
+            // reachable by hand-assembling the struct.
+            _ => Tensor::zeros([nb], &self.packed.device()),
+        }
+    }
+
+    fn q4_weight(&self) -> Q4Weight<B> {
+        Q4Weight {
+            packed: self.packed.clone().into_primitive(),
+            absmax: self.absmax_f32().into_primitive().tensor(),
+            code: self.code.clone().into_primitive().tensor(),
+        }
+    }
+}
+
+impl<B: Backend> QuantizedLinear<B> {
+    /// Weights (not counting the bias).
+    pub fn num_weights(&self) -> usize {
+        self.layout.numel()
+    }
+
+    /// Bytes of the tensors this layer holds for its weight: codes and scales. The shared code
+    /// books are not counted here (see [`CodeBooks::stored_bytes`]); the bias is separate.
+    pub fn stored_weight_bytes(&self) -> usize {
+        let words = |t: &Tensor<B, 1, Int>| t.dims()[0] * 4;
+        let floats = |t: &Tensor<B, 1>| t.dims()[0] * 4;
+        words(&self.packed)
+            + self.absmax.as_ref().map_or(0, floats)
+            + self.absmax_q.as_ref().map_or(0, words)
+            + self.nested_absmax.as_ref().map_or(0, floats)
+            + self.offset.as_ref().map_or(0, floats)
+    }
+
+    /// Bytes of the f32 bias.
+    pub fn bias_bytes(&self) -> usize {
+        self.bias.as_ref().map_or(0, |b| b.dims()[0] * 4)
+    }
+
+    /// Bits of storage per weight.
+    pub fn bits_per_weight(&self) -> f64 {
+        self.stored_weight_bytes() as f64 * 8.0 / self.num_weights() as f64
+    }
+}
+
+/// Reference host round trip used by tests: quantize then dequantize with the host code.
+pub fn host_roundtrip(weight: &[f32], spec: QuantSpec) -> Result<Vec<f32>, QuantError> {
+    Ok(dequantize_4bit(&quantize_4bit(
+        weight,
+        spec.quant_type,
+        spec.blocksize,
+        spec.double_quant,
+    )?))
+}
+
+/// Bytes → big-endian int32 words (zero padded), so code `i` of the stream sits in bits
+/// `28 - 4(i mod 8)` of word `i / 8` (or `24 - 8(i mod 4)` for bytes).
+pub fn pack_words(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            u32::from_be_bytes(b) as i32
+        })
+        .collect()
+}
+
+fn int_tensor<B: Backend>(words: Vec<i32>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = words.len();
+    Tensor::<B, 1, Int>::from_data(
+        TensorData::new(words, [n]),
+        (device, burn::tensor::DType::I32),
+    )
+}
+
+fn host_f32(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>()
+        .into_vec::<f32>()
+        .expect("converted to f32")
+}

@@ -1,0 +1,415 @@
+//! The 4-bit matmul as a backend operation with its own backward.
+//!
+//! `QuantBackend` narrows `Backend` to the backends that can run the 4-bit linear: NdArray
+//! (a fused host dequantizer), CUDA (generic tensor ops, behind the `cuda` feature) and
+//! `Autodiff<B>` over any of them. The autodiff implementation is what bitsandbytes'
+//! `MatMul4Bit` does: the forward dequantizes, multiplies and drops the dense weight; the
+//! backward dequantizes again to compute the input gradient. The weight never gets a gradient,
+//! so no full-precision copy of it lives from forward to backward.
+
+use burn::backend::NdArray;
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::{FloatTensor, IntTensor};
+
+/// Static description of one packed 4-bit weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Q4Layout {
+    /// Input features (PyTorch `in_features`).
+    pub in_features: usize,
+    /// Output features (PyTorch `out_features`).
+    pub out_features: usize,
+    /// Elements per absmax block.
+    pub blocksize: usize,
+    /// Dtype the matmul runs in (the weight is dequantized to it).
+    pub compute: ComputeDtype,
+}
+
+/// Dtype of the dequantized weight and the matmul (bitsandbytes' `compute_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeDtype {
+    /// f32 everywhere (the only choice on NdArray).
+    #[default]
+    F32,
+    /// f16 matmul, f32 in and out.
+    F16,
+    /// bf16 matmul, f32 in and out.
+    BF16,
+}
+
+impl ComputeDtype {
+    fn dtype(self) -> Option<burn::tensor::DType> {
+        match self {
+            Self::F32 => None,
+            Self::F16 => Some(burn::tensor::DType::F16),
+            Self::BF16 => Some(burn::tensor::DType::BF16),
+        }
+    }
+}
+
+impl Q4Layout {
+    /// Elements of the weight.
+    pub fn numel(&self) -> usize {
+        self.in_features * self.out_features
+    }
+    /// Absmax blocks (the last one may be partial).
+    pub fn num_blocks(&self) -> usize {
+        self.numel().div_ceil(self.blocksize)
+    }
+    /// 32-bit words holding the codes, eight 4-bit codes per word.
+    pub fn num_words(&self) -> usize {
+        self.numel().div_ceil(8)
+    }
+}
+
+/// The device-side tensors of a 4-bit weight, as backend primitives.
+#[derive(Debug, Clone)]
+pub struct Q4Weight<B: Backend> {
+    /// `[num_words]` int32 words, eight codes each; element `8j + i` sits in bits
+    /// `28 - 4i .. 32 - 4i` of word `j` (so byte order and nibble order follow bitsandbytes).
+    pub packed: IntTensor<B>,
+    /// `[num_blocks]` f32 absmax of each block (already de-double-quantized).
+    pub absmax: FloatTensor<B>,
+    /// `[16]` the code book.
+    pub code: FloatTensor<B>,
+}
+
+/// Backends that can run the 4-bit linear.
+pub trait QuantBackend: Backend {
+    /// Whether the matmul can run in f16/bf16 on this backend (false: f32 is used).
+    fn q4_supports_half() -> bool {
+        true
+    }
+
+    /// Dequantize to the dense weight in PyTorch layout `[out, in]`.
+    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+        dequantize_generic::<Self>(weight, layout)
+    }
+
+    /// `x [n, in] → x · Wᵀ [n, out]` with `W` dequantized on the fly and dropped afterwards.
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        let w = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(Self::q4_dequantize(
+            weight, layout,
+        )));
+        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        let y = match layout.compute.dtype() {
+            Some(dtype) if Self::q4_supports_half() => {
+                let out_dtype = x.dtype();
+                x.cast(dtype)
+                    .matmul(w.cast(dtype).transpose())
+                    .cast(out_dtype)
+            }
+            _ => x.matmul(w.transpose()),
+        };
+        y.into_primitive().tensor()
+    }
+
+    /// `grad [n, out] → grad · W [n, in]`: the input gradient of [`QuantBackend::q4_matmul`].
+    fn q4_matmul_grad(
+        grad: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        let w = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(Self::q4_dequantize(
+            weight, layout,
+        )));
+        let grad = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad));
+        let g = match layout.compute.dtype() {
+            Some(dtype) if Self::q4_supports_half() => {
+                let out_dtype = grad.dtype();
+                grad.cast(dtype).matmul(w.cast(dtype)).cast(out_dtype)
+            }
+            _ => grad.matmul(w),
+        };
+        g.into_primitive().tensor()
+    }
+}
+
+/// Unpack `n` fields of `bits` bits (4 or 8) from big-endian-ordered int32 words with tensor
+/// ops only, so it runs on any backend. Returns `[n]` int codes.
+pub fn unpack_words<B: Backend>(
+    words: Tensor<B, 1, Int>,
+    bits: u32,
+    n: usize,
+) -> Tensor<B, 1, Int> {
+    let per_word = (32 / bits) as usize;
+    let [num_words] = words.dims();
+    let device = words.device();
+    let shifts: Vec<i32> = (0..per_word as u32)
+        .map(|i| (32 - bits * (i + 1)) as i32)
+        .collect();
+    // Same int dtype as the words (int32), whatever the backend's default int is.
+    let shifts = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(shifts, [per_word]),
+        (&device, words.dtype()),
+    )
+    .reshape([1, per_word])
+    .expand([num_words, per_word]);
+    let mask = (1i64 << bits) - 1;
+    words
+        .reshape([num_words, 1])
+        .expand([num_words, per_word])
+        .bitwise_right_shift(shifts)
+        .bitwise_and_scalar(mask.elem())
+        .reshape([num_words * per_word])
+        .slice(0..n)
+}
+
+/// Repeat each block value over its block and cut to `numel`: `[num_blocks] → [numel]`.
+pub fn expand_blocks<B: Backend>(
+    values: Tensor<B, 1>,
+    blocksize: usize,
+    numel: usize,
+) -> Tensor<B, 1> {
+    let [num_blocks] = values.dims();
+    values
+        .reshape([num_blocks, 1])
+        .expand([num_blocks, blocksize])
+        .reshape([num_blocks * blocksize])
+        .slice(0..numel)
+}
+
+/// Dequantization with generic tensor ops (the CUDA path and the reference for the others).
+pub fn dequantize_generic<B: Backend>(weight: Q4Weight<B>, layout: Q4Layout) -> FloatTensor<B> {
+    let numel = layout.numel();
+    let packed = Tensor::<B, 1, Int>::from_primitive(weight.packed);
+    let absmax = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight.absmax));
+    let code = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(weight.code));
+    let codes = unpack_words(packed, 4, numel);
+    let values = code.select(0, codes);
+    let scales = expand_blocks(absmax, layout.blocksize, numel);
+    (values * scales)
+        .reshape([layout.out_features, layout.in_features])
+        .into_primitive()
+        .tensor()
+}
+
+/// Host dequantizer over packed int32 words: elements `start .. start + len` of the flattened
+/// `[out, in]` weight, in one fused pass (split over threads when large).
+pub fn dequantize_range(
+    words: &[i32],
+    absmax: &[f32],
+    code: &[f32],
+    blocksize: usize,
+    start: usize,
+    len: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; len];
+    let threads = if len >= 1 << 18 {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+    } else {
+        1
+    };
+    let per_thread = len.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
+            let first = start + t * per_thread;
+            s.spawn(move || {
+                for (k, v) in chunk.iter_mut().enumerate() {
+                    let i = first + k;
+                    let word = words[i / 8] as u32;
+                    let nib = (word >> (28 - 4 * (i % 8) as u32)) & 0xF;
+                    *v = code[nib as usize] * absmax[i / blocksize];
+                }
+            });
+        }
+    });
+    out
+}
+
+/// The whole weight, `[out, in]` row-major.
+pub fn dequantize_host(words: &[i32], absmax: &[f32], code: &[f32], layout: Q4Layout) -> Vec<f32> {
+    dequantize_range(words, absmax, code, layout.blocksize, 0, layout.numel())
+}
+
+/// Host copies of a 4-bit weight's tensors (the codes are 1/8 of the f32 size).
+struct HostQ4 {
+    words: Vec<i32>,
+    absmax: Vec<f32>,
+    code: Vec<f32>,
+}
+
+impl HostQ4 {
+    fn new(weight: Q4Weight<NdArray>) -> Self {
+        Self {
+            words: host_vec(Tensor::<NdArray, 1, Int>::from_primitive(weight.packed).into_data()),
+            absmax: host_vec(
+                Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(weight.absmax))
+                    .into_data(),
+            ),
+            code: host_vec(
+                Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(weight.code))
+                    .into_data(),
+            ),
+        }
+    }
+
+    /// Output rows `r0 .. r1` of the weight as a `[r1 - r0, in]` tensor.
+    fn rows(&self, layout: Q4Layout, r0: usize, r1: usize) -> Tensor<NdArray, 2> {
+        let vals = dequantize_range(
+            &self.words,
+            &self.absmax,
+            &self.code,
+            layout.blocksize,
+            r0 * layout.in_features,
+            (r1 - r0) * layout.in_features,
+        );
+        Tensor::from_data(
+            TensorData::new(vals, [r1 - r0, layout.in_features]),
+            &Default::default(),
+        )
+    }
+}
+
+/// Output rows per chunk so that a dequantized chunk stays around 1 Mi weights (4 MiB): the
+/// full f32 weight never exists, forward or backward.
+fn chunk_rows(layout: Q4Layout) -> usize {
+    ((1usize << 20) / layout.in_features.max(1)).clamp(1, layout.out_features.max(1))
+}
+
+impl QuantBackend for NdArray {
+    fn q4_supports_half() -> bool {
+        false
+    }
+
+    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+        HostQ4::new(weight)
+            .rows(layout, 0, layout.out_features)
+            .into_primitive()
+            .tensor()
+    }
+
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        let host = HostQ4::new(weight);
+        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
+        let step = chunk_rows(layout);
+        let parts: Vec<Tensor<Self, 2>> = (0..layout.out_features)
+            .step_by(step)
+            .map(|r0| {
+                let r1 = (r0 + step).min(layout.out_features);
+                x.clone().matmul(host.rows(layout, r0, r1).transpose())
+            })
+            .collect();
+        let y = if parts.len() == 1 {
+            parts.into_iter().next().unwrap_or_else(|| x.clone())
+        } else {
+            Tensor::cat(parts, 1)
+        };
+        y.into_primitive().tensor()
+    }
+
+    fn q4_matmul_grad(
+        grad: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        let host = HostQ4::new(weight);
+        let grad = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad));
+        let [n, _] = grad.dims();
+        let step = chunk_rows(layout);
+        let mut acc: Option<Tensor<Self, 2>> = None;
+        for r0 in (0..layout.out_features).step_by(step) {
+            let r1 = (r0 + step).min(layout.out_features);
+            let g = grad
+                .clone()
+                .slice([0..n, r0..r1])
+                .matmul(host.rows(layout, r0, r1));
+            acc = Some(match acc {
+                Some(a) => a + g,
+                None => g,
+            });
+        }
+        acc.unwrap_or_else(|| Tensor::zeros([n, layout.in_features], &Default::default()))
+            .into_primitive()
+            .tensor()
+    }
+}
+
+/// Host copy of a tensor's data as `T` (the conversion makes the element type match).
+fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
+    data.convert::<T>()
+        .into_vec::<T>()
+        .expect("TensorData::convert yields the requested element type")
+}
+
+#[cfg(feature = "cuda")]
+impl QuantBackend for burn::backend::Cuda {}
+
+impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
+    fn q4_supports_half() -> bool {
+        B::q4_supports_half()
+    }
+
+    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+        // Used by merge and reports: a constant, no graph.
+        let inner = Q4Weight::<B> {
+            packed: weight.packed,
+            absmax: weight.absmax.primitive,
+            code: weight.code.primitive,
+        };
+        let dense = B::q4_dequantize(inner, layout);
+        <Self as burn::tensor::backend::AutodiffBackend>::from_inner(dense)
+    }
+
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Q4MatmulBackward;
+
+        impl<B: QuantBackend> Backward<B, 1> for Q4MatmulBackward {
+            /// Only the 4-bit weight (a few bytes per weight) is kept for the backward pass.
+            type State = (Q4Weight<B>, Q4Layout);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (weight, layout) = ops.state;
+                if let Some(node) = node_x {
+                    // dL/dx = dL/dy · W, with W re-dequantized (chunk by chunk on NdArray).
+                    grads.register::<B>(node.id, B::q4_matmul_grad(grad, weight, layout));
+                }
+            }
+        }
+
+        let inner = Q4Weight::<B> {
+            packed: weight.packed,
+            absmax: weight.absmax.primitive,
+            code: weight.code.primitive,
+        };
+        match Q4MatmulBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::q4_matmul(x.primitive, inner.clone(), layout);
+                prep.finish((inner, layout), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul(x.primitive, inner, layout)),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Checkpoints: trainable weights, PEFT adapter, optimizer state and run state, written so that
+//! killing the process at any moment leaves the previous checkpoint usable.
+//!
+//! Layout of `RUN/checkpoints/`:
+//! - `<name>-<step>/` one complete checkpoint folder (written as `.tmp-…` and renamed when
+//!   complete): `trainable.safetensors`, `optimizer.safetensors`, `state.json`, `adapter/`.
+//! - `last.json`, `best.json`: pointers `{"dir": "<name>-<step>"}` replaced atomically after the
+//!   folder is complete; the folder a pointer no longer names is deleted afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use tracknet_lora::params::PathStack;
+
+use crate::error::TrainError;
+use crate::optim::{OptimKind, Optimizer, ParamState};
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    /// Last completed epoch (1-based).
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Best validation score so far and its epoch.
+    pub best_score: Option<f64>,
+    /// Epoch of the best score.
+    pub best_epoch: Option<usize>,
+    /// The metric `best` is chosen by.
+    pub best_metric: String,
+    /// One row per finished epoch (the rows of metrics.csv).
+    pub history: Vec<BTreeMap<String, f64>>,
+    /// The full run configuration (YAML), so a checkpoint explains itself.
+    pub config_yaml: String,
+    /// Quantization settings needed to rebuild the frozen base from the same snapshot.
+    pub quantization: Option<QuantRecord>,
+}
+
+/// How the frozen base was quantized.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QuantRecord {
+    /// `nf4` | `fp4`.
+    pub quant_type: String,
+    /// Block size.
+    pub blocksize: usize,
+    /// Double quantization.
+    pub double_quant: bool,
+    /// Compute dtype.
+    pub compute_dtype: String,
+    /// Layers kept in full precision.
+    pub skip_modules: Vec<String>,
+    /// Where the base weights came from (snapshot or random init with the run's seed).
+    pub base: String,
+    /// The seed the base was built with (random init is a function of it).
+    pub seed: u64,
+}
+
+/// Path → (shape, values) of every float parameter that `keep(path, trainable)` selects.
+pub fn collect_params<B: Backend, M: Module<B>>(
+    module: &M,
+    keep: impl Fn(&str, bool) -> bool,
+) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    struct V<F, B> {
+        stack: PathStack,
+        keep: F,
+        out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: Backend, F: Fn(&str, bool) -> bool> ModuleVisitor<B> for V<F, B> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let path = self.stack.path();
+            let t = param.val();
+            if (self.keep)(&path, t.is_require_grad()) {
+                let shape = t.dims().to_vec();
+                let values = t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+                self.out.insert(path, (shape, values));
+            }
+        }
+    }
+    let mut v = V { stack: PathStack::default(), keep, out: BTreeMap::new(), _b: std::marker::PhantomData::<B> };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Replace parameters by path from `tensors`; every tensor must land on a parameter of the
+/// same shape, else one error lists what is unexpected or mis-shaped.
+pub fn load_params<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    file: &Path,
+) -> Result<M, TrainError> {
+    struct Mp<'a, B> {
+        stack: PathStack,
+        tensors: &'a BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        used: Vec<String>,
+        mismatched: Vec<String>,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: Backend> ModuleMapper<B> for Mp<'_, B> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let path = self.stack.path();
+            let Some((shape, values)) = self.tensors.get(&path) else { return param };
+            self.used.push(path.clone());
+            let dims = param.val().dims();
+            if shape.as_slice() != dims.as_slice() {
+                self.mismatched.push(format!("{path}: expected shape {dims:?}, found {shape:?}"));
+                return param;
+            }
+            param.map(|t| {
+                let new = Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &t.device());
+                if t.is_require_grad() { new.require_grad() } else { new }
+            })
+        }
+    }
+    let mut m = Mp { stack: PathStack::default(), tensors, used: Vec::new(), mismatched: Vec::new(), _b: std::marker::PhantomData::<B> };
+    let module = module.map(&mut m);
+    let unexpected: Vec<String> = tensors.keys().filter(|k| !m.used.contains(k)).map(|k| format!("{k}: no such parameter in the model")).collect();
+    if !m.mismatched.is_empty() || !unexpected.is_empty() {
+        return Err(TrainError::Checkpoint {
+            path: file.to_path_buf(),
+            message: format!("weights do not fit the model:\n  {}", [m.mismatched, unexpected].concat().join("\n  ")),
+        });
+    }
+    Ok(module)
+}
+
+/// Serialise named f32 tensors as safetensors bytes.
+pub fn to_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, meta: HashMap<String, String>) -> Result<Vec<u8>, TrainError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Checkpoint { path: PathBuf::new(), message: e.to_string() })?;
+    safetensors::serialize(views, &Some(meta)).map_err(|e| TrainError::Checkpoint { path: PathBuf::new(), message: e.to_string() })
+}
+
+/// Read named f32 tensors and the metadata from a safetensors file.
+pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>), TrainError> {
+    let raw = fs::read(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
+    let bad = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
+    let (_, meta) = SafeTensors::read_metadata(&raw).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&raw).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (k, v) in st.tensors() {
+        if v.dtype() != Dtype::F32 {
+            return Err(bad(format!("{k}: expected F32, found {:?}", v.dtype())));
+        }
+        let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.insert(k, (v.shape().to_vec(), vals));
+    }
+    Ok((out, meta.metadata().clone().unwrap_or_default()))
+}
+
+/// Optimizer state as named tensors (`<path>.m`, `<path>.v`) + metadata.
+pub fn optimizer_tensors<B: Backend>(opt: &Optimizer<B>) -> (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>) {
+    let host = |t: &Tensor<B, 1>| (t.dims().to_vec(), t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default());
+    let mut out = BTreeMap::new();
+    for (path, s) in &opt.state {
+        if let Some(m) = &s.m {
+            out.insert(format!("{path}.m"), host(m));
+        }
+        if let Some(v) = &s.v {
+            out.insert(format!("{path}.v"), host(v));
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("step".into(), opt.step.to_string());
+    meta.insert("kind".into(), format!("{:?}", opt.kind));
+    (out, meta)
+}
+
+/// Rebuild an optimizer from [`optimizer_tensors`] output.
+pub fn optimizer_from_tensors<B: Backend>(
+    kind: OptimKind,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    meta: &HashMap<String, String>,
+    device: &B::Device,
+) -> Optimizer<B> {
+    let mut opt = Optimizer::new(kind);
+    opt.step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    for (key, (_, values)) in tensors {
+        let (path, which) = match key.rsplit_once('.') {
+            Some((p, w)) => (p.to_string(), w.to_string()),
+            None => continue,
+        };
+        let t = Tensor::<B, 1>::from_floats(values.as_slice(), device);
+        let e = opt.state.entry(path).or_insert(ParamState { m: None, v: None });
+        if which == "m" {
+            e.m = Some(t);
+        } else {
+            e.v = Some(t);
+        }
+    }
+    opt
+}
+
+/// Write a checkpoint folder completely, then point `pointer` (`last` / `best`) at it.
+pub fn commit_checkpoint(
+    ckpt_root: &Path,
+    pointer: &str,
+    step: usize,
+    write_contents: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    fs::create_dir_all(ckpt_root).map_err(io(ckpt_root))?;
+    let name = format!("{pointer}-{step:08}");
+    let tmp = ckpt_root.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write_contents(&tmp)?;
+    let dir = ckpt_root.join(&name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    let previous = read_pointer(ckpt_root, pointer);
+    let json = serde_json::to_vec(&serde_json::json!({ "dir": name })).unwrap_or_default();
+    tracknet_data::write_atomic(&ckpt_root.join(format!("{pointer}.json")), &json)
+        .map_err(|e| TrainError::Checkpoint { path: ckpt_root.to_path_buf(), message: e.to_string() })?;
+    if let Some(prev) = previous
+        && prev != dir
+    {
+        let _ = fs::remove_dir_all(prev);
+    }
+    Ok(dir)
+}
+
+/// The folder `pointer` (`last` / `best`) names, if it exists and is complete.
+pub fn read_pointer(ckpt_root: &Path, pointer: &str) -> Option<PathBuf> {
+    let raw = fs::read(ckpt_root.join(format!("{pointer}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let dir = ckpt_root.join(v.get("dir")?.as_str()?);
+    dir.join("state.json").exists().then_some(dir)
+}

@@ -1,0 +1,1 @@
+//! tracknet-train

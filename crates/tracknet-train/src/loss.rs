@@ -1,0 +1,97 @@
+//! Heatmap losses, masked by visibility as the original's `_reduce_with_mask`:
+//! `sum(loss · mask) / max(sum(mask), 1)` — frames without a visible ball contribute nothing.
+
+use burn::prelude::*;
+use burn::tensor::activation::sigmoid;
+
+/// Which loss, and how to read the head's output as a heatmap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HeatmapLoss {
+    /// Mean squared error on the raw head output (the output is the heatmap).
+    Mse,
+    /// Penalty-reduced focal loss on `sigmoid(output)` (CenterNet's, with the Gaussian target
+    /// as a soft label): positives weighted by the target, negatives by `(1 - target)^beta`.
+    Focal {
+        /// Focusing exponent α (2 in CenterNet).
+        alpha: f64,
+        /// Negative down-weighting exponent β (4 in CenterNet).
+        beta: f64,
+    },
+}
+
+impl HeatmapLoss {
+    /// `pred, target, mask: [batch, 1, H, W]` → scalar `[1]`.
+    pub fn forward<B: Backend>(&self, pred: Tensor<B, 4>, target: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 1> {
+        match *self {
+            Self::Mse => {
+                let se = (pred - target).powi_scalar(2);
+                reduce_with_mask(se, mask)
+            }
+            Self::Focal { alpha, beta } => {
+                let p = sigmoid(pred).clamp(1e-4, 1.0 - 1e-4);
+                let one_minus_p = p.clone().neg().add_scalar(1.0);
+                let pos = target.clone() * one_minus_p.clone().powf_scalar(alpha) * p.clone().log();
+                let neg = target.clone().neg().add_scalar(1.0).powf_scalar(beta) * p.powf_scalar(alpha) * one_minus_p.log();
+                let per_pixel = (pos + neg).neg() * mask.clone();
+                // Normalise by the positive mass, as CenterNet normalises by the number of peaks.
+                let norm = (target * mask).sum().clamp_min(1.0);
+                per_pixel.sum() / norm
+            }
+        }
+    }
+
+    /// The head output read as a heatmap in [0, 1]-ish units (for metrics and previews).
+    pub fn activate<B: Backend>(&self, pred: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self {
+            Self::Mse => pred,
+            Self::Focal { .. } => sigmoid(pred),
+        }
+    }
+}
+
+/// `sum(loss · mask) / max(sum(mask), 1)`.
+pub fn reduce_with_mask<B: Backend>(loss: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 1> {
+    let denom = mask.clone().sum().clamp_min(1.0);
+    (loss * mask).sum() / denom
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray;
+
+    fn t(v: &[f32]) -> Tensor<B, 4> {
+        Tensor::<B, 1>::from_floats(v, &Default::default()).reshape([v.len(), 1, 1, 1])
+    }
+
+    #[test]
+    fn mse_ignores_masked_frames() {
+        // Two frames of one pixel: the second is invisible (mask 0) and wildly wrong.
+        let l = HeatmapLoss::Mse.forward(t(&[0.5, 100.0]), t(&[1.0, 0.0]), t(&[1.0, 0.0]));
+        assert!((l.into_scalar() - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn all_masked_gives_zero_not_nan() {
+        let l = HeatmapLoss::Mse.forward(t(&[3.0]), t(&[0.0]), t(&[0.0]));
+        assert_eq!(l.into_scalar(), 0.0);
+    }
+
+    #[test]
+    fn focal_matches_hand_computation() {
+        let (alpha, beta) = (2.0, 4.0);
+        let logits = [0.3f32, -1.2];
+        let target = [1.0f32, 0.25];
+        let l = HeatmapLoss::Focal { alpha, beta }.forward(t(&logits), t(&target), t(&[1.0, 1.0])).into_scalar() as f64;
+        let mut want = 0.0;
+        for (x, y) in logits.iter().zip(target) {
+            let p = 1.0 / (1.0 + (-(*x as f64)).exp());
+            let y = y as f64;
+            want -= y * (1.0 - p).powf(alpha) * p.ln() + (1.0 - y).powf(beta) * p.powf(alpha) * (1.0 - p).ln();
+        }
+        want /= 1.25;
+        assert!((l - want).abs() < 1e-5, "{l} vs {want}");
+    }
+}

@@ -1,0 +1,207 @@
+//! AdamW and SGD over trainable parameters only, with optimizer state keyed by module path.
+//!
+//! Burn's optimizers key their state by `ParamId`, which is random per model build; keying by
+//! the Hugging Face module path instead lets a resumed run (a model rebuilt from the config)
+//! pick its state up exactly.
+
+use std::collections::BTreeMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use tracknet_lora::params::PathStack;
+
+/// Which update rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimKind {
+    /// Decoupled weight decay Adam (Loshchilov & Hutter), as `torch.optim.AdamW`.
+    AdamW {
+        /// β₁, β₂.
+        betas: (f64, f64),
+        /// ε.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// SGD with momentum and L2 weight decay, as `torch.optim.SGD`.
+    Sgd {
+        /// Momentum.
+        momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// Device-side state of one parameter, flattened to `[numel]`.
+#[derive(Debug, Clone)]
+pub struct ParamState<B: Backend> {
+    /// First moment (AdamW) or momentum buffer (SGD).
+    pub m: Option<Tensor<B, 1>>,
+    /// Second moment (AdamW only).
+    pub v: Option<Tensor<B, 1>>,
+}
+
+/// The optimizer: rule, step count and per-path state (on the inner, non-autodiff backend).
+#[derive(Debug, Clone)]
+pub struct Optimizer<B: Backend> {
+    /// Update rule.
+    pub kind: OptimKind,
+    /// Steps taken.
+    pub step: u64,
+    /// State by parameter path.
+    pub state: BTreeMap<String, ParamState<B>>,
+}
+
+impl<IB: Backend> Optimizer<IB> {
+    /// A fresh optimizer.
+    pub fn new(kind: OptimKind) -> Self {
+        Self { kind, step: 0, state: BTreeMap::new() }
+    }
+
+    /// One update of every parameter that has a gradient and whose path `frozen(path)` does
+    /// not hold back. Parameters without gradients (frozen) are never touched.
+    pub fn step<B: AutodiffBackend<InnerBackend = IB>, M: AutodiffModule<B>>(
+        &mut self,
+        module: M,
+        grads: GradientsParams,
+        lr: f64,
+        frozen: &dyn Fn(&str) -> bool,
+    ) -> M {
+        self.step += 1;
+        let mut mapper = StepMapper::<B> { opt: self, grads, lr, frozen, stack: PathStack::default(), _b: Default::default() };
+        module.map(&mut mapper)
+    }
+}
+
+struct StepMapper<'a, B: AutodiffBackend> {
+    opt: &'a mut Optimizer<B::InnerBackend>,
+    grads: GradientsParams,
+    lr: f64,
+    frozen: &'a dyn Fn(&str) -> bool,
+    stack: PathStack,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return param;
+        };
+        let path = self.stack.path();
+        if (self.frozen)(&path) {
+            return param;
+        }
+        let kind = self.opt.kind;
+        let t = self.opt.step as i32;
+        let lr = self.lr;
+        let state = self.opt.state.entry(path).or_insert_with(|| ParamState { m: None, v: None });
+        param.map(|tensor| {
+            let device = tensor.device();
+            let shape = tensor.shape();
+            let n = shape.num_elements();
+            let w = tensor.clone().inner();
+            let to_1d = |x: Tensor<B::InnerBackend, D>| x.reshape([n]);
+            let zeros = || Tensor::<B::InnerBackend, 1>::zeros([n], &device);
+            let g = to_1d(grad);
+            let p = to_1d(w);
+            let new_p = match kind {
+                OptimKind::AdamW { betas: (b1, b2), eps, weight_decay } => {
+                    let m = state.m.take().unwrap_or_else(zeros).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+                    let v = state.v.take().unwrap_or_else(zeros).mul_scalar(b2) + g.clone().powi_scalar(2).mul_scalar(1.0 - b2);
+                    let bc1 = 1.0 - b1.powi(t);
+                    let bc2 = 1.0 - b2.powi(t);
+                    let update = m.clone().div_scalar(bc1).div(v.clone().div_scalar(bc2).sqrt().add_scalar(eps));
+                    state.m = Some(m);
+                    state.v = Some(v);
+                    p.clone().mul_scalar(1.0 - lr * weight_decay) - update.mul_scalar(lr)
+                }
+                OptimKind::Sgd { momentum, weight_decay } => {
+                    let g = if weight_decay > 0.0 { g + p.clone().mul_scalar(weight_decay) } else { g };
+                    let buf = if momentum > 0.0 {
+                        let b = match state.m.take() {
+                            Some(prev) => prev.mul_scalar(momentum) + g,
+                            None => g,
+                        };
+                        state.m = Some(b.clone());
+                        b
+                    } else {
+                        g
+                    };
+                    p - buf.mul_scalar(lr)
+                }
+            };
+            let out = Tensor::<B, D>::from_inner(new_p.reshape(shape));
+            if tensor.is_require_grad() { out.require_grad() } else { out }
+        })
+    }
+}
+
+/// Global L2 norm of all gradients of `module`'s parameters.
+pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
+    struct Norm<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                self.sum += g.powi_scalar(2).sum().into_scalar().elem::<f64>();
+            }
+        }
+    }
+    let mut v = Norm { grads, sum: 0.0 };
+    module.visit(&mut v);
+    v.sum.sqrt()
+}
+
+/// Scale every gradient by `factor` (global-norm clipping: `factor = max_norm / norm`).
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: GradientsParams, factor: f64) -> GradientsParams {
+    struct Scale {
+        grads: GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut v = Scale { grads, factor };
+    module.visit(&mut v);
+    v.grads
+}
+
+/// Add `other` into `acc` (gradient accumulation over micro-batches).
+pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, acc: GradientsParams, mut other: GradientsParams) -> GradientsParams {
+    struct Acc<'a> {
+        acc: GradientsParams,
+        other: &'a mut GradientsParams,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Acc<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.other.remove::<B::InnerBackend, D>(param.id) {
+                let sum = match self.acc.remove::<B::InnerBackend, D>(param.id) {
+                    Some(a) => a + g,
+                    None => g,
+                };
+                self.acc.register::<B::InnerBackend, D>(param.id, sum);
+            }
+        }
+    }
+    let mut v = Acc { acc, other: &mut other };
+    module.visit(&mut v);
+    v.acc
+}
+
+/// Whether any gradient holds NaN or ±inf.
+pub fn grads_finite<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> bool {
+    grad_norm::<B, M>(module, grads).is_finite()
+}

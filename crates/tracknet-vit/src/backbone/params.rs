@@ -1,0 +1,118 @@
+//! One construction path for random and pretrained backbones.
+//!
+//! Model builders ask a [`ParamSource`] for every tensor by its canonical Hugging Face name, so the
+//! random initialiser and the checkpoint loader share the exact same model-building code.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use crate::proj::{Proj, proj_from_torch};
+
+/// How a tensor is initialised when no checkpoint provides it (transformers' `_init_weights`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Init {
+    /// Normal(0, std) truncated to [-2, 2] (absolute bounds, as `nn.init.trunc_normal_`).
+    TruncNormal(f64),
+    Zeros,
+    Ones,
+    Constant(f64),
+}
+
+/// Hands out the tensors of a model, by canonical (transformers 5) name.
+pub(crate) trait ParamSource<B: Backend> {
+    fn device(&self) -> B::Device;
+    /// The tensor `key` of shape `shape` (PyTorch layout).
+    fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Tensor<B, D>;
+}
+
+/// Random initialisation as transformers does it for a fresh model.
+pub(crate) struct RandomInit<B: Backend> {
+    pub device: B::Device,
+}
+
+impl<B: Backend> ParamSource<B> for RandomInit<B> {
+    fn device(&self) -> B::Device {
+        self.device.clone()
+    }
+
+    fn tensor<const D: usize>(
+        &mut self,
+        _key: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Tensor<B, D> {
+        match init {
+            Init::TruncNormal(std) => {
+                Tensor::random(shape, Distribution::Normal(0.0, std), &self.device).clamp(-2.0, 2.0)
+            }
+            Init::Zeros => Tensor::zeros(shape, &self.device),
+            Init::Ones => Tensor::ones(shape, &self.device),
+            Init::Constant(v) => Tensor::full(shape, v, &self.device),
+        }
+    }
+}
+
+/// A projection `key` (`key.weight` `[d_out, d_in]`, optional `key.bias` `[d_out]`).
+pub(crate) fn linear<B: Backend>(
+    src: &mut impl ParamSource<B>,
+    key: &str,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+) -> Proj<B> {
+    let weight = src.tensor(
+        &format!("{key}.weight"),
+        [d_out, d_in],
+        Init::TruncNormal(std),
+    );
+    let bias = bias.then(|| src.tensor(&format!("{key}.bias"), [d_out], Init::Zeros));
+    proj_from_torch(weight, bias)
+}
+
+/// A LayerNorm `key` (`key.weight`, `key.bias`, both `[d]`).
+pub(crate) fn layer_norm<B: Backend>(
+    src: &mut impl ParamSource<B>,
+    key: &str,
+    d: usize,
+    eps: f64,
+) -> LayerNorm<B> {
+    let mut norm = LayerNormConfig::new(d)
+        .with_epsilon(eps)
+        .init(&src.device());
+    norm.gamma = Param::from_tensor(src.tensor(&format!("{key}.weight"), [d], Init::Ones));
+    norm.beta = Some(Param::from_tensor(src.tensor(
+        &format!("{key}.bias"),
+        [d],
+        Init::Zeros,
+    )));
+    norm
+}
+
+/// The non-overlapping patch convolution `key`: weight `[d_out, c_in, p, p]`, bias `[d_out]`.
+pub(crate) fn patch_conv<B: Backend>(
+    src: &mut impl ParamSource<B>,
+    key: &str,
+    c_in: usize,
+    d_out: usize,
+    patch: usize,
+    std: f64,
+) -> Conv2d<B> {
+    let mut conv = Conv2dConfig::new([c_in, d_out], [patch, patch])
+        .with_stride([patch, patch])
+        .init(&src.device());
+    conv.weight = Param::from_tensor(src.tensor(
+        &format!("{key}.weight"),
+        [d_out, c_in, patch, patch],
+        Init::TruncNormal(std),
+    ));
+    conv.bias = Some(Param::from_tensor(src.tensor(
+        &format!("{key}.bias"),
+        [d_out],
+        Init::Zeros,
+    )));
+    conv
+}

@@ -1,0 +1,102 @@
+//! DINOv3's 2-D rotary position embedding on the patch tokens.
+//!
+//! Patch centres are normalised to `[-1, 1]` per axis (`(i + 0.5) / n * 2 - 1`), the angle of
+//! frequency `j` on axis `a` is `2π · coord_a · θ^(-4j / head_dim)`, and the `[y-angles,
+//! x-angles]` vector is tiled twice to cover `head_dim`, as transformers computes it.
+
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+
+use super::Dinov3Config;
+
+/// RoPE settings; holds no parameters (the frequencies are fixed by the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dinov3Rope {
+    /// `[head_dim / 4]`: `1 / theta^(4j / head_dim)`.
+    inv_freq: Vec<f32>,
+    shift: Option<f64>,
+    jitter: Option<f64>,
+    rescale: Option<f64>,
+}
+
+impl Dinov3Rope {
+    pub fn new(config: &Dinov3Config) -> Self {
+        let head_dim = config.hidden_size / config.num_attention_heads;
+        let step = 4.0 / head_dim as f64;
+        let inv_freq = (0..head_dim / 4)
+            .map(|j| (1.0 / config.rope_theta.powf(j as f64 * step)) as f32)
+            .collect();
+        Self {
+            inv_freq,
+            shift: config.pos_embed_shift,
+            jitter: config.pos_embed_jitter,
+            rescale: config.pos_embed_rescale,
+        }
+    }
+
+    /// `(cos, sin)`, each `[gh * gw, head_dim]`, for a `gh × gw` patch grid. With `training`,
+    /// the coordinates get the config's random shift / jitter / rescale first.
+    pub fn cos_sin<B: Backend>(
+        &self,
+        gh: usize,
+        gw: usize,
+        training: bool,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let n = gh * gw;
+        let q = self.inv_freq.len();
+        let mut coords = Vec::with_capacity(n * 2);
+        for y in 0..gh {
+            for x in 0..gw {
+                coords.push(2.0 * ((y as f32 + 0.5) / gh as f32) - 1.0);
+                coords.push(2.0 * ((x as f32 + 0.5) / gw as f32) - 1.0);
+            }
+        }
+        let mut coords: Tensor<B, 2> = Tensor::from_data(TensorData::new(coords, [n, 2]), device);
+        if training {
+            coords = self.augment(coords);
+        }
+        let inv_freq: Tensor<B, 3> =
+            Tensor::from_data(TensorData::new(self.inv_freq.clone(), [1, 1, q]), device);
+        // [n, 2, 1] * [1, 1, q] -> [n, 2q] (y frequencies, then x frequencies)
+        let angles = (coords.reshape([n, 2, 1]) * (2.0 * std::f64::consts::PI) * inv_freq)
+            .reshape([n, 2 * q]);
+        let angles = Tensor::cat(vec![angles.clone(), angles], 1);
+        (angles.clone().cos(), angles.sin())
+    }
+
+    /// transformers' `augment_patches_center_coordinates`. `coords`: `[n, 2]`.
+    fn augment<B: Backend>(&self, mut coords: Tensor<B, 2>) -> Tensor<B, 2> {
+        let device = coords.device();
+        // A zero range is a no-op (as in torch) but an empty range for Burn's sampler: skip it.
+        let range = |r: f64| (r.is_finite() && r != 0.0).then_some(r.abs());
+        if let Some(s) = self.shift.and_then(range) {
+            coords = coords + Tensor::random([1, 2], Distribution::Uniform(-s, s), &device);
+        }
+        if let Some(r) = self.jitter.map(f64::ln).and_then(range) {
+            coords = coords * Tensor::random([1, 2], Distribution::Uniform(-r, r), &device).exp();
+        }
+        if let Some(r) = self.rescale.map(f64::ln).and_then(range) {
+            coords = coords * Tensor::random([1, 1], Distribution::Uniform(-r, r), &device).exp();
+        }
+        coords
+    }
+}
+
+/// Rotate the last `cos.dims()[0]` tokens of `x [batch, heads, tokens, head_dim]`; the leading
+/// CLS/register tokens pass unchanged. `cos`, `sin`: `[patches, head_dim]`.
+pub(crate) fn apply<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let prefix = t - cos.dims()[0];
+    let head = x.clone().slice([0..b, 0..h, 0..prefix, 0..d]);
+    let patches = x.slice([0..b, 0..h, prefix..t, 0..d]);
+    let x1 = patches.clone().slice([0..b, 0..h, 0..t - prefix, 0..d / 2]);
+    let x2 = patches.clone().slice([0..b, 0..h, 0..t - prefix, d / 2..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let patches = patches * cos.unsqueeze::<4>() + rotated * sin.unsqueeze::<4>();
+    Tensor::cat(vec![head, patches], 2)
+}

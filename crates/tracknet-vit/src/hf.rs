@@ -1,0 +1,463 @@
+//! Local Hugging Face snapshots: resolution (directory or cached model id, never the network),
+//! safetensors reading (f32 / f16 / bf16 / f64 → f32) and checkpoint-name mapping.
+//!
+//! Checkpoint keys are mapped to one canonical scheme — the names transformers 5 saves (the
+//! module paths of [`crate::dinov3::Dinov3Model`] and [`crate::vit::VitModel`]) — by
+//! [`canonical_key`], the single place that knows older / published names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::backbone::BackboneArch;
+use crate::backbone::params::{Init, ParamSource};
+use crate::error::VitError;
+
+/// Name of the single-file weights in a snapshot.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the index of a sharded checkpoint.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// A tensor read from disk, converted to f32. Row-major, PyTorch layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Upload to `device` as a rank-`D` tensor; `None` if the rank differs.
+    pub fn to_tensor<B: Backend, const D: usize>(
+        &self,
+        device: &B::Device,
+    ) -> Option<Tensor<B, D>> {
+        (self.shape.len() == D).then(|| {
+            Tensor::from_data(
+                TensorData::new(self.data.clone(), self.shape.clone()),
+                device,
+            )
+        })
+    }
+}
+
+/// The Hugging Face hub cache root the Python libraries use: `$HF_HUB_CACHE`, else
+/// `$HF_HOME/hub`, else `~/.cache/huggingface/hub`. `None` when none can be formed.
+pub fn hf_cache_root() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache").join("huggingface").join("hub")))
+}
+
+/// Resolve `name_or_path` to a snapshot directory holding `config.json` and the weights:
+/// an existing directory is used as is; otherwise an `org/name` model id is looked up in the
+/// local hub cache ([`hf_cache_root`]). Nothing is ever downloaded: `local_files_only = false`
+/// only adds a download hint to the error.
+pub fn resolve_snapshot(name_or_path: &str, local_files_only: bool) -> Result<PathBuf, VitError> {
+    let roots: Vec<PathBuf> = hf_cache_root().into_iter().collect();
+    resolve_snapshot_in(name_or_path, &roots, local_files_only)
+}
+
+/// [`resolve_snapshot`] with explicit cache roots (tests, custom caches). In each root the
+/// model `org/name` lives in `models--org--name/snapshots/<rev>/`, `<rev>` taken from
+/// `refs/main` when present, else the only (or most recently modified) snapshot.
+pub fn resolve_snapshot_in(
+    name_or_path: &str,
+    cache_roots: &[PathBuf],
+    local_files_only: bool,
+) -> Result<PathBuf, VitError> {
+    let mut searched = Vec::new();
+    let direct = PathBuf::from(name_or_path);
+    if direct.is_dir() && is_snapshot(&direct) {
+        return Ok(direct);
+    }
+    searched.push(direct);
+    if let Some(repo_dir) = repo_dir_name(name_or_path) {
+        for root in cache_roots {
+            let repo = root.join(&repo_dir);
+            match cached_snapshot(&repo) {
+                Some(dir) if is_snapshot(&dir) => return Ok(dir),
+                Some(dir) => searched.push(dir),
+                None => searched.push(repo.join("snapshots")),
+            }
+        }
+    }
+    let hint = if local_files_only {
+        String::new()
+    } else {
+        format!("; fetch it with `huggingface-cli download {name_or_path}`")
+    };
+    Err(VitError::SnapshotNotFound {
+        name: name_or_path.to_string(),
+        searched,
+        hint,
+    })
+}
+
+/// `org/name` → `models--org--name`; `None` for anything that is not a two-part model id.
+fn repo_dir_name(id: &str) -> Option<String> {
+    let mut parts = id.split('/');
+    let (org, name) = (parts.next()?, parts.next()?);
+    let valid = |s: &str| !s.is_empty() && s != "." && s != "..";
+    (parts.next().is_none() && valid(org) && valid(name)).then(|| format!("models--{org}--{name}"))
+}
+
+/// The snapshot directory `refs/main` points at, else the only / newest one.
+fn cached_snapshot(repo: &Path) -> Option<PathBuf> {
+    let snapshots = repo.join("snapshots");
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs").join("main")) {
+        let rev = rev.trim();
+        if !rev.is_empty() {
+            return Some(snapshots.join(rev));
+        }
+    }
+    std::fs::read_dir(&snapshots)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+}
+
+fn is_snapshot(dir: &Path) -> bool {
+    dir.join("config.json").is_file()
+        && (dir.join(WEIGHTS_FILE).is_file() || dir.join(WEIGHTS_INDEX_FILE).is_file())
+}
+
+/// The safetensors files of a snapshot: `model.safetensors`, else every shard named by
+/// `model.safetensors.index.json` (sorted, without duplicates).
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, VitError> {
+    let single = dir.join(WEIGHTS_FILE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    if !index.is_file() {
+        return Err(VitError::Io {
+            path: single,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE} in the snapshot"),
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| VitError::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| VitError::Json {
+        path: index.clone(),
+        message: e.to_string(),
+    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| VitError::Json {
+            path: index.clone(),
+            message: "no `weight_map` object".into(),
+        })?;
+    let mut files = BTreeSet::new();
+    for (key, file) in map {
+        let file = file.as_str().ok_or_else(|| VitError::Json {
+            path: index.clone(),
+            message: format!("weight_map entry `{key}` is not a file name"),
+        })?;
+        files.insert(dir.join(file));
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// Read every tensor of one safetensors file, converted to f32.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, VitError> {
+    let bytes = std::fs::read(path).map_err(|source| VitError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| VitError::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, view) in file.tensors() {
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| VitError::Dtype {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        out.insert(
+            key,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// What a checkpoint key means for this crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMapping {
+    /// The canonical (transformers 5) name of the tensor.
+    Canonical(String),
+    /// A tensor known to be unused by the backbone and skipped: `embeddings.mask_token`
+    /// (masked-image pre-training only), the ViT `pooler.*` and the non-persistent RoPE
+    /// `inv_freq` buffer, if a checkpoint carries it.
+    Ignored,
+}
+
+/// Map a checkpoint key to its canonical name. Accepted:
+/// - DINOv3: transformers 5 (`model.layer.N.…`) and published checkpoints (`layer.N.…`, an
+///   optional `dinov3_vit.` prefix).
+/// - ViT: transformers 5 (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`) and the older
+///   names (optional `vit.` prefix, `encoder.layer.N.attention.attention.query|key|value`,
+///   `…attention.output.dense`, `…intermediate.dense`, `…output.dense`).
+pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
+    match arch {
+        BackboneArch::Dinov3(_) => {
+            let key = key.strip_prefix("dinov3_vit.").unwrap_or(key);
+            if key == "embeddings.mask_token" || key.ends_with("inv_freq") {
+                KeyMapping::Ignored
+            } else if key.starts_with("layer.") {
+                KeyMapping::Canonical(format!("model.{key}"))
+            } else {
+                KeyMapping::Canonical(key.to_string())
+            }
+        }
+        BackboneArch::Vit(_) => {
+            let key = key.strip_prefix("vit.").unwrap_or(key);
+            if key == "embeddings.mask_token" || key.starts_with("pooler.") {
+                return KeyMapping::Ignored;
+            }
+            let Some(rest) = key.strip_prefix("encoder.layer.") else {
+                return KeyMapping::Canonical(key.to_string());
+            };
+            let Some((index, tail)) = rest.split_once('.') else {
+                return KeyMapping::Canonical(key.to_string());
+            };
+            const RENAMES: [(&str, &str); 6] = [
+                ("attention.attention.query.", "attention.q_proj."),
+                ("attention.attention.key.", "attention.k_proj."),
+                ("attention.attention.value.", "attention.v_proj."),
+                ("attention.output.dense.", "attention.o_proj."),
+                ("intermediate.dense.", "mlp.fc1."),
+                ("output.dense.", "mlp.fc2."),
+            ];
+            let tail = RENAMES
+                .iter()
+                .find_map(|(old, new)| tail.strip_prefix(old).map(|t| format!("{new}{t}")))
+                .unwrap_or_else(|| tail.to_string());
+            KeyMapping::Canonical(format!("layers.{index}.{tail}"))
+        }
+    }
+}
+
+/// The tensors of a snapshot under canonical names, handed to the model builder one by one.
+/// Problems are collected (missing, mis-shaped) and reported together by [`Self::finish`],
+/// which also reports every tensor that was never asked for.
+pub(crate) struct WeightStore<B: Backend> {
+    snapshot: PathBuf,
+    /// canonical name → (checkpoint name, tensor)
+    tensors: BTreeMap<String, (String, HostTensor)>,
+    missing: Vec<String>,
+    mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+    device: B::Device,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend> WeightStore<B> {
+    /// Read all weight files of the snapshot `dir`, mapping names for `arch`.
+    pub(crate) fn open(
+        dir: &Path,
+        arch: &BackboneArch,
+        device: &B::Device,
+    ) -> Result<Self, VitError> {
+        let mut tensors: BTreeMap<String, (String, HostTensor)> = BTreeMap::new();
+        for file in weight_files(dir)? {
+            for (key, tensor) in read_safetensors(&file)? {
+                let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
+                    continue;
+                };
+                if let Some((first, _)) = tensors.get(&canonical) {
+                    return Err(VitError::DuplicateTensor {
+                        path: file.clone(),
+                        key: canonical,
+                        first: first.clone(),
+                        second: key,
+                    });
+                }
+                tensors.insert(canonical, (key, tensor));
+            }
+        }
+        Ok(Self {
+            snapshot: dir.to_path_buf(),
+            tensors,
+            missing: Vec::new(),
+            mismatched: Vec::new(),
+            device: device.clone(),
+            _backend: PhantomData,
+        })
+    }
+
+    /// Ok when every requested tensor was present with the right shape and none is left over.
+    pub(crate) fn finish(self) -> Result<(), VitError> {
+        let unexpected: Vec<String> = self.tensors.into_values().map(|(name, _)| name).collect();
+        if self.missing.is_empty() && self.mismatched.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        Err(VitError::Weights {
+            snapshot: self.snapshot,
+            missing: self.missing,
+            unexpected,
+            mismatched: self.mismatched,
+        })
+    }
+}
+
+impl<B: Backend> ParamSource<B> for WeightStore<B> {
+    fn device(&self) -> B::Device {
+        self.device.clone()
+    }
+
+    /// The checkpoint tensor `key`; on a problem it is recorded and zeros stand in, so that the
+    /// build goes on and every problem is reported at once.
+    fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        _init: Init,
+    ) -> Tensor<B, D> {
+        match self.tensors.remove(key) {
+            Some((_, t)) if t.shape == shape => {
+                Tensor::from_data(TensorData::new(t.data, shape), &self.device)
+            }
+            Some((name, t)) => {
+                self.mismatched.push((name, shape.to_vec(), t.shape));
+                Tensor::zeros(shape, &self.device)
+            }
+            None => {
+                self.missing.push(key.to_string());
+                Tensor::zeros(shape, &self.device)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dinov3::Dinov3Config;
+    use crate::vit::VitConfig;
+
+    fn canon(arch: &BackboneArch, key: &str) -> KeyMapping {
+        canonical_key(arch, key)
+    }
+
+    #[test]
+    fn dinov3_keys_map_to_transformers5_names() {
+        let arch = BackboneArch::Dinov3(Dinov3Config::default());
+        let c = |s: &str| KeyMapping::Canonical(s.to_string());
+        assert_eq!(
+            canon(&arch, "layer.3.mlp.up_proj.weight"),
+            c("model.layer.3.mlp.up_proj.weight")
+        );
+        assert_eq!(
+            canon(&arch, "model.layer.3.norm1.bias"),
+            c("model.layer.3.norm1.bias")
+        );
+        assert_eq!(
+            canon(&arch, "embeddings.cls_token"),
+            c("embeddings.cls_token")
+        );
+        assert_eq!(canon(&arch, "norm.weight"), c("norm.weight"));
+        assert_eq!(canon(&arch, "embeddings.mask_token"), KeyMapping::Ignored);
+    }
+
+    #[test]
+    fn vit_old_keys_map_to_transformers5_names() {
+        let arch = BackboneArch::Vit(VitConfig::default());
+        let c = |s: &str| KeyMapping::Canonical(s.to_string());
+        let cases = [
+            (
+                "vit.encoder.layer.11.attention.attention.query.weight",
+                "layers.11.attention.q_proj.weight",
+            ),
+            (
+                "encoder.layer.0.attention.attention.key.bias",
+                "layers.0.attention.k_proj.bias",
+            ),
+            (
+                "encoder.layer.0.attention.attention.value.weight",
+                "layers.0.attention.v_proj.weight",
+            ),
+            (
+                "encoder.layer.0.attention.output.dense.weight",
+                "layers.0.attention.o_proj.weight",
+            ),
+            (
+                "encoder.layer.0.intermediate.dense.bias",
+                "layers.0.mlp.fc1.bias",
+            ),
+            (
+                "encoder.layer.0.output.dense.weight",
+                "layers.0.mlp.fc2.weight",
+            ),
+            (
+                "encoder.layer.2.layernorm_before.weight",
+                "layers.2.layernorm_before.weight",
+            ),
+            ("vit.layernorm.bias", "layernorm.bias"),
+            (
+                "vit.embeddings.patch_embeddings.projection.weight",
+                "embeddings.patch_embeddings.projection.weight",
+            ),
+            ("layers.1.mlp.fc2.bias", "layers.1.mlp.fc2.bias"),
+        ];
+        for (old, new) in cases {
+            assert_eq!(canon(&arch, old), c(new), "{old}");
+        }
+        assert_eq!(canon(&arch, "vit.pooler.dense.weight"), KeyMapping::Ignored);
+        assert_eq!(canon(&arch, "embeddings.mask_token"), KeyMapping::Ignored);
+    }
+
+    #[test]
+    fn only_two_part_ids_name_cache_repos() {
+        assert_eq!(
+            repo_dir_name("facebook/dinov3-vits16").as_deref(),
+            Some("models--facebook--dinov3-vits16")
+        );
+        assert_eq!(repo_dir_name("dinov3"), None);
+        assert_eq!(repo_dir_name("/abs/path/x"), None);
+        assert_eq!(repo_dir_name("../x"), None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Backbones (DINOv3, classic ViT) loaded from local Hugging Face snapshots, the upsampling
+//! decoder and the heatmap head, assembled (with 4-bit quantization and LoRA) into
+//! [`model::HeatmapModel`].
+
+pub mod backbone;
+pub mod decoder;
+pub mod dinov3;
+pub mod error;
+pub mod head;
+pub mod hf;
+pub mod model;
+pub mod proj;
+pub mod vit;

@@ -1,0 +1,369 @@
+//! `HeatmapModel`: backbone → (4-bit base) → (LoRA) → decoder → 1×1 head, from the config.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use tracknet_config::{
+    Activation, BackboneFamily, ComputeDtype as CfgDtype, DecoderNorm, LoraBias, ModelConfig, QuantKind,
+    TargetModules,
+};
+use tracknet_lora::{
+    BiasMode, LoraError, LoraInit, LoraLinear, LoraSettings, ParamReport, TargetSpec, param_report, select_targets,
+    set_trainable,
+};
+use tracknet_quant::{
+    CodeBooks, ComputeDtype, LayerMemory, LinearInfo, MemoryReport, QuantError, QuantPlan, QuantSpec, QuantType,
+    QuantBackend, segment_match,
+};
+
+use crate::backbone::{Backbone, BackboneArch};
+use crate::decoder::{DecoderActivation, DecoderError, DecoderNormKind, HeatmapDecoder, HeatmapDecoderConfig};
+use crate::error::VitError;
+use crate::head::{HeatmapHead, HeatmapHeadConfig};
+use crate::hf;
+
+/// Anything that stops a model from being built.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Backbone weights or architecture.
+    #[error(transparent)]
+    Vit(#[from] VitError),
+    /// Decoder configuration.
+    #[error(transparent)]
+    Decoder(#[from] DecoderError),
+    /// Quantization.
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    /// LoRA.
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    /// A config value that does not fit the model.
+    #[error("{key}: {message}")]
+    Config {
+        /// Key path.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// The TrackNet heatmap model. Module paths: `backbone.<HF path>`, `decoder.…`, `head.…`.
+#[derive(Module, Debug)]
+pub struct HeatmapModel<B: Backend> {
+    /// DINOv3 or ViT.
+    pub backbone: Backbone<B>,
+    /// Upsampling decoder.
+    pub decoder: HeatmapDecoder<B>,
+    /// 1×1 conv to one channel.
+    pub head: HeatmapHead<B>,
+    /// Shared 4-bit code books (present when the backbone is quantized).
+    pub code_books: Option<CodeBooks<B>>,
+}
+
+/// What building the model decided, for the reports printed at the start of a run.
+#[derive(Debug, Clone, Default)]
+pub struct BuildReport {
+    /// Where the backbone came from.
+    pub backbone_source: String,
+    /// The quantization decision per layer (when enabled).
+    pub quant_plan: Option<QuantPlan>,
+    /// Paths that got a LoRA adapter.
+    pub lora_targets: Vec<String>,
+    /// Non-fatal notes.
+    pub warnings: Vec<String>,
+}
+
+impl<B: QuantBackend> HeatmapModel<B> {
+    /// Build the whole model from the `model:` section.
+    pub fn from_config(cfg: &ModelConfig, device: &B::Device) -> Result<(Self, BuildReport), ModelError> {
+        let mut report = BuildReport::default();
+        let (backbone, source) = load_backbone::<B>(cfg, device)?;
+        report.backbone_source = source;
+        if backbone.patch_size() != cfg.backbone.patch_size {
+            report.warnings.push(format!(
+                "model.backbone.patch_size is {} but the backbone uses {}; the backbone's value is used",
+                cfg.backbone.patch_size,
+                backbone.patch_size()
+            ));
+        }
+        let decoder_cfg = decoder_config(cfg, backbone.hidden_size())?;
+        let decoder = decoder_cfg.init(device)?;
+        let head = HeatmapHeadConfig::new(*decoder_cfg.channels.last().unwrap_or(&1)).init(device);
+        let mut model = Self { backbone, decoder, head, code_books: None };
+
+        // The backbone trains only when not frozen and not adapted (LoRA trains adapters instead).
+        let backbone_trains = !cfg.backbone.freeze && !cfg.lora.enabled;
+        model.backbone = set_trainable(model.backbone, |_| Some(backbone_trains));
+
+        if cfg.quantization.enabled {
+            let (m, plan) = model.quantize_backbone(&quant_spec(cfg), &cfg.quantization.skip_modules, device)?;
+            model = m;
+            report.warnings.extend(plan.warnings());
+            report.quant_plan = Some(plan);
+        }
+        if cfg.lora.enabled {
+            let settings = lora_settings(cfg);
+            let (m, targets) = model.add_lora(&settings, device)?;
+            model = m;
+            report.lora_targets = targets;
+        }
+        Ok((model, report))
+    }
+
+    /// Quantize the backbone's projections (QLoRA order: before LoRA). The head is never
+    /// quantized (it is a conv, outside the backbone).
+    pub fn quantize_backbone(
+        mut self,
+        spec: &QuantSpec,
+        skip_modules: &[String],
+        device: &B::Device,
+    ) -> Result<(Self, QuantPlan), ModelError> {
+        let infos = self.projection_infos();
+        let plan = QuantPlan::new(&infos, skip_modules, &[], spec.blocksize);
+        let books = CodeBooks::<B>::new(device);
+        let selected = plan.quantize.clone();
+        self.backbone = self.backbone.map_projections(&mut |path: &str, p: LoraLinear<B>| {
+            if selected.iter().any(|s| s == path) { p.quantize(*spec, &books) } else { Ok(p) }
+        })?;
+        self.code_books = Some(books);
+        Ok((self, plan))
+    }
+
+    /// Attach LoRA adapters to the targeted projections and apply the bias mode and
+    /// `modules_to_save`. Returns the adapted paths.
+    pub fn add_lora(mut self, settings: &LoraSettings, device: &B::Device) -> Result<(Self, Vec<String>), ModelError> {
+        settings.validate()?;
+        let paths = self.backbone.projection_paths();
+        let targets = select_targets(&paths, &settings.targets)?;
+        self.backbone = self.backbone.map_projections(&mut |path: &str, p: LoraLinear<B>| {
+            if targets.iter().any(|t| t == path) { p.with_adapter(settings, device) } else { Ok(p) }
+        })?;
+        let adapted = targets.clone();
+        let to_save = settings.modules_to_save.clone();
+        let bias = settings.bias;
+        self.backbone = set_trainable(self.backbone, |param: &str| {
+            if param.contains(".lora_a.") || param.contains(".lora_b.") {
+                return Some(true);
+            }
+            let module = param.rsplit_once('.').map_or("", |(m, _)| m);
+            if to_save.iter().any(|m| segment_match(module, m)) {
+                return Some(true);
+            }
+            if param.ends_with(".bias") {
+                let owner = module.strip_suffix(".base").unwrap_or(module);
+                return Some(match bias {
+                    BiasMode::None => false,
+                    BiasMode::All => true,
+                    BiasMode::LoraOnly => adapted.iter().any(|t| t == owner),
+                });
+            }
+            Some(false)
+        });
+        Ok((self, targets))
+    }
+
+    /// `images [batch, 3, H, W] → heatmap logits [batch, 1, Hh, Wh]`.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 4> {
+        let grid = self.backbone.forward(images).patch_grid; // [B, h, w, C]
+        let x = grid.permute([0, 3, 1, 2]); // [B, C, h, w]
+        self.head.forward(self.decoder.forward(x))
+    }
+
+    /// As [`Self::forward`], with the input shape checked first (a clear error, not a panic).
+    pub fn try_forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 4>, ModelError> {
+        self.backbone.check_input(images.dims())?;
+        Ok(self.forward(images))
+    }
+}
+
+impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
+    /// Path, shape and finiteness of every backbone projection.
+    pub fn projection_infos(&self) -> Vec<LinearInfo> {
+        let mut infos = Vec::new();
+        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+            let (i, o) = p.dims();
+            let finite = match &p.base {
+                tracknet_lora::BaseLinear::Dense(l) => l.weight.val().is_finite().all().into_scalar().to_bool(),
+                tracknet_lora::BaseLinear::Quant(_) => true,
+            };
+            infos.push(LinearInfo { path: path.to_string(), in_features: i, out_features: o, finite });
+            Ok(p)
+        });
+        infos
+    }
+
+    /// Every backbone projection with an adapter, in PEFT layout `(path, A [r,in], B [out,r])`.
+    pub fn adapters(&self) -> Vec<(String, Tensor<B, 2>, Tensor<B, 2>)> {
+        let mut out = Vec::new();
+        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+            if let Some((a, b)) = p.adapter_weights() {
+                out.push((path.to_string(), a, b));
+            }
+            Ok(p)
+        });
+        out
+    }
+
+    /// Load PEFT adapter tensors by path (after [`tracknet_lora::peft::LoadedAdapter::assign`]).
+    pub fn set_adapters(
+        mut self,
+        tensors: &std::collections::BTreeMap<String, (Tensor<B, 2>, Tensor<B, 2>)>,
+    ) -> Result<Self, ModelError> {
+        self.backbone = self.backbone.map_projections(&mut |path: &str, mut p: LoraLinear<B>| {
+            if let Some((a, b)) = tensors.get(path) {
+                p.set_adapter_weights(a.clone(), b.clone())?;
+            }
+            Ok::<_, LoraError>(p)
+        })?;
+        Ok(self)
+    }
+
+    /// Measured storage of every backbone projection (4-bit or f32) and the shared code books.
+    pub fn memory_report(&self) -> MemoryReport {
+        let mut layers = Vec::new();
+        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+            let (i, o) = p.dims();
+            let (stored, quantized) = match &p.base {
+                tracknet_lora::BaseLinear::Dense(_) => (i * o * 4, false),
+                tracknet_lora::BaseLinear::Quant(q) => (q.stored_weight_bytes(), true),
+            };
+            layers.push(LayerMemory { path: path.to_string(), params: i * o, stored_bytes: stored, quantized });
+            Ok(p)
+        });
+        let shared_bytes = self.code_books.as_ref().map_or(0, |b| b.stored_bytes());
+        MemoryReport { layers, shared_bytes }
+    }
+
+    /// Weights held as 4-bit constants (not Burn parameters).
+    pub fn quantized_weights(&self) -> usize {
+        self.memory_report().quantized_params()
+    }
+
+    /// PEFT's trainable-parameter report (meaningful on an autodiff backend).
+    pub fn param_report(&self) -> ParamReport {
+        param_report::<B, _>(self, self.quantized_weights())
+    }
+}
+
+fn load_backbone<B: QuantBackend>(cfg: &ModelConfig, device: &B::Device) -> Result<(Backbone<B>, String), ModelError> {
+    if let Some(dir) = &cfg.backbone.weights {
+        let dir = hf::resolve_snapshot(&dir.to_string_lossy(), true)?;
+        return Ok((Backbone::from_snapshot(&dir, device)?, format!("snapshot {}", dir.display())));
+    }
+    if cfg.backbone.pretrained
+        && let Some(name) = &cfg.pretrained_model_name
+    {
+        let dir = hf::resolve_snapshot(name, cfg.backbone.local_files_only)?;
+        return Ok((Backbone::from_snapshot(&dir, device)?, format!("{name} ({})", dir.display())));
+    }
+    let arch = arch_from_config(cfg)?;
+    Ok((Backbone::random(&arch, device)?, "random init (model.backbone architecture fields)".into()))
+}
+
+/// The architecture the config describes, for a randomly initialised backbone.
+pub fn arch_from_config(cfg: &ModelConfig) -> Result<BackboneArch, ModelError> {
+    let b = &cfg.backbone;
+    let json = match b.family {
+        BackboneFamily::Dinov3 => serde_json::json!({
+            "model_type": "dinov3_vit",
+            "hidden_size": b.hidden_size,
+            "num_hidden_layers": b.num_hidden_layers,
+            "num_attention_heads": b.num_attention_heads,
+            "intermediate_size": b.intermediate_size,
+            "num_register_tokens": b.num_register_tokens,
+            "use_gated_mlp": b.use_gated_mlp,
+            "layerscale_value": b.layerscale_value,
+            "rope_theta": b.rope_theta,
+            "layer_norm_eps": b.layer_norm_eps,
+            "patch_size": b.patch_size,
+        }),
+        BackboneFamily::Vit => serde_json::json!({
+            "model_type": "vit",
+            "hidden_size": b.hidden_size,
+            "num_hidden_layers": b.num_hidden_layers,
+            "num_attention_heads": b.num_attention_heads,
+            "intermediate_size": b.intermediate_size,
+            "layer_norm_eps": b.layer_norm_eps,
+            "patch_size": b.patch_size,
+            "image_size": 224,
+        }),
+    };
+    Ok(BackboneArch::from_config_str(&json.to_string(), Path::new("model.backbone"))?)
+}
+
+/// The decoder's config from `model.decoder` + `model.heatmap`; the first channel count must
+/// equal the backbone's hidden size.
+pub fn decoder_config(cfg: &ModelConfig, hidden: usize) -> Result<HeatmapDecoderConfig, ModelError> {
+    let d = &cfg.decoder;
+    if d.channels.first() != Some(&hidden) {
+        return Err(ModelError::Config {
+            key: "model.decoder.channels".into(),
+            message: format!(
+                "the first entry must equal the backbone's hidden size {hidden}, got {:?}",
+                d.channels.first()
+            ),
+        });
+    }
+    Ok(HeatmapDecoderConfig::new(d.channels.clone(), d.upsample.clone(), cfg.heatmap.size)
+        .with_blocks_per_stage(d.blocks_per_stage)
+        .with_norm(match d.norm {
+            DecoderNorm::Gn => DecoderNormKind::Group,
+            DecoderNorm::Bn => DecoderNormKind::Batch,
+        })
+        .with_activation(match d.activation {
+            Activation::Gelu => DecoderActivation::Gelu,
+            Activation::Relu => DecoderActivation::Relu,
+        })
+        .with_use_depthwise(d.use_depthwise)
+        .with_use_se(d.use_se)
+        .with_se_reduction(d.se_reduction)
+        .with_dropout(d.dropout))
+}
+
+/// `model.quantization` as a layer spec.
+pub fn quant_spec(cfg: &ModelConfig) -> QuantSpec {
+    let q = &cfg.quantization;
+    QuantSpec {
+        quant_type: match q.quant_type {
+            QuantKind::Nf4 => QuantType::Nf4,
+            QuantKind::Fp4 => QuantType::Fp4,
+        },
+        blocksize: q.blocksize,
+        double_quant: q.double_quant(),
+        compute: match q.compute_dtype {
+            CfgDtype::Bfloat16 => ComputeDtype::BF16,
+            CfgDtype::Float16 => ComputeDtype::F16,
+            CfgDtype::Float32 => ComputeDtype::F32,
+        },
+    }
+}
+
+/// `model.lora` as LoRA settings.
+pub fn lora_settings(cfg: &ModelConfig) -> LoraSettings {
+    let l = &cfg.lora;
+    LoraSettings {
+        r: l.r,
+        alpha: l.lora_alpha,
+        dropout: l.lora_dropout,
+        use_rslora: l.use_rslora,
+        bias: match l.bias {
+            LoraBias::None => BiasMode::None,
+            LoraBias::All => BiasMode::All,
+            LoraBias::LoraOnly => BiasMode::LoraOnly,
+        },
+        targets: match &l.target_modules {
+            TargetModules::List(v) => TargetSpec::List(v.clone()),
+            TargetModules::Regex(r) => TargetSpec::Regex(r.clone()),
+            TargetModules::Auto => TargetSpec::Auto,
+        },
+        modules_to_save: l.modules_to_save.clone(),
+        init: if l.init_lora_weights { LoraInit::PeftDefault } else { LoraInit::RandomB },
+        task_type: l.task_type.clone(),
+    }
+}
+
+/// Where an adapter's base model lives, resolved against the adapter folder.
+pub fn adapter_base_dir(adapter_dir: &Path, base: &str) -> PathBuf {
+    let p = Path::new(base);
+    if p.is_absolute() { p.to_path_buf() } else { adapter_dir.join(p) }
+}
