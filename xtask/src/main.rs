@@ -13,14 +13,18 @@ use std::process::{Command, ExitCode};
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        eprintln!("usage: cargo xtask <train|eval|predict|synth|quantize-report|bench|test|ci> [ARGS]");
+        eprintln!(
+            "usage: cargo xtask <train|eval|predict|synth|quantize-report|bench|test|ci> [ARGS]"
+        );
         return ExitCode::from(2);
     };
     let result = match task.as_str() {
         "train" | "eval" | "predict" | "synth" | "quantize-report" => tracknet(task, rest),
         "bench" => tracknet("bench", rest),
         "test" | "ci" => test(),
-        other => Err(format!("unknown task `{other}`; expected train|eval|predict|synth|quantize-report|bench|test|ci")),
+        other => Err(format!(
+            "unknown task `{other}`; expected train|eval|predict|synth|quantize-report|bench|test|ci"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,7 +36,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {
@@ -43,15 +50,28 @@ fn cargo() -> Command {
 
 fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     eprintln!("xtask: {what}");
-    let status = cmd.status().map_err(|e| format!("{what}: could not start: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{what}: failed ({status})")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what}: failed ({status})"))
+    }
 }
 
 /// Run the `tracknet` binary (built in the dev profile, whose dependencies are optimised, so
 /// tests and training share one build).
 fn tracknet(task: &str, rest: &[String]) -> Result<(), String> {
     let mut c = cargo();
-    c.args(["run", "--quiet", "-p", "tracknet-train", "--bin", "tracknet"]);
+    c.args([
+        "run",
+        "--quiet",
+        "-p",
+        "tracknet-train",
+        "--bin",
+        "tracknet",
+    ]);
     if cuda_requested(rest) {
         c.args(["--features", "cuda"]);
     }
@@ -62,7 +82,9 @@ fn tracknet(task: &str, rest: &[String]) -> Result<(), String> {
 /// `--device cuda[:N]` or `--device=cuda[:N]` asks for the CUDA build.
 fn cuda_requested(rest: &[String]) -> bool {
     rest.iter().any(|a| a.starts_with("--device=cuda"))
-        || rest.windows(2).any(|w| w[0] == "--device" && w[1].starts_with("cuda"))
+        || rest
+            .windows(2)
+            .any(|w| w[0] == "--device" && w[1].starts_with("cuda"))
 }
 
 fn cuda_device_present() -> bool {
@@ -74,20 +96,32 @@ fn test() -> Result<(), String> {
     fmt.args(["fmt", "--all", "--check"]);
     run(fmt, "cargo fmt --check")?;
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run(clippy, "cargo clippy --workspace --all-targets -D warnings")?;
     let mut t = cargo();
     t.args(["test", "--workspace"]);
     run(t, "cargo test --workspace (ndarray)")?;
     let mut check = cargo();
     check.args(["check", "--workspace", "--features", "tracknet-train/cuda"]);
-    run(check, "cargo check --features cuda (backend swap compile; needs no CUDA toolkit)")?;
+    run(
+        check,
+        "cargo check --features cuda (backend swap compile; needs no CUDA toolkit)",
+    )?;
     if cuda_device_present() {
         let mut t = cargo();
         t.args(["test", "--workspace", "--features", "tracknet-train/cuda"]);
         run(t, "cargo test --features cuda (a CUDA device is present)")?;
     } else {
-        eprintln!("xtask: no CUDA device present; CUDA tests not run (the cuda feature was compiled)");
+        eprintln!(
+            "xtask: no CUDA device present; CUDA tests not run (the cuda feature was compiled)"
+        );
     }
     Ok(())
 }

@@ -83,12 +83,21 @@ pub fn collect_params<B: Backend, M: Module<B>>(
             let t = param.val();
             if (self.keep)(&path, t.is_require_grad()) {
                 let shape = t.dims().to_vec();
-                let values = t.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+                let values = t
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .unwrap_or_default();
                 self.out.insert(path, (shape, values));
             }
         }
     }
-    let mut v = V { stack: PathStack::default(), keep, out: BTreeMap::new(), _b: std::marker::PhantomData::<B> };
+    let mut v = V {
+        stack: PathStack::default(),
+        keep,
+        out: BTreeMap::new(),
+        _b: std::marker::PhantomData::<B>,
+    };
     module.visit(&mut v);
     v.out
 }
@@ -116,65 +125,135 @@ pub fn load_params<B: Backend, M: Module<B>>(
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let path = self.stack.path();
-            let Some((shape, values)) = self.tensors.get(&path) else { return param };
+            let Some((shape, values)) = self.tensors.get(&path) else {
+                return param;
+            };
             self.used.push(path.clone());
             let dims = param.val().dims();
             if shape.as_slice() != dims.as_slice() {
-                self.mismatched.push(format!("{path}: expected shape {dims:?}, found {shape:?}"));
+                self.mismatched
+                    .push(format!("{path}: expected shape {dims:?}, found {shape:?}"));
                 return param;
             }
             param.map(|t| {
-                let new = Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &t.device());
-                if t.is_require_grad() { new.require_grad() } else { new }
+                let new =
+                    Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &t.device());
+                if t.is_require_grad() {
+                    new.require_grad()
+                } else {
+                    new
+                }
             })
         }
     }
-    let mut m = Mp { stack: PathStack::default(), tensors, used: Vec::new(), mismatched: Vec::new(), _b: std::marker::PhantomData::<B> };
+    let mut m = Mp {
+        stack: PathStack::default(),
+        tensors,
+        used: Vec::new(),
+        mismatched: Vec::new(),
+        _b: std::marker::PhantomData::<B>,
+    };
     let module = module.map(&mut m);
-    let unexpected: Vec<String> = tensors.keys().filter(|k| !m.used.contains(k)).map(|k| format!("{k}: no such parameter in the model")).collect();
+    let unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !m.used.contains(k))
+        .map(|k| format!("{k}: no such parameter in the model"))
+        .collect();
     if !m.mismatched.is_empty() || !unexpected.is_empty() {
         return Err(TrainError::Checkpoint {
             path: file.to_path_buf(),
-            message: format!("weights do not fit the model:\n  {}", [m.mismatched, unexpected].concat().join("\n  ")),
+            message: format!(
+                "weights do not fit the model:\n  {}",
+                [m.mismatched, unexpected].concat().join("\n  ")
+            ),
         });
     }
     Ok(module)
 }
 
 /// Serialise named f32 tensors as safetensors bytes.
-pub fn to_safetensors(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, meta: HashMap<String, String>) -> Result<Vec<u8>, TrainError> {
+pub fn to_safetensors(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>, TrainError> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(k, (s, v))| (k.clone(), s.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .map(|(k, (s, v))| {
+            (
+                k.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
         .collect();
     let views = bytes
         .iter()
         .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError::Checkpoint { path: PathBuf::new(), message: e.to_string() })?;
-    safetensors::serialize(views, &Some(meta)).map_err(|e| TrainError::Checkpoint { path: PathBuf::new(), message: e.to_string() })
+        .map_err(|e| TrainError::Checkpoint {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+    safetensors::serialize(views, &Some(meta)).map_err(|e| TrainError::Checkpoint {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    })
 }
 
 /// Read named f32 tensors and the metadata from a safetensors file.
-pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>), TrainError> {
-    let raw = fs::read(path).map_err(|source| TrainError::Io { path: path.to_path_buf(), source })?;
-    let bad = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
-    let (_, meta) = SafeTensors::read_metadata(&raw).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(&raw).map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+pub fn read_safetensors(
+    path: &Path,
+) -> Result<
+    (
+        BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        HashMap<String, String>,
+    ),
+    TrainError,
+> {
+    let raw = fs::read(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |message: String| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&raw)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&raw)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
     let mut out = BTreeMap::new();
     for (k, v) in st.tensors() {
         if v.dtype() != Dtype::F32 {
             return Err(bad(format!("{k}: expected F32, found {:?}", v.dtype())));
         }
-        let vals = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         out.insert(k, (v.shape().to_vec(), vals));
     }
     Ok((out, meta.metadata().clone().unwrap_or_default()))
 }
 
 /// Optimizer state as named tensors (`<path>.m`, `<path>.v`) + metadata.
-pub fn optimizer_tensors<B: Backend>(opt: &Optimizer<B>) -> (BTreeMap<String, (Vec<usize>, Vec<f32>)>, HashMap<String, String>) {
-    let host = |t: &Tensor<B, 1>| (t.dims().to_vec(), t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default());
+pub fn optimizer_tensors<B: Backend>(
+    opt: &Optimizer<B>,
+) -> (
+    BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    HashMap<String, String>,
+) {
+    let host = |t: &Tensor<B, 1>| {
+        (
+            t.dims().to_vec(),
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default(),
+        )
+    };
     let mut out = BTreeMap::new();
     for (path, s) in &opt.state {
         if let Some(m) = &s.m {
@@ -205,7 +284,10 @@ pub fn optimizer_from_tensors<B: Backend>(
             None => continue,
         };
         let t = Tensor::<B, 1>::from_floats(values.as_slice(), device);
-        let e = opt.state.entry(path).or_insert(ParamState { m: None, v: None });
+        let e = opt
+            .state
+            .entry(path)
+            .or_insert(ParamState { m: None, v: None });
         if which == "m" {
             e.m = Some(t);
         } else {
@@ -241,8 +323,12 @@ pub fn commit_checkpoint(
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     let previous = read_pointer(ckpt_root, pointer);
     let json = serde_json::to_vec(&serde_json::json!({ "dir": name })).unwrap_or_default();
-    tracknet_data::write_atomic(&ckpt_root.join(format!("{pointer}.json")), &json)
-        .map_err(|e| TrainError::Checkpoint { path: ckpt_root.to_path_buf(), message: e.to_string() })?;
+    tracknet_data::write_atomic(&ckpt_root.join(format!("{pointer}.json")), &json).map_err(
+        |e| TrainError::Checkpoint {
+            path: ckpt_root.to_path_buf(),
+            message: e.to_string(),
+        },
+    )?;
     if let Some(prev) = previous
         && prev != dir
     {

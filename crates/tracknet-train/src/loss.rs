@@ -21,7 +21,12 @@ pub enum HeatmapLoss {
 
 impl HeatmapLoss {
     /// `pred, target, mask: [batch, 1, H, W]` → scalar `[1]`.
-    pub fn forward<B: Backend>(&self, pred: Tensor<B, 4>, target: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 1> {
+    pub fn forward<B: Backend>(
+        &self,
+        pred: Tensor<B, 4>,
+        target: Tensor<B, 4>,
+        mask: Tensor<B, 4>,
+    ) -> Tensor<B, 1> {
         match *self {
             Self::Mse => {
                 let se = (pred - target).powi_scalar(2);
@@ -31,7 +36,9 @@ impl HeatmapLoss {
                 let p = sigmoid(pred).clamp(1e-4, 1.0 - 1e-4);
                 let one_minus_p = p.clone().neg().add_scalar(1.0);
                 let pos = target.clone() * one_minus_p.clone().powf_scalar(alpha) * p.clone().log();
-                let neg = target.clone().neg().add_scalar(1.0).powf_scalar(beta) * p.powf_scalar(alpha) * one_minus_p.log();
+                let neg = target.clone().neg().add_scalar(1.0).powf_scalar(beta)
+                    * p.powf_scalar(alpha)
+                    * one_minus_p.log();
                 let per_pixel = (pos + neg).neg() * mask.clone();
                 // Normalise by the positive mass, as CenterNet normalises by the number of peaks.
                 let norm = (target * mask).sum().clamp_min(1.0);
@@ -84,12 +91,15 @@ mod tests {
         let (alpha, beta) = (2.0, 4.0);
         let logits = [0.3f32, -1.2];
         let target = [1.0f32, 0.25];
-        let l = HeatmapLoss::Focal { alpha, beta }.forward(t(&logits), t(&target), t(&[1.0, 1.0])).into_scalar() as f64;
+        let l = HeatmapLoss::Focal { alpha, beta }
+            .forward(t(&logits), t(&target), t(&[1.0, 1.0]))
+            .into_scalar() as f64;
         let mut want = 0.0;
         for (x, y) in logits.iter().zip(target) {
             let p = 1.0 / (1.0 + (-(*x as f64)).exp());
             let y = y as f64;
-            want -= y * (1.0 - p).powf(alpha) * p.ln() + (1.0 - y).powf(beta) * p.powf(alpha) * (1.0 - p).ln();
+            want -= y * (1.0 - p).powf(alpha) * p.ln()
+                + (1.0 - y).powf(beta) * p.powf(alpha) * (1.0 - p).ln();
         }
         want /= 1.25;
         assert!((l - want).abs() < 1e-5, "{l} vs {want}");

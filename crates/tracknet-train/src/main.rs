@@ -1,1 +1,16 @@
-fn main() {}
+//! `tracknet`: train, eval, predict, synth, quantize-report.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tracknet_train::cli::Cli::parse();
+    match tracknet_train::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

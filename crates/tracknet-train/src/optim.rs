@@ -56,7 +56,11 @@ pub struct Optimizer<B: Backend> {
 impl<IB: Backend> Optimizer<IB> {
     /// A fresh optimizer.
     pub fn new(kind: OptimKind) -> Self {
-        Self { kind, step: 0, state: BTreeMap::new() }
+        Self {
+            kind,
+            step: 0,
+            state: BTreeMap::new(),
+        }
     }
 
     /// One update of every parameter that has a gradient and whose path `frozen(path)` does
@@ -69,7 +73,14 @@ impl<IB: Backend> Optimizer<IB> {
         frozen: &dyn Fn(&str) -> bool,
     ) -> M {
         self.step += 1;
-        let mut mapper = StepMapper::<B> { opt: self, grads, lr, frozen, stack: PathStack::default(), _b: Default::default() };
+        let mut mapper = StepMapper::<B> {
+            opt: self,
+            grads,
+            lr,
+            frozen,
+            stack: PathStack::default(),
+            _b: Default::default(),
+        };
         module.map(&mut mapper)
     }
 }
@@ -101,7 +112,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let kind = self.opt.kind;
         let t = self.opt.step as i32;
         let lr = self.lr;
-        let state = self.opt.state.entry(path).or_insert_with(|| ParamState { m: None, v: None });
+        let state = self
+            .opt
+            .state
+            .entry(path)
+            .or_insert_with(|| ParamState { m: None, v: None });
         param.map(|tensor| {
             let device = tensor.device();
             let shape = tensor.shape();
@@ -112,18 +127,34 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
             let g = to_1d(grad);
             let p = to_1d(w);
             let new_p = match kind {
-                OptimKind::AdamW { betas: (b1, b2), eps, weight_decay } => {
-                    let m = state.m.take().unwrap_or_else(zeros).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
-                    let v = state.v.take().unwrap_or_else(zeros).mul_scalar(b2) + g.clone().powi_scalar(2).mul_scalar(1.0 - b2);
+                OptimKind::AdamW {
+                    betas: (b1, b2),
+                    eps,
+                    weight_decay,
+                } => {
+                    let m = state.m.take().unwrap_or_else(zeros).mul_scalar(b1)
+                        + g.clone().mul_scalar(1.0 - b1);
+                    let v = state.v.take().unwrap_or_else(zeros).mul_scalar(b2)
+                        + g.clone().powi_scalar(2).mul_scalar(1.0 - b2);
                     let bc1 = 1.0 - b1.powi(t);
                     let bc2 = 1.0 - b2.powi(t);
-                    let update = m.clone().div_scalar(bc1).div(v.clone().div_scalar(bc2).sqrt().add_scalar(eps));
+                    let update = m
+                        .clone()
+                        .div_scalar(bc1)
+                        .div(v.clone().div_scalar(bc2).sqrt().add_scalar(eps));
                     state.m = Some(m);
                     state.v = Some(v);
                     p.clone().mul_scalar(1.0 - lr * weight_decay) - update.mul_scalar(lr)
                 }
-                OptimKind::Sgd { momentum, weight_decay } => {
-                    let g = if weight_decay > 0.0 { g + p.clone().mul_scalar(weight_decay) } else { g };
+                OptimKind::Sgd {
+                    momentum,
+                    weight_decay,
+                } => {
+                    let g = if weight_decay > 0.0 {
+                        g + p.clone().mul_scalar(weight_decay)
+                    } else {
+                        g
+                    };
                     let buf = if momentum > 0.0 {
                         let b = match state.m.take() {
                             Some(prev) => prev.mul_scalar(momentum) + g,
@@ -138,13 +169,20 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
                 }
             };
             let out = Tensor::<B, D>::from_inner(new_p.reshape(shape));
-            if tensor.is_require_grad() { out.require_grad() } else { out }
+            if tensor.is_require_grad() {
+                out.require_grad()
+            } else {
+                out
+            }
         })
     }
 }
 
 /// Global L2 norm of all gradients of `module`'s parameters.
-pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
+pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
     struct Norm<'a> {
         grads: &'a GradientsParams,
         sum: f64,
@@ -162,7 +200,11 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &G
 }
 
 /// Scale every gradient by `factor` (global-norm clipping: `factor = max_norm / norm`).
-pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: GradientsParams, factor: f64) -> GradientsParams {
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: GradientsParams,
+    factor: f64,
+) -> GradientsParams {
     struct Scale {
         grads: GradientsParams,
         factor: f64,
@@ -170,7 +212,8 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
     impl<B: AutodiffBackend> ModuleVisitor<B> for Scale {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
             }
         }
     }
@@ -180,7 +223,11 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: 
 }
 
 /// Add `other` into `acc` (gradient accumulation over micro-batches).
-pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, acc: GradientsParams, mut other: GradientsParams) -> GradientsParams {
+pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    acc: GradientsParams,
+    mut other: GradientsParams,
+) -> GradientsParams {
     struct Acc<'a> {
         acc: GradientsParams,
         other: &'a mut GradientsParams,
@@ -196,12 +243,18 @@ pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, acc: Gra
             }
         }
     }
-    let mut v = Acc { acc, other: &mut other };
+    let mut v = Acc {
+        acc,
+        other: &mut other,
+    };
     module.visit(&mut v);
     v.acc
 }
 
 /// Whether any gradient holds NaN or ±inf.
-pub fn grads_finite<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> bool {
+pub fn grads_finite<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> bool {
     grad_norm::<B, M>(module, grads).is_finite()
 }

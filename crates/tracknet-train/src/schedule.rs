@@ -23,7 +23,8 @@ impl LrSchedule {
     pub fn lr(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
             let frac = step as f64 / self.warmup_steps as f64;
-            return self.base_lr * (self.warmup_start_factor + (1.0 - self.warmup_start_factor) * frac);
+            return self.base_lr
+                * (self.warmup_start_factor + (1.0 - self.warmup_start_factor) * frac);
         }
         if !self.cosine {
             return self.base_lr;
@@ -40,7 +41,14 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = LrSchedule { base_lr: 1.0, min_lr: 0.0, warmup_steps: 10, warmup_start_factor: 0.1, total_steps: 110, cosine: true };
+        let s = LrSchedule {
+            base_lr: 1.0,
+            min_lr: 0.0,
+            warmup_steps: 10,
+            warmup_start_factor: 0.1,
+            total_steps: 110,
+            cosine: true,
+        };
         assert!((s.lr(0) - 0.1).abs() < 1e-12);
         assert!((s.lr(5) - 0.55).abs() < 1e-12);
         assert!((s.lr(10) - 1.0).abs() < 1e-12);

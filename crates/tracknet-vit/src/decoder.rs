@@ -203,7 +203,7 @@ impl<B: Backend> DecoderStage<B> {
         let [_, _, h, w] = x.dims();
         let x = bilinear_resize(x, [h * self.upsample, w * self.upsample]);
         let x = match &self.proj {
-            Some(proj) => proj.forward(x),
+            Some(proj) => crate::fastconv::conv2d(proj, x),
             None => x,
         };
         self.blocks.iter().fold(x, |x, block| block.forward(x))

@@ -158,7 +158,10 @@ impl<B: tracknet_quant::QuantBackend> Dinov3Embeddings<B> {
     /// `[batch, channels, H, W]` → `[batch, 1 + registers + patches, hidden]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
         let batch = pixel_values.dims()[0];
-        let patches = flatten_patches(self.patch_embeddings.forward(pixel_values));
+        let patches = flatten_patches(crate::fastconv::conv2d(
+            &self.patch_embeddings,
+            pixel_values,
+        ));
         let mut tokens = vec![self.cls_token.val().repeat_dim(0, batch)];
         if let Some(registers) = &self.register_tokens {
             tokens.push(registers.val().repeat_dim(0, batch));

@@ -4,20 +4,22 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use tracknet_config::{
-    Activation, BackboneFamily, ComputeDtype as CfgDtype, DecoderNorm, LoraBias, ModelConfig, QuantKind,
-    TargetModules,
+    Activation, BackboneFamily, ComputeDtype as CfgDtype, DecoderNorm, LoraBias, ModelConfig,
+    QuantKind, TargetModules,
 };
 use tracknet_lora::{
-    BiasMode, LoraError, LoraInit, LoraLinear, LoraSettings, ParamReport, TargetSpec, param_report, select_targets,
-    set_trainable,
+    BiasMode, LoraError, LoraInit, LoraLinear, LoraSettings, ParamReport, TargetSpec, param_report,
+    select_targets, set_trainable,
 };
 use tracknet_quant::{
-    CodeBooks, ComputeDtype, LayerMemory, LinearInfo, MemoryReport, QuantError, QuantPlan, QuantSpec, QuantType,
-    QuantBackend, segment_match,
+    CodeBooks, ComputeDtype, LayerMemory, LinearInfo, MemoryReport, QuantBackend, QuantError,
+    QuantPlan, QuantSpec, QuantType, segment_match,
 };
 
 use crate::backbone::{Backbone, BackboneArch};
-use crate::decoder::{DecoderActivation, DecoderError, DecoderNormKind, HeatmapDecoder, HeatmapDecoderConfig};
+use crate::decoder::{
+    DecoderActivation, DecoderError, DecoderNormKind, HeatmapDecoder, HeatmapDecoderConfig,
+};
 use crate::error::VitError;
 use crate::head::{HeatmapHead, HeatmapHeadConfig};
 use crate::hf;
@@ -75,7 +77,10 @@ pub struct BuildReport {
 
 impl<B: QuantBackend> HeatmapModel<B> {
     /// Build the whole model from the `model:` section.
-    pub fn from_config(cfg: &ModelConfig, device: &B::Device) -> Result<(Self, BuildReport), ModelError> {
+    pub fn from_config(
+        cfg: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<(Self, BuildReport), ModelError> {
         let mut report = BuildReport::default();
         let (backbone, source) = load_backbone::<B>(cfg, device)?;
         report.backbone_source = source;
@@ -89,14 +94,23 @@ impl<B: QuantBackend> HeatmapModel<B> {
         let decoder_cfg = decoder_config(cfg, backbone.hidden_size())?;
         let decoder = decoder_cfg.init(device)?;
         let head = HeatmapHeadConfig::new(*decoder_cfg.channels.last().unwrap_or(&1)).init(device);
-        let mut model = Self { backbone, decoder, head, code_books: None };
+        let mut model = Self {
+            backbone,
+            decoder,
+            head,
+            code_books: None,
+        };
 
         // The backbone trains only when not frozen and not adapted (LoRA trains adapters instead).
         let backbone_trains = !cfg.backbone.freeze && !cfg.lora.enabled;
         model.backbone = set_trainable(model.backbone, |_| Some(backbone_trains));
 
         if cfg.quantization.enabled {
-            let (m, plan) = model.quantize_backbone(&quant_spec(cfg), &cfg.quantization.skip_modules, device)?;
+            let (m, plan) = model.quantize_backbone(
+                &quant_spec(cfg),
+                &cfg.quantization.skip_modules,
+                device,
+            )?;
             model = m;
             report.warnings.extend(plan.warnings());
             report.quant_plan = Some(plan);
@@ -122,22 +136,38 @@ impl<B: QuantBackend> HeatmapModel<B> {
         let plan = QuantPlan::new(&infos, skip_modules, &[], spec.blocksize);
         let books = CodeBooks::<B>::new(device);
         let selected = plan.quantize.clone();
-        self.backbone = self.backbone.map_projections(&mut |path: &str, p: LoraLinear<B>| {
-            if selected.iter().any(|s| s == path) { p.quantize(*spec, &books) } else { Ok(p) }
-        })?;
+        self.backbone = self
+            .backbone
+            .map_projections(&mut |path: &str, p: LoraLinear<B>| {
+                if selected.iter().any(|s| s == path) {
+                    p.quantize(*spec, &books)
+                } else {
+                    Ok(p)
+                }
+            })?;
         self.code_books = Some(books);
         Ok((self, plan))
     }
 
     /// Attach LoRA adapters to the targeted projections and apply the bias mode and
     /// `modules_to_save`. Returns the adapted paths.
-    pub fn add_lora(mut self, settings: &LoraSettings, device: &B::Device) -> Result<(Self, Vec<String>), ModelError> {
+    pub fn add_lora(
+        mut self,
+        settings: &LoraSettings,
+        device: &B::Device,
+    ) -> Result<(Self, Vec<String>), ModelError> {
         settings.validate()?;
         let paths = self.backbone.projection_paths();
         let targets = select_targets(&paths, &settings.targets)?;
-        self.backbone = self.backbone.map_projections(&mut |path: &str, p: LoraLinear<B>| {
-            if targets.iter().any(|t| t == path) { p.with_adapter(settings, device) } else { Ok(p) }
-        })?;
+        self.backbone = self
+            .backbone
+            .map_projections(&mut |path: &str, p: LoraLinear<B>| {
+                if targets.iter().any(|t| t == path) {
+                    p.with_adapter(settings, device)
+                } else {
+                    Ok(p)
+                }
+            })?;
         let adapted = targets.clone();
         let to_save = settings.modules_to_save.clone();
         let bias = settings.bias;
@@ -149,7 +179,9 @@ impl<B: QuantBackend> HeatmapModel<B> {
             if to_save.iter().any(|m| segment_match(module, m)) {
                 return Some(true);
             }
-            if param.ends_with(".bias") {
+            // PEFT's bias="all" trains every parameter named like a bias, LayerNorm's
+            // included (Burn calls it `beta`).
+            if param.ends_with(".bias") || param.ends_with(".beta") {
                 let owner = module.strip_suffix(".base").unwrap_or(module);
                 return Some(match bias {
                     BiasMode::None => false,
@@ -180,13 +212,22 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
     /// Path, shape and finiteness of every backbone projection.
     pub fn projection_infos(&self) -> Vec<LinearInfo> {
         let mut infos = Vec::new();
-        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+        let _ = self.backbone.clone().map_projections(&mut |path: &str,
+                                                            p: LoraLinear<B>|
+         -> Result<_, ()> {
             let (i, o) = p.dims();
             let finite = match &p.base {
-                tracknet_lora::BaseLinear::Dense(l) => l.weight.val().is_finite().all().into_scalar().to_bool(),
+                tracknet_lora::BaseLinear::Dense(l) => {
+                    l.weight.val().is_finite().all().into_scalar().to_bool()
+                }
                 tracknet_lora::BaseLinear::Quant(_) => true,
             };
-            infos.push(LinearInfo { path: path.to_string(), in_features: i, out_features: o, finite });
+            infos.push(LinearInfo {
+                path: path.to_string(),
+                in_features: i,
+                out_features: o,
+                finite,
+            });
             Ok(p)
         });
         infos
@@ -195,7 +236,9 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
     /// Every backbone projection with an adapter, in PEFT layout `(path, A [r,in], B [out,r])`.
     pub fn adapters(&self) -> Vec<(String, Tensor<B, 2>, Tensor<B, 2>)> {
         let mut out = Vec::new();
-        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+        let _ = self.backbone.clone().map_projections(&mut |path: &str,
+                                                            p: LoraLinear<B>|
+         -> Result<_, ()> {
             if let Some((a, b)) = p.adapter_weights() {
                 out.push((path.to_string(), a, b));
             }
@@ -209,29 +252,41 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
         mut self,
         tensors: &std::collections::BTreeMap<String, (Tensor<B, 2>, Tensor<B, 2>)>,
     ) -> Result<Self, ModelError> {
-        self.backbone = self.backbone.map_projections(&mut |path: &str, mut p: LoraLinear<B>| {
-            if let Some((a, b)) = tensors.get(path) {
-                p.set_adapter_weights(a.clone(), b.clone())?;
-            }
-            Ok::<_, LoraError>(p)
-        })?;
+        self.backbone =
+            self.backbone
+                .map_projections(&mut |path: &str, mut p: LoraLinear<B>| {
+                    if let Some((a, b)) = tensors.get(path) {
+                        p.set_adapter_weights(a.clone(), b.clone())?;
+                    }
+                    Ok::<_, LoraError>(p)
+                })?;
         Ok(self)
     }
 
     /// Measured storage of every backbone projection (4-bit or f32) and the shared code books.
     pub fn memory_report(&self) -> MemoryReport {
         let mut layers = Vec::new();
-        let _ = self.backbone.clone().map_projections(&mut |path: &str, p: LoraLinear<B>| -> Result<_, ()> {
+        let _ = self.backbone.clone().map_projections(&mut |path: &str,
+                                                            p: LoraLinear<B>|
+         -> Result<_, ()> {
             let (i, o) = p.dims();
             let (stored, quantized) = match &p.base {
                 tracknet_lora::BaseLinear::Dense(_) => (i * o * 4, false),
                 tracknet_lora::BaseLinear::Quant(q) => (q.stored_weight_bytes(), true),
             };
-            layers.push(LayerMemory { path: path.to_string(), params: i * o, stored_bytes: stored, quantized });
+            layers.push(LayerMemory {
+                path: path.to_string(),
+                params: i * o,
+                stored_bytes: stored,
+                quantized,
+            });
             Ok(p)
         });
         let shared_bytes = self.code_books.as_ref().map_or(0, |b| b.stored_bytes());
-        MemoryReport { layers, shared_bytes }
+        MemoryReport {
+            layers,
+            shared_bytes,
+        }
     }
 
     /// Weights held as 4-bit constants (not Burn parameters).
@@ -245,19 +300,31 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
     }
 }
 
-fn load_backbone<B: QuantBackend>(cfg: &ModelConfig, device: &B::Device) -> Result<(Backbone<B>, String), ModelError> {
+fn load_backbone<B: QuantBackend>(
+    cfg: &ModelConfig,
+    device: &B::Device,
+) -> Result<(Backbone<B>, String), ModelError> {
     if let Some(dir) = &cfg.backbone.weights {
         let dir = hf::resolve_snapshot(&dir.to_string_lossy(), true)?;
-        return Ok((Backbone::from_snapshot(&dir, device)?, format!("snapshot {}", dir.display())));
+        return Ok((
+            Backbone::from_snapshot(&dir, device)?,
+            format!("snapshot {}", dir.display()),
+        ));
     }
     if cfg.backbone.pretrained
         && let Some(name) = &cfg.pretrained_model_name
     {
         let dir = hf::resolve_snapshot(name, cfg.backbone.local_files_only)?;
-        return Ok((Backbone::from_snapshot(&dir, device)?, format!("{name} ({})", dir.display())));
+        return Ok((
+            Backbone::from_snapshot(&dir, device)?,
+            format!("{name} ({})", dir.display()),
+        ));
     }
     let arch = arch_from_config(cfg)?;
-    Ok((Backbone::random(&arch, device)?, "random init (model.backbone architecture fields)".into()))
+    Ok((
+        Backbone::random(&arch, device)?,
+        "random init (model.backbone architecture fields)".into(),
+    ))
 }
 
 /// The architecture the config describes, for a randomly initialised backbone.
@@ -288,12 +355,18 @@ pub fn arch_from_config(cfg: &ModelConfig) -> Result<BackboneArch, ModelError> {
             "image_size": 224,
         }),
     };
-    Ok(BackboneArch::from_config_str(&json.to_string(), Path::new("model.backbone"))?)
+    Ok(BackboneArch::from_config_str(
+        &json.to_string(),
+        Path::new("model.backbone"),
+    )?)
 }
 
 /// The decoder's config from `model.decoder` + `model.heatmap`; the first channel count must
 /// equal the backbone's hidden size.
-pub fn decoder_config(cfg: &ModelConfig, hidden: usize) -> Result<HeatmapDecoderConfig, ModelError> {
+pub fn decoder_config(
+    cfg: &ModelConfig,
+    hidden: usize,
+) -> Result<HeatmapDecoderConfig, ModelError> {
     let d = &cfg.decoder;
     if d.channels.first() != Some(&hidden) {
         return Err(ModelError::Config {
@@ -304,20 +377,22 @@ pub fn decoder_config(cfg: &ModelConfig, hidden: usize) -> Result<HeatmapDecoder
             ),
         });
     }
-    Ok(HeatmapDecoderConfig::new(d.channels.clone(), d.upsample.clone(), cfg.heatmap.size)
-        .with_blocks_per_stage(d.blocks_per_stage)
-        .with_norm(match d.norm {
-            DecoderNorm::Gn => DecoderNormKind::Group,
-            DecoderNorm::Bn => DecoderNormKind::Batch,
-        })
-        .with_activation(match d.activation {
-            Activation::Gelu => DecoderActivation::Gelu,
-            Activation::Relu => DecoderActivation::Relu,
-        })
-        .with_use_depthwise(d.use_depthwise)
-        .with_use_se(d.use_se)
-        .with_se_reduction(d.se_reduction)
-        .with_dropout(d.dropout))
+    Ok(
+        HeatmapDecoderConfig::new(d.channels.clone(), d.upsample.clone(), cfg.heatmap.size)
+            .with_blocks_per_stage(d.blocks_per_stage)
+            .with_norm(match d.norm {
+                DecoderNorm::Gn => DecoderNormKind::Group,
+                DecoderNorm::Bn => DecoderNormKind::Batch,
+            })
+            .with_activation(match d.activation {
+                Activation::Gelu => DecoderActivation::Gelu,
+                Activation::Relu => DecoderActivation::Relu,
+            })
+            .with_use_depthwise(d.use_depthwise)
+            .with_use_se(d.use_se)
+            .with_se_reduction(d.se_reduction)
+            .with_dropout(d.dropout),
+    )
 }
 
 /// `model.quantization` as a layer spec.
@@ -357,7 +432,11 @@ pub fn lora_settings(cfg: &ModelConfig) -> LoraSettings {
             TargetModules::Auto => TargetSpec::Auto,
         },
         modules_to_save: l.modules_to_save.clone(),
-        init: if l.init_lora_weights { LoraInit::PeftDefault } else { LoraInit::RandomB },
+        init: if l.init_lora_weights {
+            LoraInit::PeftDefault
+        } else {
+            LoraInit::RandomB
+        },
         task_type: l.task_type.clone(),
     }
 }
@@ -365,5 +444,9 @@ pub fn lora_settings(cfg: &ModelConfig) -> LoraSettings {
 /// Where an adapter's base model lives, resolved against the adapter folder.
 pub fn adapter_base_dir(adapter_dir: &Path, base: &str) -> PathBuf {
     let p = Path::new(base);
-    if p.is_absolute() { p.to_path_buf() } else { adapter_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        adapter_dir.join(p)
+    }
 }

@@ -148,7 +148,7 @@ impl<B: tracknet_quant::QuantBackend> VitEmbeddings<B> {
     /// `[batch, channels, H, W]` → `[batch, 1 + patches, hidden]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
         let batch = pixel_values.dims()[0];
-        let patches = self.patch_embeddings.projection.forward(pixel_values);
+        let patches = crate::fastconv::conv2d(&self.patch_embeddings.projection, pixel_values);
         let [_, _, gh, gw] = patches.dims();
         let patches = flatten_patches(patches);
         let cls = self.cls_token.val().repeat_dim(0, batch);

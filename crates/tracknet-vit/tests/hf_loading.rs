@@ -538,7 +538,9 @@ fn projection_paths_are_hf_paths_and_burn_module_paths() {
             let variant = if model == "vit" { "Vit" } else { "Dinov3" };
             assert!(
                 // Projections are `LoraLinear`s: the weight sits in the (enum) dense base.
-                visitor.0.contains(&format!("{variant}.{p}.base.Dense.weight")),
+                visitor
+                    .0
+                    .contains(&format!("{variant}.{p}.base.Dense.weight")),
                 "{model}: {p}"
             );
         }

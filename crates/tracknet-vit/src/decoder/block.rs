@@ -111,10 +111,10 @@ pub struct ResidualBlock<B: Backend> {
 impl<B: Backend> ResidualBlock<B> {
     /// `[batch, C, h, w]` → `[batch, C, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let y = self.dw.forward(x.clone());
+        let y = crate::fastconv::conv2d(&self.dw, x.clone());
         let y = self.norm.forward(y);
         let y = self.act.forward(y);
-        let y = self.pw.forward(y);
+        let y = crate::fastconv::conv2d(&self.pw, y);
         let y = match &self.se {
             Some(se) => se.forward(y),
             None => y,

@@ -48,8 +48,8 @@ impl<B: Backend> SqueezeExcite<B> {
     /// `[batch, C, h, w]` → same shape, each channel scaled by a gate in `(0, 1)`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let pooled = x.clone().mean_dim(3).mean_dim(2); // [batch, C, 1, 1]
-        let gate = relu(self.reduce.forward(pooled));
-        let gate = sigmoid(self.expand.forward(gate));
+        let gate = relu(crate::fastconv::conv2d(&self.reduce, pooled));
+        let gate = sigmoid(crate::fastconv::conv2d(&self.expand, gate));
         x * gate
     }
 }

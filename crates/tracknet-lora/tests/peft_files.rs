@@ -1,0 +1,505 @@
+//! PEFT adapter files: what we write is what `PeftModel.save_pretrained` writes, and what PEFT
+//! wrote (the fixture) loads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde_json::Value;
+use tracknet_lora::peft::{
+    AdapterConfig, AdapterTensors, CONFIG_FILE, KEY_PREFIX, WEIGHTS_FILE, load_adapter,
+    save_adapter,
+};
+use tracknet_lora::{BiasMode, LoraError, LoraInit, LoraSettings, TargetSpec};
+
+type B = NdArray<f32>;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("TRACKNET_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+        })
+}
+
+fn fixture_adapter() -> PathBuf {
+    let dir = fixtures().join("peft/adapter");
+    for f in [CONFIG_FILE, WEIGHTS_FILE] {
+        assert!(
+            dir.join(f).is_file(),
+            "fixture missing: {}",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A fresh folder under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "tracknet-lora-peft-files-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn vals(n: usize, seed: f32) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * 0.37 + seed).sin()).collect()
+}
+
+/// Two adapters of rank 3 on differently shaped layers.
+fn sample_adapters() -> Vec<AdapterTensors> {
+    let mk = |path: &str, d_in: usize, d_out: usize, seed: f32| {
+        let device = Default::default();
+        let a =
+            Tensor::<B, 2>::from_data(TensorData::new(vals(3 * d_in, seed), [3, d_in]), &device);
+        let b = Tensor::<B, 2>::from_data(
+            TensorData::new(vals(d_out * 3, seed + 1.0), [d_out, 3]),
+            &device,
+        );
+        AdapterTensors::from_tensors(path, a, b)
+    };
+    vec![
+        mk("model.layer.0.attention.q_proj", 8, 8, 0.1),
+        mk("model.layer.0.mlp.up_proj", 8, 16, 0.2),
+    ]
+}
+
+fn sample_settings() -> LoraSettings {
+    LoraSettings {
+        r: 3,
+        alpha: 6.0,
+        dropout: 0.1,
+        use_rslora: true,
+        bias: BiasMode::LoraOnly,
+        targets: TargetSpec::List(vec!["q_proj".into(), "up_proj".into()]),
+        modules_to_save: vec!["norm".into()],
+        init: LoraInit::PeftDefault,
+        task_type: Some("FEATURE_EXTRACTION".into()),
+    }
+}
+
+fn save_sample(dir: &Path) -> (AdapterConfig, Vec<AdapterTensors>) {
+    let adapters = sample_adapters();
+    let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+    let config = AdapterConfig::from_settings(&sample_settings(), &paths, Some("../dinov3".into()));
+    save_adapter(dir, &config, &adapters).unwrap();
+    (config, adapters)
+}
+
+#[test]
+fn save_then_load_round_trips_tensors_and_settings() {
+    let tmp = TempDir::new("roundtrip");
+    let (config, adapters) = save_sample(&tmp.0);
+    let loaded = load_adapter(&tmp.0).unwrap();
+    assert_eq!(loaded.config, config);
+    assert_eq!(loaded.tensors.len(), adapters.len());
+    for a in &adapters {
+        assert_eq!(&loaded.tensors[&a.path], a, "{}", a.path);
+    }
+    let s = loaded.config.to_settings(&tmp.0).unwrap();
+    assert_eq!(s, sample_settings());
+    // No temp files are left behind by the atomic writes.
+    let mut names: Vec<String> = std::fs::read_dir(&tmp.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [CONFIG_FILE, WEIGHTS_FILE]);
+}
+
+#[test]
+fn saved_weights_have_peft_keys_dtype_and_shapes() {
+    let tmp = TempDir::new("keys");
+    let (_, adapters) = save_sample(&tmp.0);
+    let bytes = std::fs::read(tmp.0.join(WEIGHTS_FILE)).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut got: BTreeMap<String, (Dtype, Vec<usize>)> = BTreeMap::new();
+    for (k, v) in st.tensors() {
+        got.insert(k, (v.dtype(), v.shape().to_vec()));
+    }
+    let want: BTreeMap<String, (Dtype, Vec<usize>)> = [
+        (
+            "base_model.model.model.layer.0.attention.q_proj.lora_A.weight",
+            vec![3, 8],
+        ),
+        (
+            "base_model.model.model.layer.0.attention.q_proj.lora_B.weight",
+            vec![8, 3],
+        ),
+        (
+            "base_model.model.model.layer.0.mlp.up_proj.lora_A.weight",
+            vec![3, 8],
+        ),
+        (
+            "base_model.model.model.layer.0.mlp.up_proj.lora_B.weight",
+            vec![16, 3],
+        ),
+    ]
+    .into_iter()
+    .map(|(k, s)| (k.to_string(), (Dtype::F32, s)))
+    .collect();
+    assert_eq!(got, want);
+    // Values: row-major PyTorch layout, little-endian f32.
+    let a = st
+        .tensor("base_model.model.model.layer.0.mlp.up_proj.lora_B.weight")
+        .unwrap();
+    let v: Vec<f32> = a
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(v, adapters[1].b);
+    // PEFT writes `{"format": "pt"}` metadata; transformers refuses files without it.
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap_or_default();
+    assert_eq!(meta.get("format").map(String::as_str), Some("pt"));
+}
+
+fn read_json(p: &Path) -> serde_json::Map<String, Value> {
+    let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v.as_object().unwrap().clone()
+}
+
+/// Keys PEFT writes that carry no configuration: `peft_version` is the writer's version (PEFT
+/// only uses it for a warning when loading with another version), and `auto_mapping` names the
+/// Python class of a custom base model (null for us, object in the fixture); neither changes how
+/// an adapter is built or loaded, so they are excluded from the value comparison. `peft_version`
+/// is also excluded from the key-set comparison (we are not PEFT and must not claim a version).
+const INFORMATIONAL: [&str; 2] = ["peft_version", "auto_mapping"];
+
+#[test]
+fn saved_config_has_every_key_peft_writes() {
+    let tmp = TempDir::new("config");
+    save_sample(&tmp.0);
+    let ours = read_json(&tmp.0.join(CONFIG_FILE));
+    let peft = read_json(&fixture_adapter().join(CONFIG_FILE));
+
+    // The keys the brief names, with our values.
+    assert_eq!(ours["peft_type"], "LORA");
+    assert_eq!(ours["r"], 3);
+    assert_eq!(ours["lora_alpha"].as_f64(), Some(6.0));
+    assert_eq!(ours["lora_dropout"].as_f64(), Some(0.1));
+    assert_eq!(
+        ours["target_modules"],
+        serde_json::json!(["q_proj", "up_proj"])
+    );
+    assert_eq!(ours["bias"], "lora_only");
+    assert_eq!(ours["use_rslora"], true);
+    assert_eq!(ours["use_dora"], false);
+    assert_eq!(ours["fan_in_fan_out"], false);
+    assert_eq!(ours["modules_to_save"], serde_json::json!(["norm"]));
+    assert_eq!(ours["base_model_name_or_path"], "../dinov3");
+    assert_eq!(ours["task_type"], "FEATURE_EXTRACTION");
+    assert_eq!(ours["init_lora_weights"], true);
+
+    let ours_keys: BTreeSet<&str> = ours.keys().map(String::as_str).collect();
+    let missing: Vec<&str> = peft
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !ours_keys.contains(k) && *k != "peft_version")
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "adapter_config.json lacks keys PEFT writes: {missing:?}"
+    );
+}
+
+#[test]
+fn fixture_config_through_our_types_writes_peft_values() {
+    // PEFT's config → our settings → our JSON: every shared, non-informational key has PEFT's
+    // value (numbers compared as numbers: PEFT writes `lora_alpha: 8`, we write `8.0`).
+    let dir = fixture_adapter();
+    let loaded = load_adapter(&dir).unwrap();
+    let settings = loaded.config.to_settings(&dir).unwrap();
+    let cfg = AdapterConfig::from_settings(
+        &settings,
+        &[],
+        loaded.config.base_model_name_or_path.clone(),
+    );
+    let ours = cfg.to_peft_json();
+    let ours = ours.as_object().unwrap();
+    let peft = read_json(&dir.join(CONFIG_FILE));
+    let mut differ = Vec::new();
+    for (k, v) in &peft {
+        if INFORMATIONAL.contains(&k.as_str()) {
+            continue;
+        }
+        let Some(o) = ours.get(k) else { continue }; // the key set is checked above
+        let same = match (v.as_f64(), o.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => v == o,
+        };
+        if !same {
+            differ.push(format!("{k}: PEFT {v}, ours {o}"));
+        }
+    }
+    assert!(differ.is_empty(), "{differ:#?}");
+}
+
+#[test]
+fn loads_the_peft_fixture_adapter() {
+    let dir = fixture_adapter();
+    let loaded = load_adapter(&dir).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.peft_type, "LORA");
+    assert_eq!(c.r, 4);
+    assert_eq!(c.lora_alpha, 8.0);
+    assert_eq!(c.base_model_name_or_path.as_deref(), Some("../dinov3"));
+    let s = c.to_settings(&dir).unwrap();
+    assert_eq!(s.scaling(), 2.0);
+    assert_eq!(s.init, LoraInit::RandomB); // init_lora_weights: false
+    assert_eq!(s.bias, BiasMode::None);
+    let TargetSpec::List(t) = &s.targets else {
+        panic!("{:?}", s.targets)
+    };
+    let t: BTreeSet<&str> = t.iter().map(String::as_str).collect();
+    assert_eq!(
+        t,
+        BTreeSet::from(["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+    );
+
+    // 2 layers × (q, v, o, up, down), prefix stripped.
+    assert_eq!(loaded.tensors.len(), 10);
+    for (path, t) in &loaded.tensors {
+        assert!(path.starts_with("model.layer."), "{path}");
+        assert!(!path.starts_with(KEY_PREFIX));
+        let (d_in, d_out) = if path.ends_with("up_proj") {
+            (64, 128)
+        } else if path.ends_with("down_proj") {
+            (128, 64)
+        } else {
+            (64, 64)
+        };
+        assert_eq!(t.a_shape, [4, d_in], "{path}");
+        assert_eq!(t.b_shape, [d_out, 4], "{path}");
+        assert_eq!(t.a.len(), 4 * d_in);
+        assert!(
+            t.b.iter().any(|&v| v != 0.0),
+            "{path}: B is random in the fixture"
+        );
+    }
+    assert!(
+        !loaded
+            .tensors
+            .contains_key("model.layer.0.attention.k_proj")
+    );
+
+    // `assign` puts every tensor on the model path of the same name.
+    let targets: Vec<String> = loaded.tensors.keys().cloned().collect();
+    let dims = |p: &str| {
+        Some(if p.ends_with("up_proj") {
+            (64, 128)
+        } else if p.ends_with("down_proj") {
+            (128, 64)
+        } else {
+            (64, 64)
+        })
+    };
+    let map = loaded.assign(&targets, &dims).unwrap();
+    assert_eq!(map.len(), 10);
+    assert!(map.iter().all(|(k, t)| *k == t.path));
+}
+
+/// Write a safetensors file from `(key, shape)` with arbitrary f32 values.
+fn write_weights(dir: &Path, tensors: &[(&str, Vec<usize>)]) {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, s)| {
+            let n: usize = s.iter().product();
+            let bytes = vals(n, 0.3).iter().flat_map(|v| v.to_le_bytes()).collect();
+            (k.to_string(), s.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, &None).unwrap();
+    std::fs::write(dir.join(WEIGHTS_FILE), bytes).unwrap();
+}
+
+fn copy_fixture_config(dir: &Path) {
+    std::fs::copy(fixture_adapter().join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
+}
+
+#[test]
+fn missing_lora_b_is_named() {
+    let tmp = TempDir::new("missing-b");
+    copy_fixture_config(&tmp.0);
+    write_weights(
+        &tmp.0,
+        &[
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_A.weight",
+                vec![4, 64],
+            ),
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_B.weight",
+                vec![64, 4],
+            ),
+            (
+                "base_model.model.model.layer.0.attention.v_proj.lora_A.weight",
+                vec![4, 64],
+            ),
+        ],
+    );
+    let err = load_adapter(&tmp.0).unwrap_err();
+    assert!(matches!(err, LoraError::Mismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(WEIGHTS_FILE), "{msg}");
+    assert!(
+        msg.contains(
+            "missing tensor base_model.model.model.layer.0.attention.v_proj.lora_B.weight"
+        ),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("q_proj"),
+        "only the broken pair is reported: {msg}"
+    );
+}
+
+#[test]
+fn extra_tensor_is_named() {
+    let tmp = TempDir::new("extra");
+    copy_fixture_config(&tmp.0);
+    write_weights(
+        &tmp.0,
+        &[
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_A.weight",
+                vec![4, 64],
+            ),
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_B.weight",
+                vec![64, 4],
+            ),
+            ("base_model.model.norm.weight", vec![64]),
+        ],
+    );
+    let msg = load_adapter(&tmp.0).unwrap_err().to_string();
+    assert!(
+        msg.contains("unexpected tensor base_model.model.norm.weight"),
+        "{msg}"
+    );
+
+    // A complete pair for a module the model does not have is refused by `assign`.
+    let tmp2 = TempDir::new("extra-module");
+    copy_fixture_config(&tmp2.0);
+    write_weights(
+        &tmp2.0,
+        &[
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_A.weight",
+                vec![4, 64],
+            ),
+            (
+                "base_model.model.model.layer.0.attention.q_proj.lora_B.weight",
+                vec![64, 4],
+            ),
+            (
+                "base_model.model.model.layer.7.attention.q_proj.lora_A.weight",
+                vec![4, 64],
+            ),
+            (
+                "base_model.model.model.layer.7.attention.q_proj.lora_B.weight",
+                vec![64, 4],
+            ),
+        ],
+    );
+    let loaded = load_adapter(&tmp2.0).unwrap();
+    let targets = vec!["model.layer.0.attention.q_proj".to_string()];
+    let msg = loaded
+        .assign(&targets, &|_| Some((64, 64)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(
+            "unexpected tensor base_model.model.model.layer.7.attention.q_proj.lora_A.weight"
+        ),
+        "{msg}"
+    );
+    // And a model target the file does not cover is missing.
+    let targets = vec![
+        "model.layer.0.attention.q_proj".to_string(),
+        "model.layer.7.attention.q_proj".to_string(),
+        "model.layer.0.attention.v_proj".to_string(),
+    ];
+    let msg = loaded
+        .assign(&targets, &|_| Some((64, 64)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(
+            "missing tensor base_model.model.model.layer.0.attention.v_proj.lora_A.weight"
+        ),
+        "{msg}"
+    );
+    // Wrong layer width: named with both shapes.
+    let targets = vec![
+        "model.layer.0.attention.q_proj".to_string(),
+        "model.layer.7.attention.q_proj".to_string(),
+    ];
+    let msg = loaded
+        .assign(&targets, &|_| Some((32, 64)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("model.layer.0.attention.q_proj.lora_A.weight"),
+        "{msg}"
+    );
+    assert!(msg.contains("expected shape"), "{msg}");
+}
+
+#[test]
+fn truncated_file_is_named() {
+    let tmp = TempDir::new("truncated");
+    save_sample(&tmp.0);
+    let p = tmp.0.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() - 17]).unwrap();
+    let err = load_adapter(&tmp.0).unwrap_err();
+    assert!(matches!(err, LoraError::Format { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&p.display().to_string()), "{msg}");
+    assert!(msg.contains("not a valid safetensors file"), "{msg}");
+
+    // A missing weights file names the file too.
+    std::fs::remove_file(&p).unwrap();
+    let msg = load_adapter(&tmp.0).unwrap_err().to_string();
+    assert!(msg.contains(&p.display().to_string()), "{msg}");
+}
+
+#[test]
+fn unsupported_peft_features_are_refused() {
+    let tmp = TempDir::new("dora");
+    let (config, _) = save_sample(&tmp.0);
+    for (key, value) in [("use_dora", true), ("fan_in_fan_out", true)] {
+        let mut json = config.to_peft_json();
+        json[key] = Value::Bool(value);
+        std::fs::write(tmp.0.join(CONFIG_FILE), serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = load_adapter(&tmp.0).unwrap();
+        let msg = loaded.config.to_settings(&tmp.0).unwrap_err().to_string();
+        assert!(msg.contains(key), "{msg}");
+    }
+}

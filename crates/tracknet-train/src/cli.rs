@@ -1,0 +1,392 @@
+//! The `tracknet` command line: config selection, `key=value` overrides, backend dispatch.
+
+use std::path::PathBuf;
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::{Autodiff, NdArray};
+use clap::{Args, Parser, Subcommand};
+use tracknet_config::{DeviceSpec, RunConfig};
+use tracknet_vit::model::HeatmapModel;
+
+use crate::error::TrainError;
+use crate::eval::{evaluate, summary_line};
+use crate::predict::{checkpoint_dir, load_run_model, predict, run_config};
+use crate::trainer::{TrainOptions, train};
+
+/// Memory-efficient (LoRA / 4-bit QLoRA) fine-tuning of a TrackNet ball-heatmap model.
+#[derive(Parser, Debug)]
+#[command(name = "tracknet", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train (no config: the embedded synthetic QLoRA default).
+    Train(TrainArgs),
+    /// Evaluate a run's checkpoint on its validation split.
+    Eval(RunArgs),
+    /// Predict the ball in an image, a folder of frames or a Clip folder.
+    Predict(PredictArgs),
+    /// Write synthetic TrackNet clips.
+    Synth(SynthArgs),
+    /// Show which layers would be quantized, why others not, and the measured memory.
+    QuantizeReport(ConfigArgs),
+}
+
+/// Which configuration: one combined file, or model + data + training files (as the
+/// original's `--model_name/--data_name/--training_name`), plus `key=value` overrides.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// A combined file with `model:`, `data:`, `training:` (YAML or TOML).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Model file (e.g. configs/model/vit_qlora_heatmap.yaml).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Data file (e.g. configs/data/tracknet.yaml).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training file (e.g. configs/training/default.yaml).
+    #[arg(long)]
+    pub training: Option<PathBuf>,
+    /// Dotted overrides, e.g. `training.optimizer.lr=1e-4 model.lora.r=8`.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// `train` arguments.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Run folder (default: `<training.output_dir>/<model_name>-NNN`, the next free number).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Continue the run in this folder from its last checkpoint (uses its config.yaml).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop, checkpointed, after this epoch (continue later with --resume).
+    #[arg(long)]
+    pub stop_after_epoch: Option<usize>,
+    /// `cpu` or `cuda[:N]` (overrides training.device).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `eval` arguments.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// `best` or `last`.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// `cpu` or `cuda[:N]`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Overrides applied to the run's config (e.g. `data.root=/data/tracknet`).
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// `predict` arguments.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// An image, a folder of frames, or a Clip folder.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `best` or `last`.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// Peak value above which the ball counts as visible (default: training.eval.threshold).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// `cpu` or `cuda[:N]`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Overrides applied to the run's config.
+    #[arg(value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+/// `synth` arguments.
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Output folder (must not exist or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Games.
+    #[arg(long, default_value_t = 2)]
+    pub games: usize,
+    /// Clips per game.
+    #[arg(long, default_value_t = 2)]
+    pub clips: usize,
+    /// Frames per clip.
+    #[arg(long, default_value_t = 30)]
+    pub frames: usize,
+    /// Frame size `WxH`.
+    #[arg(long, default_value = "512x288")]
+    pub size: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace an existing non-empty folder.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Resolve the configuration the arguments name (none: the embedded quick-start).
+pub fn load_config(args: &ConfigArgs) -> Result<RunConfig, TrainError> {
+    Ok(
+        match (&args.config, &args.model, &args.data, &args.training) {
+            (Some(c), None, None, None) => RunConfig::load_combined(c, &args.overrides)?,
+            (None, Some(m), Some(d), Some(t)) => {
+                RunConfig::load_composed(m, d, t, &args.overrides)?
+            }
+            (None, None, None, None) => RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?
+                .with_overrides(&args.overrides)?,
+            _ => {
+                return Err(TrainError::Usage(
+                "give either --config FILE, or all three of --model, --data and --training (or nothing, for the embedded quick-start)".into(),
+            ));
+            }
+        },
+    )
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<(), TrainError> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Predict(a) => cmd_predict(a),
+        Command::Synth(a) => cmd_synth(a),
+        Command::QuantizeReport(a) => cmd_quantize_report(a),
+    }
+}
+
+fn device_of(flag: Option<&str>, cfg: &RunConfig) -> Result<DeviceSpec, TrainError> {
+    let text = flag.unwrap_or(&cfg.training.device);
+    match text {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        s => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceSpec::Cuda)
+            .ok_or_else(|| {
+                TrainError::Usage(format!("device: expected cpu, cuda or cuda:N, got `{s}`"))
+            }),
+    }
+}
+
+fn next_run_dir(cfg: &RunConfig) -> PathBuf {
+    let base = &cfg.training.output_dir;
+    (1..)
+        .map(|i| base.join(format!("{}-{i:03}", cfg.model.model_name)))
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| base.join(&cfg.model.model_name))
+}
+
+fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
+    let (cfg, run_dir, resume) = match &a.resume {
+        Some(dir) => (run_config(dir, &a.config.overrides)?, dir.clone(), true),
+        None => {
+            let cfg = load_config(&a.config)?;
+            let dir = a.run_dir.clone().unwrap_or_else(|| next_run_dir(&cfg));
+            (cfg, dir, false)
+        }
+    };
+    let opts = TrainOptions {
+        run_dir,
+        resume,
+        stop_after_epoch: a.stop_after_epoch,
+        quiet: a.quiet,
+    };
+    eprintln!("run folder: {}", opts.run_dir.display());
+    let summary = match device_of(a.device.as_deref(), &cfg)? {
+        DeviceSpec::Cpu => {
+            let device = Default::default();
+            if cfg.training.gradient_checkpointing {
+                train::<Autodiff<NdArray, BalancedCheckpointing>>(&cfg, &opts, &device)?
+            } else {
+                train::<Autodiff<NdArray>>(&cfg, &opts, &device)?
+            }
+        }
+        DeviceSpec::Cuda(i) => train_cuda(&cfg, &opts, i)?,
+    };
+    if let (Some(first), Some(last)) = (summary.baseline.as_ref(), summary.history.last()) {
+        eprintln!(
+            "finished: val F1 {:.3} (untrained {:.3}), PCK {:.3} (untrained {:.3}), L2 {:.2}px (untrained {:.2}px); run folder {}",
+            last["f1"],
+            first["f1"],
+            last["pck"],
+            first["pck"],
+            last["l2"],
+            first["l2"],
+            summary.run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn train_cuda(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    index: usize,
+) -> Result<crate::TrainSummary, TrainError> {
+    use burn::backend::Cuda;
+    let device = burn::backend::cuda::CudaDevice::new(index);
+    if cfg.training.gradient_checkpointing {
+        train::<Autodiff<Cuda, BalancedCheckpointing>>(cfg, opts, &device)
+    } else {
+        train::<Autodiff<Cuda>>(cfg, opts, &device)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_cuda(
+    _: &RunConfig,
+    _: &TrainOptions,
+    _: usize,
+) -> Result<crate::TrainSummary, TrainError> {
+    Err(cuda_missing())
+}
+
+fn cuda_missing() -> TrainError {
+    TrainError::Usage("this build has no CUDA backend; rebuild with `--features cuda` (cargo xtask … --device cuda does)".into())
+}
+
+fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
+    let cfg = run_config(&a.run, &a.overrides)?;
+    let ckpt = checkpoint_dir(&a.run, &a.checkpoint)?;
+    let splits = crate::data::scan_splits(&cfg)?;
+    let result = match device_of(a.device.as_deref(), &cfg)? {
+        DeviceSpec::Cpu => {
+            let device = Default::default();
+            let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+            evaluate(&model, splits.val, &cfg, None, 0, &device)?
+        }
+        DeviceSpec::Cuda(_) => return Err(cuda_missing_or_todo()),
+    };
+    println!("{} ({})", summary_line(&result), ckpt.display());
+    let json = serde_json::json!({
+        "checkpoint": ckpt.display().to_string(),
+        "val_loss": result.loss,
+        "precision": result.metrics.precision, "recall": result.metrics.recall, "f1": result.metrics.f1,
+        "accuracy": result.metrics.accuracy, "pck": result.metrics.pck, "l2": result.metrics.mean_l2,
+        "frames": result.metrics.frames, "visible": result.metrics.visible,
+    });
+    tracknet_data::write_atomic(
+        &a.run.join("eval.json"),
+        serde_json::to_string_pretty(&json)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    Ok(())
+}
+
+fn cuda_missing_or_todo() -> TrainError {
+    TrainError::Usage(
+        "eval/predict run on the CPU backend (--device cpu); CUDA is used for training".into(),
+    )
+}
+
+fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
+    let cfg = run_config(&a.run, &a.overrides)?;
+    let ckpt = checkpoint_dir(&a.run, &a.checkpoint)?;
+    if matches!(device_of(a.device.as_deref(), &cfg)?, DeviceSpec::Cuda(_)) {
+        return Err(cuda_missing_or_todo());
+    }
+    let device = Default::default();
+    let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+    let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
+    let s = predict(&model, &cfg, &a.input, &a.out, threshold, &device)?;
+    println!(
+        "{} frames, ball detected in {}; wrote {} and heatmaps/, overlays/ in {}",
+        s.frames,
+        s.detected,
+        s.csv.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
+    let (w, h) = parse_size(&a.size)?;
+    let s = tracknet_data::generate(
+        &a.out,
+        &tracknet_data::SynthOptions {
+            games: a.games,
+            clips: a.clips,
+            frames: a.frames,
+            size: (w, h),
+            seed: a.seed,
+            overwrite: a.overwrite,
+            jpeg_quality: 90,
+        },
+    )?;
+    println!(
+        "wrote {} frames in {} (visibility 0/1/2/3: {:?})",
+        s.frames,
+        a.out.display(),
+        s.by_visibility
+    );
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), TrainError> {
+    let bad = || TrainError::Usage(format!("--size: expected WxH like 512x288, got `{s}`"));
+    let (w, h) = s.split_once('x').ok_or_else(bad)?;
+    Ok((
+        w.trim().parse().map_err(|_| bad())?,
+        h.trim().parse().map_err(|_| bad())?,
+    ))
+}
+
+fn cmd_quantize_report(a: ConfigArgs) -> Result<(), TrainError> {
+    let cfg = load_config(&a)?;
+    let device = Default::default();
+    let (model, build) = HeatmapModel::<NdArray>::from_config(&cfg.model, &device)?;
+    println!("backbone: {}", build.backbone_source);
+    match &build.quant_plan {
+        None => println!("quantization is disabled (model.quantization.enabled: false)"),
+        Some(plan) => {
+            println!("{} layers quantized", plan.quantize.len());
+            for (path, why) in &plan.keep {
+                println!("kept in f32: {path}: {why}");
+            }
+            for (name, hits) in &plan.skip_matches {
+                println!(
+                    "skip_modules `{name}` matched {} layer(s){}",
+                    hits.len(),
+                    if hits.is_empty() { "" } else { ":" }
+                );
+                for h in hits {
+                    println!("    {h}");
+                }
+            }
+            for w in plan.warnings() {
+                println!("warning: {w}");
+            }
+        }
+    }
+    println!("{}", model.memory_report());
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Errors of a training, evaluation or prediction run.
+
+use std::path::PathBuf;
+
+/// Anything that stops a run; each names the file, key, epoch or step concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] tracknet_config::ConfigError),
+    /// Model building.
+    #[error(transparent)]
+    Model(#[from] tracknet_vit::model::ModelError),
+    /// Data.
+    #[error(transparent)]
+    Data(#[from] tracknet_data::DataError),
+    /// LoRA / adapter files.
+    #[error(transparent)]
+    Lora(#[from] tracknet_lora::LoraError),
+    /// File I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A checkpoint that cannot be read or does not fit.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss or a gradient became NaN/inf.
+    #[error(
+        "non-finite {what} at epoch {epoch}, step {step} (global step {global_step}); the last good state is saved in {saved}. \
+         Lower training.optimizer.lr, set training.grad_clip_norm, or check the data"
+    )]
+    NonFinite {
+        /// `loss` or `gradient`.
+        what: String,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Step within the epoch (1-based).
+        step: usize,
+        /// Optimizer steps before this one.
+        global_step: usize,
+        /// Where the last good checkpoint is.
+        saved: String,
+    },
+    /// Invalid usage (CLI flags, a device that is not compiled in, …).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// `map_err` helper for I/O.
+pub fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}

@@ -1,0 +1,147 @@
+//! Validation: masked loss, coordinate and detection metrics, preview overlays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::prelude::*;
+use tracknet_config::RunConfig;
+use tracknet_data::{
+    BatchLoader, DatasetIndex, EvalMetrics, MetricOptions, MetricsAccumulator, SampleMeta,
+};
+use tracknet_quant::QuantBackend;
+use tracknet_vit::model::HeatmapModel;
+
+use crate::data::{batch_tensors, loader_options};
+use crate::error::TrainError;
+use crate::loss::HeatmapLoss;
+
+/// The loss the config asks for.
+pub fn loss_from_config(cfg: &RunConfig) -> HeatmapLoss {
+    match cfg.training.loss.name {
+        tracknet_config::LossName::Mse => HeatmapLoss::Mse,
+        tracknet_config::LossName::Focal => HeatmapLoss::Focal {
+            alpha: cfg.training.loss.focal_alpha,
+            beta: cfg.training.loss.focal_beta,
+        },
+    }
+}
+
+/// Metric thresholds from `training.eval`.
+pub fn metric_options(cfg: &RunConfig) -> MetricOptions {
+    let e = &cfg.training.eval;
+    MetricOptions {
+        threshold: e.threshold as f32,
+        tolerance_px: e.tolerance_px as f32,
+        pck_radius: e.pck_radius as f32,
+        ..MetricOptions::default()
+    }
+}
+
+/// A validation frame kept for a preview image.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Sample.
+    pub meta: SampleMeta,
+    /// Predicted heatmap `[Hh * Wh]`.
+    pub heatmap: Vec<f32>,
+}
+
+/// Result of one evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalResult {
+    /// Mean masked loss over batches.
+    pub loss: f64,
+    /// Coordinate and detection metrics.
+    pub metrics: EvalMetrics,
+    /// The first frames, for previews.
+    pub previews: Vec<Preview>,
+    /// Heatmap `(H, W)`.
+    pub heatmap_hw: (usize, usize),
+}
+
+/// Evaluate `model` on `index` (no autodiff: pass `model.valid()` during training).
+pub fn evaluate<B: QuantBackend>(
+    model: &HeatmapModel<B>,
+    index: Arc<DatasetIndex>,
+    cfg: &RunConfig,
+    max_batches: Option<usize>,
+    keep_previews: usize,
+    device: &B::Device,
+) -> Result<EvalResult, TrainError> {
+    let loss_fn = loss_from_config(cfg);
+    let loader = BatchLoader::new(
+        index,
+        loader_options(cfg, 0, false, cfg.training.batch_size),
+    )?;
+    let mut acc = MetricsAccumulator::new(metric_options(cfg));
+    let (mut loss_sum, mut batches) = (0.0, 0usize);
+    let mut previews = Vec::new();
+    let mut heatmap_hw = (0, 0);
+    for batch in loader.take(max_batches.unwrap_or(usize::MAX)) {
+        let batch = batch?;
+        let (x, y, m) = batch_tensors::<B>(&batch, 0..batch.batch_size, device);
+        let pred = model.try_forward(x)?;
+        loss_sum += loss_fn
+            .forward(pred.clone(), y, m)
+            .into_scalar()
+            .elem::<f64>();
+        batches += 1;
+        let heat: Vec<f32> = loss_fn
+            .activate(pred)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        acc.update(&heat, &batch.meta, batch.heatmap_hw)?;
+        heatmap_hw = batch.heatmap_hw;
+        let plane = heatmap_hw.0 * heatmap_hw.1;
+        for (i, meta) in batch.meta.iter().enumerate() {
+            if previews.len() < keep_previews {
+                previews.push(Preview {
+                    meta: meta.clone(),
+                    heatmap: heat[i * plane..(i + 1) * plane].to_vec(),
+                });
+            }
+        }
+    }
+    Ok(EvalResult {
+        loss: loss_sum / batches.max(1) as f64,
+        metrics: acc.finish(),
+        previews,
+        heatmap_hw,
+    })
+}
+
+/// Write one overlay PNG per preview into `dir` as `<prefix>-<i>.png`.
+pub fn write_previews(
+    dir: &Path,
+    prefix: &str,
+    result: &EvalResult,
+) -> Result<Vec<PathBuf>, TrainError> {
+    let mut out = Vec::new();
+    for (i, p) in result.previews.iter().enumerate() {
+        let path = dir.join(format!("{prefix}-{i}.png"));
+        let (hh, hw) = result.heatmap_hw;
+        let (px, py, _) = tracknet_data::argmax(&p.heatmap, hw);
+        // The overlay is drawn on the original (unflipped) frame; eval never flips.
+        tracknet_data::viz::save_overlay_png(
+            &path,
+            &p.meta.path,
+            &p.heatmap,
+            (hw, hh),
+            Some((px, py)),
+            p.meta.xy_heatmap,
+        )?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+/// One line for logs: `loss … f1 … pck@3 … l2 …`.
+pub fn summary_line(r: &EvalResult) -> String {
+    let m = &r.metrics;
+    format!(
+        "val loss {:.5} | P {:.3} R {:.3} F1 {:.3} acc {:.3} | PCK@r {:.3} L2 {:.2}px ({} frames, {} visible)",
+        r.loss, m.precision, m.recall, m.f1, m.accuracy, m.pck, m.mean_l2, m.frames, m.visible
+    )
+}

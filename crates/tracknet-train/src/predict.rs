@@ -1,0 +1,139 @@
+//! Prediction and evaluation from a run folder: rebuild the model from the run's config (the
+//! frozen base from the same snapshot or seed), load the trained weights, run.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use tracknet_config::RunConfig;
+use tracknet_data::{PredictionRow, PreprocessOptions, preprocess_image};
+use tracknet_quant::QuantBackend;
+use tracknet_vit::model::HeatmapModel;
+
+use crate::checkpoint::read_pointer;
+use crate::error::{TrainError, io_err};
+use crate::eval::loss_from_config;
+use crate::trainer::load_trainable;
+
+/// The config a run was trained with (`RUN/config.yaml`), with `overrides` applied.
+pub fn run_config(run_dir: &Path, overrides: &[String]) -> Result<RunConfig, TrainError> {
+    Ok(RunConfig::load_combined(
+        &run_dir.join("config.yaml"),
+        overrides,
+    )?)
+}
+
+/// The checkpoint folder `which` (`best` | `last`) of a run.
+pub fn checkpoint_dir(run_dir: &Path, which: &str) -> Result<PathBuf, TrainError> {
+    let root = run_dir.join("checkpoints");
+    read_pointer(&root, which).ok_or_else(|| TrainError::Checkpoint {
+        path: root.join(format!("{which}.json")),
+        message: format!("no complete `{which}` checkpoint in this run"),
+    })
+}
+
+/// The trained model of a run, on backend `B`.
+pub fn load_run_model<B: QuantBackend>(
+    cfg: &RunConfig,
+    ckpt: &Path,
+    device: &B::Device,
+) -> Result<HeatmapModel<B>, TrainError> {
+    B::seed(device, cfg.training.seed);
+    let (model, _) = HeatmapModel::<B>::from_config(&cfg.model, device)?;
+    load_trainable(ckpt, model)
+}
+
+/// What `predict` wrote.
+#[derive(Debug, Clone)]
+pub struct PredictSummary {
+    /// Frames processed.
+    pub frames: usize,
+    /// Frames where the ball was detected.
+    pub detected: usize,
+    /// The CSV.
+    pub csv: PathBuf,
+}
+
+/// Predict on an image, a folder of frames or a Clip folder; writes `predictions.csv`
+/// (Label.csv schema + `confidence`), `heatmaps/`, `overlays/` and `trajectory.png`.
+pub fn predict<B: QuantBackend>(
+    model: &HeatmapModel<B>,
+    cfg: &RunConfig,
+    input: &Path,
+    out: &Path,
+    threshold: f32,
+    device: &B::Device,
+) -> Result<PredictSummary, TrainError> {
+    let frames = tracknet_data::list_frames(input)?;
+    let loss_fn = loss_from_config(cfg);
+    let pre = PreprocessOptions {
+        resize: [
+            cfg.data.preprocess.resize[0] as u32,
+            cfg.data.preprocess.resize[1] as u32,
+        ],
+        normalize: cfg.data.preprocess.normalize,
+    };
+    let [hw, hh] = cfg.model.heatmap.size;
+    std::fs::create_dir_all(out.join("heatmaps")).map_err(io_err(out))?;
+    std::fs::create_dir_all(out.join("overlays")).map_err(io_err(out))?;
+    let mut rows = Vec::new();
+    let mut track = Vec::new();
+    for path in &frames {
+        let p = preprocess_image(path, &pre, false)?;
+        let [w, h] = pre.resize;
+        let x = Tensor::<B, 1>::from_floats(p.chw.as_slice(), device)
+            .reshape([1, 3, h as usize, w as usize]);
+        let heat: Vec<f32> = loss_fn
+            .activate(model.try_forward(x)?)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap_or_default();
+        let (px, py, peak) = tracknet_data::argmax(&heat, hw);
+        let visible = peak > threshold;
+        let (ow, oh) = p.orig_size;
+        // Heatmap pixel centres → original-frame pixels (inverse of scale_to_heatmap).
+        let xy = visible.then(|| (px * ow as f32 / hw as f32, py * oh as f32 / hh as f32));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracknet_data::viz::save_heatmap_png(
+            &out.join("heatmaps").join(format!("{stem}.png")),
+            &heat,
+            hw,
+            hh,
+        )?;
+        tracknet_data::viz::save_overlay_png(
+            &out.join("overlays").join(format!("{stem}.png")),
+            path,
+            &heat,
+            (hw, hh),
+            visible.then_some((px, py)),
+            None,
+        )?;
+        track.push(xy);
+        rows.push(PredictionRow {
+            file_name: name,
+            visibility: u8::from(visible),
+            xy,
+            status: None,
+            confidence: peak,
+        });
+    }
+    let csv = out.join("predictions.csv");
+    tracknet_data::write_predictions_csv(&csv, &rows)?;
+    if let Some(first) = frames.first()
+        && frames.len() > 1
+    {
+        tracknet_data::viz::save_trajectory_png(&out.join("trajectory.png"), first, &track, &[])?;
+    }
+    Ok(PredictSummary {
+        frames: rows.len(),
+        detected: rows.iter().filter(|r| r.visibility > 0).count(),
+        csv,
+    })
+}

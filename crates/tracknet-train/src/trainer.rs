@@ -1,0 +1,569 @@
+//! The training loop: micro-batched gradient accumulation, global-norm clipping, AdamW/SGD over
+//! trainable parameters only, warmup + cosine schedule, backbone freeze schedule, validation
+//! each epoch, atomic checkpoints and exact resume.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use tracknet_config::{OptimizerName, RunConfig, SchedulerName};
+use tracknet_data::{Batch, BatchLoader};
+use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
+use tracknet_quant::QuantBackend;
+use tracknet_vit::model::{HeatmapModel, lora_settings};
+
+use crate::checkpoint::{
+    QuantRecord, RunState, collect_params, commit_checkpoint, load_params, optimizer_from_tensors,
+    optimizer_tensors, read_pointer, read_safetensors, to_safetensors,
+};
+use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
+use crate::error::{TrainError, io_err};
+use crate::eval::{evaluate, loss_from_config, summary_line, write_previews};
+use crate::optim::{OptimKind, Optimizer, accumulate, grad_norm, scale_grads};
+use crate::progress::{Progress, fmt_secs};
+use crate::schedule::LrSchedule;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Run folder (config, metrics, curves, previews, checkpoints, adapter).
+    pub run_dir: PathBuf,
+    /// Continue from `run_dir/checkpoints/last.json`.
+    pub resume: bool,
+    /// Stop (checkpointed) after this epoch, to be continued with `resume`.
+    pub stop_after_epoch: Option<usize>,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Rows of metrics.csv.
+    pub history: Vec<BTreeMap<String, f64>>,
+    /// Metrics of the untrained model on the validation split (`None` when resumed).
+    pub baseline: Option<BTreeMap<String, f64>>,
+}
+
+/// Test hook: abort the process in the middle of writing the N-th checkpoint folder
+/// (`TRACKNET_ABORT_IN_CHECKPOINT=N`), to prove the previous checkpoint survives a kill.
+const ABORT_ENV: &str = "TRACKNET_ABORT_IN_CHECKPOINT";
+
+/// Train `cfg` on backend `B` (an autodiff backend whose inner backend runs the 4-bit ops).
+pub fn train<B>(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    device: &B::Device,
+) -> Result<TrainSummary, TrainError>
+where
+    B: AutodiffBackend + QuantBackend,
+    B::InnerBackend: QuantBackend,
+{
+    let t = &cfg.training;
+    let say = |s: &str| {
+        if !opts.quiet {
+            eprintln!("{s}");
+        }
+    };
+    cfg.validate()?;
+    for w in cfg.warnings() {
+        say(&format!("warning: {w}"));
+    }
+    fs::create_dir_all(&opts.run_dir).map_err(io_err(&opts.run_dir))?;
+    let ckpt_root = opts.run_dir.join("checkpoints");
+    let preview_dir = opts.run_dir.join("previews");
+
+    let mut log = |s: &str| say(s);
+    ensure_synthetic(cfg, &mut log)?;
+    let splits = scan_splits(cfg)?;
+    say(&format!("train split: {}", splits.train_report));
+    say(&format!("val split:   {}", splits.val_report));
+    if splits.train.is_empty() || splits.val.is_empty() {
+        return Err(TrainError::Usage(format!(
+            "no usable frames (train {}, val {}) under {}",
+            splits.train.len(),
+            splits.val.len(),
+            cfg.data.root.display()
+        )));
+    }
+
+    // Model: the same seed rebuilds the same frozen base on resume.
+    B::seed(device, t.seed);
+    let (model, build) = HeatmapModel::<B>::from_config(&cfg.model, device)?;
+    say(&format!("backbone: {}", build.backbone_source));
+    for w in &build.warnings {
+        say(&format!("warning: {w}"));
+    }
+    if cfg.model.quantization.enabled {
+        say(&format!(
+            "quantization memory report:\n{}",
+            model.memory_report()
+        ));
+    }
+    if !build.lora_targets.is_empty() {
+        say(&format!(
+            "LoRA on {} layers (r={}, alpha={})",
+            build.lora_targets.len(),
+            cfg.model.lora.r,
+            cfg.model.lora.lora_alpha
+        ));
+    }
+    say(&model.param_report().to_string());
+
+    let loss_fn = loss_from_config(cfg);
+    let batch_size = t.batch_size.max(1);
+    let steps_per_epoch = {
+        let n = splits.train.len().div_ceil(batch_size);
+        let n = if t.data_loader.drop_last {
+            splits.train.len() / batch_size
+        } else {
+            n
+        };
+        t.steps_per_epoch.map_or(n, |cap| cap.min(n)).max(1)
+    };
+    let schedule = LrSchedule {
+        base_lr: t.optimizer.lr,
+        min_lr: t.scheduler.min_lr,
+        warmup_steps: t.scheduler.warmup_epochs * steps_per_epoch,
+        warmup_start_factor: t.scheduler.warmup_start_factor,
+        total_steps: t.epochs * steps_per_epoch,
+        cosine: t.scheduler.name == SchedulerName::Cosine,
+    };
+    let kind = match t.optimizer.name {
+        OptimizerName::AdamW => OptimKind::AdamW {
+            betas: (t.optimizer.betas[0], t.optimizer.betas[1]),
+            eps: t.optimizer.eps,
+            weight_decay: t.optimizer.weight_decay,
+        },
+        OptimizerName::Sgd => OptimKind::Sgd {
+            momentum: t.optimizer.momentum,
+            weight_decay: t.optimizer.weight_decay,
+        },
+    };
+
+    let mut model = model;
+    let mut opt = Optimizer::<B::InnerBackend>::new(kind);
+    let mut state = RunState {
+        epoch: 0,
+        global_step: 0,
+        best_score: None,
+        best_epoch: None,
+        best_metric: t.best_metric.clone(),
+        history: Vec::new(),
+        config_yaml: cfg.to_yaml_string(),
+        quantization: quant_record(cfg, &build.backbone_source),
+    };
+    let mut baseline = None;
+    if opts.resume {
+        let dir = read_pointer(&ckpt_root, "last").ok_or_else(|| TrainError::Checkpoint {
+            path: ckpt_root.join("last.json"),
+            message: "no complete checkpoint to resume from".into(),
+        })?;
+        let (m, o, s) = load_checkpoint::<B>(&dir, model, kind, device)?;
+        model = m;
+        opt = o;
+        state = s;
+        say(&format!(
+            "resumed from {} (epoch {}, step {})",
+            dir.display(),
+            state.epoch,
+            state.global_step
+        ));
+    } else {
+        let r = evaluate(
+            &model.valid(),
+            splits.val.clone(),
+            cfg,
+            t.val_steps,
+            0,
+            device,
+        )?;
+        say(&format!("untrained: {}", summary_line(&r)));
+        baseline = Some(metrics_row(0, f64::NAN, &r, 0.0, 0.0));
+        tracknet_data::write_atomic(
+            &opts.run_dir.join("config.yaml"),
+            cfg.to_yaml_string().as_bytes(),
+        )?;
+    }
+
+    let clip = t.effective_grad_clip_norm().filter(|c| *c > 0.0);
+    let mut micro = if t.micro_batch_size == 0 {
+        batch_size
+    } else {
+        t.micro_batch_size.min(batch_size)
+    };
+    let mut checkpoints_written = 0usize;
+    for epoch in state.epoch + 1..=t.epochs {
+        let started = Instant::now();
+        let frozen_backbone = epoch <= t.backbone_freeze_epochs;
+        let loader = BatchLoader::new(
+            splits.train.clone(),
+            loader_options(cfg, epoch, true, batch_size),
+        )?;
+        let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every, opts.quiet);
+        let (mut loss_sum, mut steps) = (0.0, 0usize);
+        for (i, batch) in loader.take(steps_per_epoch).enumerate() {
+            let batch = batch?;
+            // Per-step seed: dropout masks are a function of the step, so a resumed run draws
+            // the same ones as an uninterrupted run.
+            B::seed(device, t.seed.wrapping_add(1 + state.global_step as u64));
+            let lr = schedule.lr(state.global_step);
+            let (loss, grads) = loop {
+                let attempt = catch_unwind(AssertUnwindSafe(|| {
+                    step_grads(&model, &loss_fn, &batch, micro, device)
+                }));
+                match attempt {
+                    Ok(r) => break r,
+                    Err(panic) => {
+                        let msg = panic_message(&panic);
+                        let next = micro / t.mb_backoff_factor.max(2);
+                        let oom = msg.to_lowercase().contains("out of memory");
+                        if oom && t.adaptive_micro_batch && next >= t.min_micro_batch_size.max(1) {
+                            say(&format!(
+                                "out of memory at micro-batch {micro}; retrying with {next}"
+                            ));
+                            micro = next;
+                            continue;
+                        }
+                        resume_unwind(panic);
+                    }
+                }
+            };
+            let gnorm = grad_norm::<B, _>(&model, &grads);
+            if !loss.is_finite() || !gnorm.is_finite() {
+                let saved = save_checkpoint(
+                    &ckpt_root,
+                    "last",
+                    &model,
+                    &opt,
+                    &state,
+                    cfg,
+                    &mut checkpoints_written,
+                )?;
+                return Err(TrainError::NonFinite {
+                    what: if loss.is_finite() {
+                        "gradient".into()
+                    } else {
+                        "loss".into()
+                    },
+                    epoch,
+                    step: i + 1,
+                    global_step: state.global_step,
+                    saved: saved.display().to_string(),
+                });
+            }
+            let grads = match clip {
+                Some(max) if gnorm > max => scale_grads::<B, _>(&model, grads, max / gnorm),
+                _ => grads,
+            };
+            model = opt.step(model, grads, lr, &|p: &str| {
+                frozen_backbone && p.starts_with("backbone.")
+            });
+            state.global_step += 1;
+            loss_sum += loss;
+            steps += 1;
+            progress.step(i + 1, loss_sum / steps as f64, lr);
+        }
+
+        let r = evaluate(
+            &model.valid(),
+            splits.val.clone(),
+            cfg,
+            t.val_steps,
+            t.preview_frames,
+            device,
+        )?;
+        if t.preview_frames > 0 {
+            fs::create_dir_all(&preview_dir).map_err(io_err(&preview_dir))?;
+            write_previews(&preview_dir, &format!("epoch-{epoch:03}"), &r)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let row = metrics_row(
+            epoch,
+            loss_sum / steps.max(1) as f64,
+            &r,
+            schedule.lr(state.global_step.saturating_sub(1)),
+            secs,
+        );
+        say(&format!(
+            "epoch {epoch}/{} done in {}: train loss {:.5} | {}",
+            t.epochs,
+            fmt_secs(secs),
+            row["train_loss"],
+            summary_line(&r)
+        ));
+        state.history.push(row.clone());
+        state.epoch = epoch;
+        write_metrics(&opts.run_dir, &state.history)?;
+
+        let score = score_of(&row, &t.best_metric);
+        let better = match state.best_score {
+            None => true,
+            Some(b) if t.best_metric_higher_is_better() => score > b,
+            Some(b) => score < b,
+        };
+        if better && score.is_finite() {
+            state.best_score = Some(score);
+            state.best_epoch = Some(epoch);
+            save_checkpoint(
+                &ckpt_root,
+                "best",
+                &model,
+                &opt,
+                &state,
+                cfg,
+                &mut checkpoints_written,
+            )?;
+        }
+        let last = save_checkpoint(
+            &ckpt_root,
+            "last",
+            &model,
+            &opt,
+            &state,
+            cfg,
+            &mut checkpoints_written,
+        )?;
+        if cfg.model.lora.enabled {
+            copy_adapter(&last.join("adapter"), &opts.run_dir.join("adapter"))?;
+        }
+        if opts.stop_after_epoch == Some(epoch) {
+            say(&format!(
+                "stopping after epoch {epoch} as asked; continue with --resume {}",
+                opts.run_dir.display()
+            ));
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: opts.run_dir.clone(),
+        history: state.history,
+        baseline,
+    })
+}
+
+/// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
+/// gradients (each micro-batch's loss weighted by its share of the batch).
+fn step_grads<B: AutodiffBackend + QuantBackend>(
+    model: &HeatmapModel<B>,
+    loss_fn: &crate::loss::HeatmapLoss,
+    batch: &Batch,
+    micro: usize,
+    device: &B::Device,
+) -> (f64, GradientsParams)
+where
+    B::InnerBackend: QuantBackend,
+{
+    let n = batch.batch_size;
+    let mut total = 0.0;
+    let mut acc: Option<GradientsParams> = None;
+    let mut start = 0;
+    while start < n {
+        let end = (start + micro.max(1)).min(n);
+        let (x, y, m) = batch_tensors::<B>(batch, start..end, device);
+        let weight = (end - start) as f64 / n as f64;
+        let loss = loss_fn.forward(model.forward(x), y, m).mul_scalar(weight);
+        total += loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), model);
+        acc = Some(match acc {
+            Some(a) => accumulate::<B, _>(model, a, grads),
+            None => grads,
+        });
+        start = end;
+    }
+    (total, acc.unwrap_or_default())
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+fn quant_record(cfg: &RunConfig, base: &str) -> Option<QuantRecord> {
+    let q = &cfg.model.quantization;
+    q.enabled.then(|| QuantRecord {
+        quant_type: q.quant_type.as_str().into(),
+        blocksize: q.blocksize,
+        double_quant: q.double_quant(),
+        compute_dtype: q.compute_dtype.as_str().into(),
+        skip_modules: q.skip_modules.clone(),
+        base: base.into(),
+        seed: cfg.training.seed,
+    })
+}
+
+/// One metrics.csv row.
+pub fn metrics_row(
+    epoch: usize,
+    train_loss: f64,
+    r: &crate::eval::EvalResult,
+    lr: f64,
+    secs: f64,
+) -> BTreeMap<String, f64> {
+    let m = &r.metrics;
+    BTreeMap::from([
+        ("epoch".to_string(), epoch as f64),
+        ("train_loss".to_string(), train_loss),
+        ("val_loss".to_string(), r.loss),
+        ("precision".to_string(), m.precision as f64),
+        ("recall".to_string(), m.recall as f64),
+        ("f1".to_string(), m.f1 as f64),
+        ("accuracy".to_string(), m.accuracy as f64),
+        ("pck".to_string(), m.pck as f64),
+        ("l2".to_string(), m.mean_l2 as f64),
+        ("lr".to_string(), lr),
+        ("seconds".to_string(), secs),
+    ])
+}
+
+fn score_of(row: &BTreeMap<String, f64>, metric: &str) -> f64 {
+    row.get(metric).copied().unwrap_or(f64::NAN)
+}
+
+const CSV_COLUMNS: [&str; 11] = [
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+    "pck",
+    "l2",
+    "lr",
+    "seconds",
+];
+
+/// metrics.csv and curves.png, rewritten atomically after every epoch.
+fn write_metrics(run_dir: &Path, history: &[BTreeMap<String, f64>]) -> Result<(), TrainError> {
+    let mut csv = CSV_COLUMNS.join(",") + "\n";
+    for row in history {
+        let cells: Vec<String> = CSV_COLUMNS
+            .iter()
+            .map(|c| row.get(*c).map_or(String::new(), |v| format!("{v}")))
+            .collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    tracknet_data::write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
+    let series = |k: &str| {
+        history
+            .iter()
+            .map(|r| (r["epoch"] as f32, r[k] as f32))
+            .collect::<Vec<_>>()
+    };
+    tracknet_data::viz::plot_curves(
+        &run_dir.join("curves.png"),
+        "TRAINING",
+        &[
+            ("TRAIN LOSS", series("train_loss")),
+            ("VAL LOSS", series("val_loss")),
+            ("F1", series("f1")),
+            ("PCK", series("pck")),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Write a complete checkpoint folder and point `pointer` at it.
+fn save_checkpoint<B: AutodiffBackend + QuantBackend>(
+    ckpt_root: &Path,
+    pointer: &str,
+    model: &HeatmapModel<B>,
+    opt: &Optimizer<B::InnerBackend>,
+    state: &RunState,
+    cfg: &RunConfig,
+    written: &mut usize,
+) -> Result<PathBuf, TrainError>
+where
+    B::InnerBackend: QuantBackend,
+{
+    *written += 1;
+    let abort_at: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
+    let n = *written;
+    commit_checkpoint(ckpt_root, pointer, state.global_step, |dir| {
+        let params = collect_params::<B, _>(model, |_, trainable| trainable);
+        let mut meta = HashMap::new();
+        meta.insert("format".into(), "tracknet-trainable".into());
+        fs::write(
+            dir.join("trainable.safetensors"),
+            to_safetensors(&params, meta)?,
+        )
+        .map_err(io_err(dir))?;
+        if abort_at == Some(n) {
+            // Simulated kill (tests only): half a checkpoint is on disk.
+            std::process::abort();
+        }
+        let (ot, om) = optimizer_tensors(opt);
+        fs::write(dir.join("optimizer.safetensors"), to_safetensors(&ot, om)?)
+            .map_err(io_err(dir))?;
+        if cfg.model.lora.enabled {
+            let adapters: Vec<AdapterTensors> = model
+                .adapters()
+                .into_iter()
+                .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
+                .collect();
+            let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+            let ac = AdapterConfig::from_settings(
+                &lora_settings(&cfg.model),
+                &paths,
+                cfg.model.pretrained_model_name.clone(),
+            );
+            save_adapter(&dir.join("adapter"), &ac, &adapters)?;
+        }
+        let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        fs::write(dir.join("state.json"), json).map_err(io_err(dir))?;
+        Ok(())
+    })
+}
+
+/// Load trainable weights, optimizer and run state from a checkpoint folder.
+pub fn load_checkpoint<B: AutodiffBackend>(
+    dir: &Path,
+    model: HeatmapModel<B>,
+    kind: OptimKind,
+    device: &B::Device,
+) -> Result<(HeatmapModel<B>, Optimizer<B::InnerBackend>, RunState), TrainError> {
+    let model = load_trainable(dir, model)?;
+    let (ot, om) = read_safetensors(&dir.join("optimizer.safetensors"))?;
+    let opt = optimizer_from_tensors::<B::InnerBackend>(kind, ot, &om, device);
+    let raw = fs::read(dir.join("state.json")).map_err(io_err(dir.join("state.json")))?;
+    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
+        path: dir.join("state.json"),
+        message: e.to_string(),
+    })?;
+    Ok((model, opt, state))
+}
+
+/// Load only the trained weights (for eval and predict, on any backend).
+pub fn load_trainable<B: Backend>(
+    dir: &Path,
+    model: HeatmapModel<B>,
+) -> Result<HeatmapModel<B>, TrainError> {
+    let file = dir.join("trainable.safetensors");
+    let (params, _) = read_safetensors(&file)?;
+    load_params(model, &params, &file)
+}
+
+fn copy_adapter(from: &Path, to: &Path) -> Result<(), TrainError> {
+    for f in [
+        tracknet_lora::peft::CONFIG_FILE,
+        tracknet_lora::peft::WEIGHTS_FILE,
+    ] {
+        let bytes = fs::read(from.join(f)).map_err(io_err(from.join(f)))?;
+        tracknet_data::write_atomic(&to.join(f), &bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! End to end on CPU with a tiny model: QLoRA (NF4 + double quant + LoRA) training, checkpoints,
+//! resume equality, a kill in the middle of a checkpoint, eval, predict.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::backend::{Autodiff, NdArray};
+use tracknet_config::RunConfig;
+use tracknet_train::checkpoint::{read_pointer, read_safetensors};
+use tracknet_train::eval::evaluate;
+use tracknet_train::predict::{checkpoint_dir, load_run_model, predict, run_config};
+use tracknet_train::{TrainOptions, train};
+
+type AD = Autodiff<NdArray>;
+
+fn tiny_config(root: &Path, epochs: usize) -> RunConfig {
+    let yaml = format!(
+        r#"
+model:
+  model_name: tiny
+  pretrained_model_name: null
+  backbone: {{ pretrained: false, freeze: true, family: dinov3, hidden_size: 32, num_hidden_layers: 1,
+              num_attention_heads: 2, intermediate_size: 64, num_register_tokens: 2 }}
+  decoder: {{ channels: [32, 16, 8], upsample: [2, 2] }}
+  heatmap: {{ size: [32, 16], sigma: 1.5 }}
+  lora: {{ enabled: true, r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: null }}
+  quantization: {{ enabled: true, quant_type: nf4, use_double_quant: true, compute_dtype: float32 }}
+data:
+  root: {root}
+  split: {{ train_games: [game1, game2], val_games: [game3] }}
+  preprocess: {{ resize: [128, 64], normalize: true, flip_prob: 0.5 }}
+  synthetic: {{ games: 3, clips: 1, frames: 8, size: [160, 90], seed: 3 }}
+training:
+  seed: 11
+  batch_size: 4
+  epochs: {epochs}
+  grad_clip_norm: 1.0
+  backbone_freeze_epochs: 0
+  data_loader: {{ num_workers: 2, prefetch_factor: 2 }}
+  optimizer: {{ name: adamw, lr: 5.0e-3, weight_decay: 0.01 }}
+  scheduler: {{ name: cosine, warmup_epochs: 1, warmup_start_factor: 0.1 }}
+  loss: {{ name: mse }}
+  preview_frames: 2
+  log_every: 1
+"#,
+        root = root.join("data").display()
+    );
+    RunConfig::from_yaml_str(&yaml).unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tracknet-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn opts(run_dir: PathBuf) -> TrainOptions {
+    TrainOptions {
+        run_dir,
+        resume: false,
+        stop_after_epoch: None,
+        quiet: true,
+    }
+}
+
+fn last_weights(run: &Path) -> Vec<(String, Vec<f32>)> {
+    let dir = read_pointer(&run.join("checkpoints"), "last").expect("a last checkpoint");
+    let (t, _) = read_safetensors(&dir.join("trainable.safetensors")).unwrap();
+    t.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+#[test]
+fn qlora_trains_saves_evaluates_predicts() {
+    let root = tmp("main");
+    let cfg = tiny_config(&root, 3);
+    let run = root.join("run");
+    let device = Default::default();
+    let summary = train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
+
+    // Learned something: the validation loss went down from the untrained model's.
+    let base = summary.baseline.as_ref().unwrap()["val_loss"];
+    let last = summary.history.last().unwrap()["val_loss"];
+    println!("val loss untrained {base:.5} → trained {last:.5}");
+    assert!(last < base, "val loss did not go down: {base} → {last}");
+    assert_eq!(summary.history.len(), 3);
+
+    // The run folder holds what the docs promise.
+    for f in [
+        "config.yaml",
+        "metrics.csv",
+        "curves.png",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "checkpoints/last.json",
+        "checkpoints/best.json",
+    ] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "header + one row per epoch:\n{csv}");
+    assert!(std::fs::read_dir(run.join("previews")).unwrap().count() >= 2);
+    let ckpt = checkpoint_dir(&run, "last").unwrap();
+    for f in [
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(ckpt.join(f).exists(), "checkpoint lacks {f}");
+    }
+    // Only trainable tensors are saved: LoRA A/B, decoder, head — never the frozen base.
+    let (saved, _) = read_safetensors(&ckpt.join("trainable.safetensors")).unwrap();
+    assert!(saved.keys().any(|k| k.contains(".lora_a.")));
+    assert!(
+        saved.keys().all(|k| !k.contains(".base.")),
+        "frozen base weights were saved"
+    );
+
+    // The adapter reloads as PEFT files.
+    let adapter = tracknet_lora::peft::load_adapter(&run.join("adapter")).unwrap();
+    assert_eq!(adapter.config.r, 4);
+    assert_eq!(adapter.tensors.len(), 6, "q/k/v/o/up/down of one layer");
+
+    // Eval from the run folder reproduces the last epoch's validation loss.
+    let cfg2 = run_config(&run, &[]).unwrap();
+    let model = load_run_model::<NdArray>(&cfg2, &ckpt, &device).unwrap();
+    let splits = tracknet_train::data::scan_splits(&cfg2).unwrap();
+    let r = evaluate(&model, splits.val, &cfg2, None, 0, &device).unwrap();
+    assert!(
+        (r.loss - last).abs() < 1e-4 * last.abs().max(1.0),
+        "eval {} vs training's {}",
+        r.loss,
+        last
+    );
+
+    // Predict on a clip folder.
+    let clip = root.join("data/game3/Clip1");
+    let out = root.join("pred");
+    let p = predict(&model, &cfg2, &clip, &out, 0.5, &device).unwrap();
+    assert_eq!(p.frames, 8);
+    let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    assert!(csv.starts_with("file name,visibility,x-coordinate,y-coordinate,status,confidence"));
+    assert_eq!(csv.lines().count(), 9);
+    assert!(out.join("overlays/0000.png").exists() && out.join("heatmaps/0000.png").exists());
+    assert!(out.join("trajectory.png").exists());
+}
+
+#[test]
+fn interrupted_and_resumed_run_ends_with_the_same_weights() {
+    let root = tmp("resume");
+    let device = Default::default();
+    let cfg = tiny_config(&root, 2);
+    let straight = root.join("straight");
+    train::<AD>(&cfg, &opts(straight.clone()), &device).unwrap();
+
+    let parted = root.join("parted");
+    let mut o = opts(parted.clone());
+    o.stop_after_epoch = Some(1);
+    train::<AD>(&cfg, &o, &device).unwrap();
+    let o = TrainOptions {
+        resume: true,
+        stop_after_epoch: None,
+        ..opts(parted.clone())
+    };
+    let cfg_saved = run_config(&parted, &[]).unwrap();
+    let s = train::<AD>(&cfg_saved, &o, &device).unwrap();
+    assert_eq!(s.history.len(), 2);
+
+    let (a, b) = (last_weights(&straight), last_weights(&parted));
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    let max = a
+        .iter()
+        .zip(&b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0f32, f32::max);
+    println!("max |uninterrupted - resumed| = {max:e}");
+    assert!(max <= 1e-6, "resumed run differs by {max}");
+}
+
+#[test]
+fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
+    let root = tmp("kill");
+    let cfg = tiny_config(&root, 2);
+    let cfg_path = root.join("cfg.yaml");
+    cfg.save(&cfg_path).unwrap();
+    let run = root.join("run");
+    // Checkpoints: epoch 1 writes `best` (1) and `last` (2); the 3rd write is epoch 2's and is
+    // killed half-way (after the weights, before the optimizer state and state.json).
+    let status = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+        .args(["train", "--quiet", "--config"])
+        .arg(&cfg_path)
+        .arg("--run-dir")
+        .arg(&run)
+        .env("TRACKNET_ABORT_IN_CHECKPOINT", "3")
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the process should have been killed");
+
+    let ckpt_root = run.join("checkpoints");
+    let dir = read_pointer(&ckpt_root, "last").expect("the previous `last` survives");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["epoch"], 1);
+    // The half-written folder was never named as a checkpoint.
+    let leftovers: Vec<_> = std::fs::read_dir(&ckpt_root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        leftovers.iter().any(|n| n.starts_with(".tmp-")),
+        "{leftovers:?}"
+    );
+
+    // And the run continues from it.
+    let status = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+        .args(["train", "--quiet", "--resume"])
+        .arg(&run)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let dir = read_pointer(&ckpt_root, "last").unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["epoch"], 2);
+}

@@ -1,0 +1,261 @@
+//! The QLoRA heatmap model assembled from the seed configs: targeting, 4-bit storage, what
+//! trains (PEFT's accounting), bias modes, `modules_to_save`, and the output shape.
+//!
+//! No pretrained snapshot here: `model.backbone.pretrained=false` builds the DINOv3 backbone
+//! from the architecture fields, shrunk to 2 layers (hidden 384, 6 heads, MLP 1536, 4 register
+//! tokens as ViT-S/16) to keep the test fast.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::Module;
+use burn::prelude::*;
+use tracknet_config::{RunConfig, TargetModules};
+use tracknet_lora::{LoraLinear, PathVisitor};
+use tracknet_vit::model::{HeatmapModel, ModelError};
+
+type AD = Autodiff<NdArray<f32>>;
+
+const LAYERS: usize = 2;
+const HIDDEN: usize = 384;
+const MLP: usize = 1536;
+const R: usize = 16;
+
+fn configs() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs"))
+}
+
+/// `vit_qlora_heatmap.yaml` + the seed data and training files, with `overrides`.
+fn load(overrides: &[&str]) -> RunConfig {
+    let c = configs();
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    RunConfig::load_composed(
+        &c.join("model/vit_qlora_heatmap.yaml"),
+        &c.join("data/tracknet.yaml"),
+        &c.join("training/default.yaml"),
+        &overrides,
+    )
+    .unwrap_or_else(|e| panic!("config does not load: {e}"))
+}
+
+/// No snapshot, a small architecture (the seed's widths, 2 layers).
+const SMALL: [&str; 7] = [
+    "model.backbone.pretrained=false",
+    "model.backbone.num_hidden_layers=2",
+    "model.backbone.hidden_size=384",
+    "model.backbone.num_attention_heads=6",
+    "model.backbone.intermediate_size=1536",
+    "model.backbone.num_register_tokens=4",
+    "model.decoder.channels=[384,256,128,64]",
+];
+
+fn small(extra: &[&str]) -> RunConfig {
+    let all: Vec<&str> = SMALL.iter().chain(extra).copied().collect();
+    load(&all)
+}
+
+fn build(extra: &[&str]) -> HeatmapModel<AD> {
+    let cfg = small(extra);
+    let (model, report) = HeatmapModel::<AD>::from_config(&cfg.model, &Default::default())
+        .unwrap_or_else(|e| panic!("model does not build: {e}"));
+    assert_eq!(
+        report.lora_targets.len(),
+        LAYERS * 6,
+        "{:?}",
+        report.lora_targets
+    );
+    model
+}
+
+/// Every float parameter: `(path, numel, trainable)`.
+fn params<M: Module<AD>>(m: &M) -> Vec<(String, usize, bool)> {
+    let mut out = Vec::new();
+    m.visit(&mut PathVisitor::new(|p: &str, n: usize, t: bool| {
+        out.push((p.to_string(), n, t))
+    }));
+    out
+}
+
+fn is_adapter(path: &str) -> bool {
+    path.contains(".lora_a.") || path.contains(".lora_b.")
+}
+
+/// Trainable backbone parameters that are not adapters.
+fn trainable_backbone_non_adapter(model: &HeatmapModel<AD>) -> BTreeSet<String> {
+    params(model)
+        .into_iter()
+        .filter(|(p, _, t)| *t && p.starts_with("backbone.") && !is_adapter(p))
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+#[test]
+fn original_target_names_fail_on_dinov3_like_peft() {
+    // The seed config keeps the original project's `["query", "key", "value", "dense"]`,
+    // which name no DINOv3 module: PEFT raises, and so do we (naming targets and paths).
+    let cfg = small(&[]);
+    assert_eq!(
+        cfg.model.lora.target_modules,
+        TargetModules::List(vec![
+            "query".into(),
+            "key".into(),
+            "value".into(),
+            "dense".into()
+        ])
+    );
+    let err = HeatmapModel::<NdArray<f32>>::from_config(&cfg.model, &Default::default())
+        .err()
+        .expect("the original targets must not silently adapt nothing");
+    assert!(matches!(err, ModelError::Lora(_)), "{err:?}");
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(msg.contains("lora.target_modules"), "{msg}");
+    assert!(
+        msg.contains(r#"["query", "key", "value", "dense"]"#),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("{} linear layers", LAYERS * 6)),
+        "{msg}"
+    );
+    assert!(msg.contains("model.layer.0.attention.q_proj"), "{msg}");
+    assert!(msg.contains("model.layer.0.mlp.up_proj"), "{msg}");
+}
+
+#[test]
+fn qlora_model_is_4bit_adapted_and_counts_match_peft() {
+    let model = build(&["model.lora.target_modules=null"]);
+
+    // Every projection: 4-bit base, rank-16 adapter.
+    let mem = model.memory_report();
+    println!("{mem}");
+    assert_eq!(mem.layers.len(), LAYERS * 6);
+    assert!(mem.layers.iter().all(|l| l.quantized), "{mem}");
+    let bits = mem.quantized_bits_per_param();
+    println!("bits per 4-bit weight (codes + scales + shared code books): {bits:.4}");
+    assert!(bits <= 4.13 && bits > 4.0, "{bits}");
+    let weights_4bit = LAYERS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * MLP);
+    assert_eq!(mem.quantized_params(), weights_4bit);
+    assert_eq!(model.quantized_weights(), weights_4bit);
+    let mut ranks = Vec::new();
+    let _ = model.backbone.clone().map_projections(&mut |path: &str,
+                                                         p: LoraLinear<AD>|
+     -> Result<_, ()> {
+        assert!(p.base.is_quantized(), "{path}");
+        ranks.push((path.to_string(), p.rank()));
+        Ok(p)
+    });
+    assert_eq!(ranks.len(), LAYERS * 6);
+    assert!(ranks.iter().all(|(_, r)| *r == Some(R)), "{ranks:?}");
+
+    // PEFT's accounting, by hand: A + B = r·(in + out) per projection.
+    let lora_per_layer = 4 * R * (HIDDEN + HIDDEN) + 2 * R * (HIDDEN + MLP);
+    let lora = LAYERS * lora_per_layer;
+    let decoder_head = model.decoder.num_params() + model.head.num_params();
+    let report = model.param_report();
+    println!("{report}");
+    assert_eq!(report.trainable, lora + decoder_head);
+
+    // bias: none → nothing of the backbone trains but the adapters.
+    assert!(
+        trainable_backbone_non_adapter(&model).is_empty(),
+        "{:?}",
+        trainable_backbone_non_adapter(&model)
+    );
+    let all = params(&model);
+    assert!(
+        all.iter()
+            .filter(|(p, _, _)| !p.starts_with("backbone."))
+            .all(|(_, _, t)| *t),
+        "decoder and head train fully"
+    );
+
+    // Frozen backbone parameters by hand (the 4-bit weights are not parameters):
+    // CLS + 4 registers + patch conv (weight, bias); per layer 2 LayerNorms (γ, β), 2 LayerScales,
+    // biases of q, v, o (k has none), up, down; final LayerNorm.
+    let embeddings = HIDDEN + 4 * HIDDEN + HIDDEN * 3 * 16 * 16 + HIDDEN;
+    let per_layer = 2 * 2 * HIDDEN + 2 * HIDDEN + 3 * HIDDEN + MLP + HIDDEN;
+    let frozen = embeddings + LAYERS * per_layer + 2 * HIDDEN;
+    let frozen_seen: usize = all.iter().filter(|(_, _, t)| !t).map(|(_, n, _)| n).sum();
+    assert_eq!(frozen_seen, frozen);
+    assert_eq!(report.all, report.trainable + frozen + weights_4bit);
+
+    // A forward pass at the seed resolution gives the seed heatmap size.
+    let x = Tensor::<AD, 4>::zeros([1, 3, 288, 512], &Default::default());
+    let y = model.try_forward(x).unwrap();
+    assert_eq!(y.dims(), [1, 1, 144, 256]);
+    assert!(y.is_finite().all().into_scalar().to_bool());
+}
+
+fn per_layer_paths(names: &[&str]) -> BTreeSet<String> {
+    (0..LAYERS)
+        .flat_map(|i| {
+            names
+                .iter()
+                .map(move |n| format!("backbone.model.layer.{i}.{n}"))
+        })
+        .collect()
+}
+
+#[test]
+fn bias_all_trains_every_backbone_bias_including_layernorm() {
+    // PEFT's bias="all": every parameter whose name contains "bias" — the projections',
+    // the patch convolution's and LayerNorm's (which Burn calls `beta`).
+    let model = build(&["model.lora.target_modules=null", "model.lora.bias=all"]);
+    let mut want = per_layer_paths(&[
+        "attention.q_proj.base.bias",
+        "attention.v_proj.base.bias",
+        "attention.o_proj.base.bias",
+        "mlp.up_proj.base.bias",
+        "mlp.down_proj.base.bias",
+        "norm1.beta",
+        "norm2.beta",
+    ]);
+    want.insert("backbone.embeddings.patch_embeddings.bias".into());
+    want.insert("backbone.norm.beta".into());
+    assert_eq!(trainable_backbone_non_adapter(&model), want);
+}
+
+#[test]
+fn bias_lora_only_trains_only_biases_of_adapted_layers() {
+    let model = build_with_targets(&[
+        "model.lora.target_modules=[q_proj,v_proj]",
+        "model.lora.bias=lora_only",
+    ]);
+    let want = per_layer_paths(&["attention.q_proj.base.bias", "attention.v_proj.base.bias"]);
+    assert_eq!(trainable_backbone_non_adapter(&model), want);
+}
+
+fn build_with_targets(extra: &[&str]) -> HeatmapModel<AD> {
+    let cfg = small(extra);
+    let (model, report) = HeatmapModel::<AD>::from_config(&cfg.model, &Default::default())
+        .unwrap_or_else(|e| panic!("model does not build: {e}"));
+    assert_eq!(
+        report.lora_targets.len(),
+        LAYERS * 2,
+        "{:?}",
+        report.lora_targets
+    );
+    model
+}
+
+#[test]
+fn modules_to_save_makes_the_final_norm_trainable() {
+    let model = build(&[
+        "model.lora.target_modules=null",
+        "model.lora.modules_to_save=[norm]",
+    ]);
+    let want: BTreeSet<String> = ["backbone.norm.gamma", "backbone.norm.beta"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    // Only the final norm: `norm1` / `norm2` are other modules (whole-segment match).
+    assert_eq!(trainable_backbone_non_adapter(&model), want);
+    let report = model.param_report();
+    let lora = LAYERS * (4 * R * (2 * HIDDEN) + 2 * R * (HIDDEN + MLP));
+    assert_eq!(
+        report.trainable,
+        lora + model.decoder.num_params() + model.head.num_params() + 2 * HIDDEN
+    );
+}

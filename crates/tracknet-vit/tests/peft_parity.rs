@@ -1,0 +1,168 @@
+//! Parity with PEFT: the fixture adapter (made by `PeftModel.save_pretrained` on the tiny DINOv3
+//! fixture, `init_lora_weights=False`) applied to our backbone must reproduce PEFT's
+//! `last_hidden_state` within 1e-4, and what we save must reload to the same model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use burn::prelude::*;
+use tracknet_lora::peft::{
+    AdapterConfig, AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter,
+};
+use tracknet_lora::{LoraLinear, LoraSettings, select_targets};
+use tracknet_vit::backbone::Backbone;
+use tracknet_vit::hf::read_safetensors;
+use tracknet_vit::model::adapter_base_dir;
+
+type B = NdArray<f32>;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("TRACKNET_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+        })
+}
+
+fn need(p: &Path) -> &Path {
+    assert!(p.exists(), "fixture missing: {}", p.display());
+    p
+}
+
+/// `(in, out)` of every projection, by path.
+fn projection_dims(backbone: &Backbone<B>) -> BTreeMap<String, (usize, usize)> {
+    let mut dims = BTreeMap::new();
+    let _ = backbone.clone().map_projections(&mut |path: &str,
+                                                   p: LoraLinear<B>|
+     -> Result<_, ()> {
+        dims.insert(path.to_string(), p.dims());
+        Ok(p)
+    });
+    dims
+}
+
+/// Build the adapter folder's base model and attach its adapters with the library functions:
+/// settings from `adapter_config.json`, PEFT's targeting rules, `with_adapter`, `assign`,
+/// `set_adapter_weights`. Returns the model, its settings and the adapted paths.
+fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<String>) {
+    need(&adapter_dir.join(CONFIG_FILE));
+    need(&adapter_dir.join(WEIGHTS_FILE));
+    let device = Default::default();
+    let loaded = load_adapter(adapter_dir).unwrap();
+    let settings = loaded.config.to_settings(adapter_dir).unwrap();
+    let base = loaded
+        .config
+        .base_model_name_or_path
+        .as_deref()
+        .expect("the adapter names its base model");
+    let base_dir = adapter_base_dir(adapter_dir, base);
+    let backbone = Backbone::<B>::from_snapshot(need(&base_dir), &device).unwrap();
+
+    let targets = select_targets(&backbone.projection_paths(), &settings.targets).unwrap();
+    let dims = projection_dims(&backbone);
+    let assigned = loaded
+        .assign(&targets, &|p: &str| dims.get(p).copied())
+        .unwrap();
+    assert_eq!(assigned.len(), targets.len());
+
+    let backbone = backbone
+        .map_projections(&mut |path: &str, p: LoraLinear<B>| {
+            if !targets.iter().any(|t| t == path) {
+                return Ok(p);
+            }
+            let mut p = p.with_adapter(&settings, &device)?;
+            let (a, b) = assigned[path].to_tensors::<B>(&device);
+            p.set_adapter_weights(a, b)?;
+            Ok::<_, tracknet_lora::LoraError>(p)
+        })
+        .unwrap();
+    (backbone, settings, targets)
+}
+
+/// `(pixel_values, last_hidden_state)` of `peft/io.safetensors`.
+fn peft_io() -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let device = Default::default();
+    let io = read_safetensors(need(&fixtures().join("peft/io.safetensors"))).unwrap();
+    (
+        io["pixel_values"].to_tensor(&device).unwrap(),
+        io["last_hidden_state"].to_tensor(&device).unwrap(),
+    )
+}
+
+fn max_abs(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar()
+}
+
+#[test]
+fn peft_adapter_parity_with_transformers_peft() {
+    let adapter_dir = fixtures().join("peft/adapter");
+    let (backbone, settings, targets) = backbone_with_adapter(&adapter_dir);
+
+    // What adapter_config.json asked for.
+    assert_eq!(settings.r, 4);
+    assert_eq!(settings.scaling(), 2.0);
+    assert_eq!(targets.len(), 10, "{targets:?}"); // 2 layers × q, v, o, up, down
+    assert!(!targets.iter().any(|t| t.ends_with("k_proj")));
+
+    let (pixels, expected) = peft_io();
+    let out = backbone.try_forward(pixels.clone()).unwrap();
+    let err = max_abs(out.last_hidden_state, expected.clone());
+    println!("peft parity: max abs error vs PEFT last_hidden_state = {err:e}");
+    assert!(err < 1e-4, "max abs error {err}");
+
+    // The adapters matter: the base model alone is far from PEFT's output.
+    let base_dir = adapter_base_dir(&adapter_dir, "../dinov3");
+    let plain = Backbone::<B>::from_snapshot(&base_dir, &Default::default()).unwrap();
+    let base_err = max_abs(plain.forward(pixels).last_hidden_state, expected);
+    println!("peft parity: base model without adapter differs by {base_err:e}");
+    assert!(base_err > 1e-2, "{base_err}");
+}
+
+#[test]
+fn peft_adapter_save_and_reload_gives_identical_output() {
+    let adapter_dir = fixtures().join("peft/adapter");
+    let (backbone, settings, targets) = backbone_with_adapter(&adapter_dir);
+    let (pixels, _) = peft_io();
+    let before = backbone.forward(pixels.clone()).last_hidden_state;
+
+    // Our adapter, in PEFT layout, from the model.
+    let mut adapters = Vec::new();
+    let _ = backbone.clone().map_projections(&mut |path: &str,
+                                                   p: LoraLinear<B>|
+     -> Result<_, ()> {
+        if let Some((a, b)) = p.adapter_weights() {
+            adapters.push(AdapterTensors::from_tensors(path, a, b));
+        }
+        Ok(p)
+    });
+    assert_eq!(adapters.len(), targets.len());
+
+    let out_dir = std::env::temp_dir().join(format!("tracknet-vit-peft-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    // Keep the base model reachable from the saved adapter, as PEFT does.
+    let base_abs = std::fs::canonicalize(adapter_base_dir(&adapter_dir, "../dinov3")).unwrap();
+    let config = AdapterConfig::from_settings(
+        &settings,
+        &targets,
+        Some(base_abs.to_string_lossy().into_owned()),
+    );
+    save_adapter(&out_dir, &config, &adapters).unwrap();
+
+    // The saved tensors are exactly PEFT's.
+    let ours = load_adapter(&out_dir).unwrap();
+    let theirs = load_adapter(&adapter_dir).unwrap();
+    assert_eq!(ours.tensors, theirs.tensors);
+
+    // Reload into a fresh backbone (built from the saved folder alone).
+    let (reloaded, settings2, targets2) = backbone_with_adapter(&out_dir);
+    assert_eq!(settings2.r, settings.r);
+    assert_eq!(settings2.scaling(), settings.scaling());
+    assert_eq!(targets2, targets);
+    let after = reloaded.forward(pixels).last_hidden_state;
+    let diff = max_abs(before, after);
+    println!("peft save→reload: max abs difference {diff:e}");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert_eq!(diff, 0.0);
+}
