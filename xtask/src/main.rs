@@ -4,8 +4,11 @@
 //!   arguments to `train`: the embedded synthetic QLoRA default).
 //! - `test`: fmt check, clippy -D warnings, the whole test suite on NdArray, and the `cuda`
 //!   feature compile; plus the tests on CUDA when a CUDA device is present.
-//! - `bench [--quick] [FLAGS]`: every mode in its own process, one JSON file + a table.
+//! - `bench [--quick] [--quality] [--out FILE] [FLAGS]`: every mode in its own process, one
+//!   JSON file (`bench-results/bench.json`) + a table and the goal checks (see `bench.rs`).
 //! - `ci`: what CI runs (`test`).
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,7 +23,7 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         "train" | "eval" | "predict" | "synth" | "quantize-report" => tracknet(task, rest),
-        "bench" => tracknet("bench", rest),
+        "bench" => bench::run(rest),
         "test" | "ci" => test(),
         other => Err(format!(
             "unknown task `{other}`; expected train|eval|predict|synth|quantize-report|bench|test|ci"

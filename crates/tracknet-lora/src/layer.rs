@@ -110,8 +110,8 @@ impl<B: Backend> LoraLinear<B> {
         let mut layer = LinearConfig::new(d_in, d_out)
             .with_bias(bias.is_some())
             .init(&weight.device());
-        layer.weight = Param::from_tensor(weight.transpose());
-        layer.bias = bias.map(Param::from_tensor);
+        layer.weight = Param::from_tensor(weight.transpose().detach());
+        layer.bias = bias.map(|b| Param::from_tensor(b.detach()));
         Self::dense(layer)
     }
 
@@ -199,8 +199,8 @@ impl<B: Backend> LoraLinear<B> {
                 ),
             });
         }
-        la.weight = Param::from_tensor(a.transpose());
-        lb.weight = Param::from_tensor(b.transpose());
+        la.weight = Param::from_tensor(a.transpose().detach());
+        lb.weight = Param::from_tensor(b.transpose().detach());
         Ok(())
     }
 
@@ -237,7 +237,7 @@ impl<B: Backend> LoraLinear<B> {
         match &mut self.base {
             BaseLinear::Dense(l) => {
                 let w = l.weight.val() + delta;
-                l.weight = Param::from_tensor(w).set_require_grad(false);
+                l.weight = Param::from_tensor(w.detach()).set_require_grad(false);
                 self.merged = true;
                 Ok(())
             }
@@ -255,7 +255,7 @@ impl<B: Backend> LoraLinear<B> {
         }
         if let (Some(delta), BaseLinear::Dense(l)) = (self.delta(), &mut self.base) {
             let w = l.weight.val() - delta;
-            l.weight = Param::from_tensor(w).set_require_grad(false);
+            l.weight = Param::from_tensor(w.detach()).set_require_grad(false);
         }
         self.merged = false;
     }
@@ -306,8 +306,8 @@ impl<B: QuantBackend> LoraLinear<B> {
         let mut l = LinearConfig::new(d_in, d_out)
             .with_bias(bias.is_some())
             .init(&weight.device());
-        l.weight = Param::from_tensor(weight);
-        l.bias = bias.map(Param::from_tensor);
+        l.weight = Param::from_tensor(weight.detach());
+        l.bias = bias.map(|b| Param::from_tensor(b.detach()));
         l
     }
 }

@@ -175,6 +175,7 @@ impl AdapterConfig {
             "fan_in_fan_out": false,
             "inference_mode": true,
             "init_lora_weights": self.init_lora_weights,
+            "kasa_config": null,
             "layer_replication": null,
             "layers_pattern": null,
             "layers_to_transform": null,
@@ -182,10 +183,13 @@ impl AdapterConfig {
             "lora_alpha": self.lora_alpha,
             "lora_bias": false,
             "lora_dropout": self.lora_dropout,
+            "lora_ga_config": null,
             "megatron_config": null,
             "megatron_core": "megatron.core",
             "modules_to_save": self.modules_to_save,
+            "monteclora_config": null,
             "peft_type": "LORA",
+            "qalora_group_size": 16,
             "r": self.r,
             "rank_pattern": {},
             "revision": null,
@@ -193,8 +197,11 @@ impl AdapterConfig {
             "target_parameters": null,
             "task_type": self.task_type,
             "trainable_token_indices": null,
+            "use_bdlora": null,
             "use_dora": false,
+            "use_qalora": false,
             "use_rslora": self.use_rslora,
+            "velora_config": null,
         })
     }
 }
@@ -305,6 +312,9 @@ pub fn save_adapter(
     write_atomic(&dir.join(CONFIG_FILE), &json)
 }
 
+/// Shape and values of a tensor read from a file.
+type HostTensor = (Vec<usize>, Vec<f32>);
+
 /// A loaded adapter folder.
 #[derive(Debug, Clone)]
 pub struct LoadedAdapter {
@@ -336,7 +346,7 @@ pub fn load_adapter(dir: &Path) -> Result<LoadedAdapter, LoraError> {
         path: w_path.clone(),
         message: format!("not a valid safetensors file: {e}"),
     })?;
-    let mut halves: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 2]> = BTreeMap::new();
+    let mut halves: BTreeMap<String, [Option<HostTensor>; 2]> = BTreeMap::new();
     let mut unexpected = Vec::new();
     for (key, view) in st.tensors() {
         let stripped = key.strip_prefix(KEY_PREFIX).unwrap_or(&key);

@@ -20,6 +20,9 @@ use tracknet_lora::params::PathStack;
 use crate::error::TrainError;
 use crate::optim::{OptimKind, Optimizer, ParamState};
 
+/// Named f32 tensors: path → (shape, values).
+pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunState {
@@ -171,6 +174,24 @@ pub fn load_params<B: Backend, M: Module<B>>(
     Ok(module)
 }
 
+/// Initialise a model from another run's checkpoint: every tensor of `tensors` whose path
+/// `keep` selects and that exists in `module` with the same shape is copied; the others are
+/// skipped (reported back). Used to start a fine-tuning stage from a pre-training stage.
+pub fn init_params_from<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &NamedTensors,
+    keep: impl Fn(&str) -> bool,
+    file: &Path,
+) -> Result<(M, usize), TrainError> {
+    let selected: NamedTensors = tensors
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let n = selected.len();
+    Ok((load_params(module, &selected, file)?, n))
+}
+
 /// Serialise named f32 tensors as safetensors bytes.
 pub fn to_safetensors(
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
@@ -203,13 +224,7 @@ pub fn to_safetensors(
 /// Read named f32 tensors and the metadata from a safetensors file.
 pub fn read_safetensors(
     path: &Path,
-) -> Result<
-    (
-        BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-        HashMap<String, String>,
-    ),
-    TrainError,
-> {
+) -> Result<(NamedTensors, HashMap<String, String>), TrainError> {
     let raw = fs::read(path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
@@ -240,10 +255,7 @@ pub fn read_safetensors(
 /// Optimizer state as named tensors (`<path>.m`, `<path>.v`) + metadata.
 pub fn optimizer_tensors<B: Backend>(
     opt: &Optimizer<B>,
-) -> (
-    BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    HashMap<String, String>,
-) {
+) -> (NamedTensors, HashMap<String, String>) {
     let host = |t: &Tensor<B, 1>| {
         (
             t.dims().to_vec(),

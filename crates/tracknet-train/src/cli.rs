@@ -204,6 +204,15 @@ fn next_run_dir(cfg: &RunConfig) -> PathBuf {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
+    let c = &a.config;
+    if a.resume.is_none()
+        && c.config.is_none()
+        && c.model.is_none()
+        && c.data.is_none()
+        && c.training.is_none()
+    {
+        return cmd_quickstart(a);
+    }
     let (cfg, run_dir, resume) = match &a.resume {
         Some(dir) => (run_config(dir, &a.config.overrides)?, dir.clone(), true),
         None => {
@@ -217,22 +226,77 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
         resume,
         stop_after_epoch: a.stop_after_epoch,
         quiet: a.quiet,
+        init_from: None,
     };
     eprintln!("run folder: {}", opts.run_dir.display());
-    let summary = match device_of(a.device.as_deref(), &cfg)? {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            if cfg.training.gradient_checkpointing {
-                train::<Autodiff<NdArray, BalancedCheckpointing>>(&cfg, &opts, &device)?
-            } else {
-                train::<Autodiff<NdArray>>(&cfg, &opts, &device)?
-            }
-        }
-        DeviceSpec::Cuda(i) => train_cuda(&cfg, &opts, i)?,
+    let summary = train_on_device(&cfg, &opts, a.device.as_deref())?;
+    print_finish(&summary);
+    Ok(())
+}
+
+/// The embedded default, in two stages, because a frozen *random* backbone carries too little
+/// of the ball for adapters to find in minutes: (1) a short full pre-training of the small
+/// backbone with the decoder on one synthetic domain, exported as a Hugging Face snapshot;
+/// (2) QLoRA fine-tuning on another domain: that snapshot's projections quantized to NF4 with
+/// double quantization, LoRA adapters trained, decoder and head continued from stage 1.
+/// `key=value` overrides apply to both stages.
+fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
+    let pre = RunConfig::from_yaml_str(crate::QUICKSTART_PRETRAIN_CONFIG)?
+        .with_overrides(&a.config.overrides)?;
+    let root = a.run_dir.clone().unwrap_or_else(|| next_run_dir(&pre));
+    let stage1 = root.join("1-pretrain");
+    let stage2 = root.join("2-qlora");
+    eprintln!(
+        "== quick-start stage 1/2: full pre-training of the small backbone -> {}",
+        stage1.display()
+    );
+    let opts1 = TrainOptions {
+        run_dir: stage1.clone(),
+        resume: false,
+        stop_after_epoch: None,
+        quiet: a.quiet,
+        init_from: None,
     };
+    let s1 = train_on_device(&pre, &opts1, a.device.as_deref())?;
+    print_finish(&s1);
+    let ckpt = checkpoint_dir(&stage1, "best")?;
+    let snapshot = stage1.join("backbone");
+    let device = Default::default();
+    let model = load_run_model::<NdArray>(&pre, &ckpt, &device)?;
+    tracknet_vit::export::save_snapshot(
+        &model.backbone,
+        &tracknet_vit::model::arch_json(&pre.model),
+        &snapshot,
+    )
+    .map_err(tracknet_vit::model::ModelError::from)?;
+    eprintln!(
+        "exported the pre-trained backbone as a Hugging Face snapshot: {}",
+        snapshot.display()
+    );
+
+    let mut overrides = a.config.overrides.clone();
+    overrides.push(format!("model.backbone.weights={}", snapshot.display()));
+    let cfg = RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?.with_overrides(&overrides)?;
+    eprintln!(
+        "== quick-start stage 2/2: QLoRA (NF4 + double quant + LoRA) on new clips -> {}",
+        stage2.display()
+    );
+    let opts2 = TrainOptions {
+        run_dir: stage2,
+        resume: false,
+        stop_after_epoch: None,
+        quiet: a.quiet,
+        init_from: Some(ckpt),
+    };
+    let s2 = train_on_device(&cfg, &opts2, a.device.as_deref())?;
+    print_finish(&s2);
+    Ok(())
+}
+
+fn print_finish(summary: &crate::TrainSummary) {
     if let (Some(first), Some(last)) = (summary.baseline.as_ref(), summary.history.last()) {
         eprintln!(
-            "finished: val F1 {:.3} (untrained {:.3}), PCK {:.3} (untrained {:.3}), L2 {:.2}px (untrained {:.2}px); run folder {}",
+            "finished: val F1 {:.3} (before training {:.3}), PCK {:.3} (before {:.3}), L2 {:.2}px (before {:.2}px); run folder {}",
             last["f1"],
             first["f1"],
             last["pck"],
@@ -242,7 +306,24 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
             summary.run_dir.display()
         );
     }
-    Ok(())
+}
+
+fn train_on_device(
+    cfg: &RunConfig,
+    opts: &TrainOptions,
+    device: Option<&str>,
+) -> Result<crate::TrainSummary, TrainError> {
+    Ok(match device_of(device, cfg)? {
+        DeviceSpec::Cpu => {
+            let device = Default::default();
+            if cfg.training.gradient_checkpointing {
+                train::<Autodiff<NdArray, BalancedCheckpointing>>(cfg, opts, &device)?
+            } else {
+                train::<Autodiff<NdArray>>(cfg, opts, &device)?
+            }
+        }
+        DeviceSpec::Cuda(i) => train_cuda(cfg, opts, i)?,
+    })
 }
 
 #[cfg(feature = "cuda")]

@@ -16,5 +16,8 @@ pub mod trainer;
 pub use error::TrainError;
 pub use trainer::{TrainOptions, TrainSummary, train};
 
-/// The embedded default: a small DINOv3-style QLoRA run on generated synthetic clips.
+/// The embedded default, stage 2: QLoRA fine-tuning of the pre-trained small backbone.
 pub const QUICKSTART_CONFIG: &str = include_str!("../../../configs/quickstart.yaml");
+/// The embedded default, stage 1: a short full pre-training of a small DINOv3-style backbone.
+pub const QUICKSTART_PRETRAIN_CONFIG: &str =
+    include_str!("../../../configs/quickstart_pretrain.yaml");

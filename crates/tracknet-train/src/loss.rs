@@ -2,7 +2,7 @@
 //! `sum(loss · mask) / max(sum(mask), 1)` — frames without a visible ball contribute nothing.
 
 use burn::prelude::*;
-use burn::tensor::activation::sigmoid;
+use burn::tensor::activation::{log_sigmoid, sigmoid};
 
 /// Which loss, and how to read the head's output as a heatmap.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,17 +33,30 @@ impl HeatmapLoss {
                 reduce_with_mask(se, mask)
             }
             Self::Focal { alpha, beta } => {
-                let p = sigmoid(pred).clamp(1e-4, 1.0 - 1e-4);
+                // log σ(x) and log(1 − σ(x)) = log σ(−x) computed stably, without a clamp
+                // that would zero the gradient of saturated logits.
+                let p = sigmoid(pred.clone());
                 let one_minus_p = p.clone().neg().add_scalar(1.0);
-                let pos = target.clone() * one_minus_p.clone().powf_scalar(alpha) * p.clone().log();
+                let log_p = log_sigmoid(pred.clone());
+                let log_1mp = log_sigmoid(pred.neg());
+                let pos = target.clone() * one_minus_p.powf_scalar(alpha) * log_p;
                 let neg = target.clone().neg().add_scalar(1.0).powf_scalar(beta)
                     * p.powf_scalar(alpha)
-                    * one_minus_p.log();
+                    * log_1mp;
                 let per_pixel = (pos + neg).neg() * mask.clone();
                 // Normalise by the positive mass, as CenterNet normalises by the number of peaks.
                 let norm = (target * mask).sum().clamp_min(1.0);
                 per_pixel.sum() / norm
             }
+        }
+    }
+
+    /// Initial bias of the 1×1 head: focal loss starts from a prior of 0.1 on every pixel
+    /// (CenterNet's `-2.19`), so the first steps are not dominated by the many negatives.
+    pub fn head_bias_init(&self) -> Option<f64> {
+        match self {
+            Self::Mse => None,
+            Self::Focal { .. } => Some(-(0.9f64 / 0.1).ln()),
         }
     }
 

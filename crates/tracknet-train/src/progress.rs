@@ -50,7 +50,7 @@ impl Progress {
             if step == self.total {
                 eprintln!();
             }
-        } else if step % self.every == 0 || step == self.total {
+        } else if step.is_multiple_of(self.every) || step == self.total {
             eprintln!("{line}");
         }
     }

@@ -19,8 +19,8 @@ use tracknet_quant::QuantBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
 
 use crate::checkpoint::{
-    QuantRecord, RunState, collect_params, commit_checkpoint, load_params, optimizer_from_tensors,
-    optimizer_tensors, read_pointer, read_safetensors, to_safetensors,
+    QuantRecord, RunState, collect_params, commit_checkpoint, init_params_from, load_params,
+    optimizer_from_tensors, optimizer_tensors, read_pointer, read_safetensors, to_safetensors,
 };
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
@@ -40,6 +40,9 @@ pub struct TrainOptions {
     pub stop_after_epoch: Option<usize>,
     /// No progress output.
     pub quiet: bool,
+    /// Start the decoder and head from this checkpoint folder (another run's, e.g. a
+    /// pre-training stage) instead of random init.
+    pub init_from: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -150,6 +153,27 @@ where
     };
 
     let mut model = model;
+    if let Some(b) = loss_fn.head_bias_init()
+        && let Some(bias) = model.head.conv.bias.take()
+    {
+        model.head.conv.bias =
+            Some(bias.map(|t| t.zeros_like().add_scalar(b).detach().require_grad()));
+    }
+    if let (Some(dir), false) = (&opts.init_from, opts.resume) {
+        let file = dir.join("trainable.safetensors");
+        let (tensors, _) = read_safetensors(&file)?;
+        let (m, n) = init_params_from(
+            model,
+            &tensors,
+            |k| k.starts_with("decoder.") || k.starts_with("head."),
+            &file,
+        )?;
+        model = m;
+        say(&format!(
+            "decoder and head initialised from {} ({n} tensors)",
+            dir.display()
+        ));
+    }
     let mut opt = Optimizer::<B::InnerBackend>::new(kind);
     let mut state = RunState {
         epoch: 0,
@@ -352,7 +376,7 @@ where
 
 /// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
 /// gradients (each micro-batch's loss weighted by its share of the batch).
-fn step_grads<B: AutodiffBackend + QuantBackend>(
+pub fn step_grads<B: AutodiffBackend + QuantBackend>(
     model: &HeatmapModel<B>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
@@ -529,13 +553,20 @@ where
     })
 }
 
+/// A model, optimizer and run state restored from a checkpoint.
+pub type Restored<B> = (
+    HeatmapModel<B>,
+    Optimizer<<B as AutodiffBackend>::InnerBackend>,
+    RunState,
+);
+
 /// Load trainable weights, optimizer and run state from a checkpoint folder.
 pub fn load_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     model: HeatmapModel<B>,
     kind: OptimKind,
     device: &B::Device,
-) -> Result<(HeatmapModel<B>, Optimizer<B::InnerBackend>, RunState), TrainError> {
+) -> Result<Restored<B>, TrainError> {
     let model = load_trainable(dir, model)?;
     let (ot, om) = read_safetensors(&dir.join("optimizer.safetensors"))?;
     let opt = optimizer_from_tensors::<B::InnerBackend>(kind, ot, &om, device);

@@ -61,6 +61,7 @@ fn opts(run_dir: PathBuf) -> TrainOptions {
         resume: false,
         stop_after_epoch: None,
         quiet: true,
+        init_from: None,
     }
 }
 

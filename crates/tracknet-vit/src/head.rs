@@ -1,9 +1,9 @@
 //! Heatmap head: a 1×1 conv from the decoder's last channel count to one logit channel.
 
-use burn::nn::conv::Conv2d;
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-
-use crate::decoder::kaiming_conv2d;
+use burn::tensor::Distribution;
 
 /// Configuration of [`HeatmapHead`].
 #[derive(Config, Debug)]
@@ -13,11 +13,18 @@ pub struct HeatmapHeadConfig {
 }
 
 impl HeatmapHeadConfig {
-    /// Builds the 1×1 conv with Kaiming-normal (fan_out) weights and a zero bias.
+    /// Builds the 1×1 conv with small weights (normal, std 0.001, as CenterNet's heatmap head)
+    /// and a zero bias. Kaiming fan_out would give a one-channel conv a std of √2 per weight
+    /// and start training from logits in the tens, which a sigmoid/focal loss saturates on.
     pub fn init<B: Backend>(&self, device: &B::Device) -> HeatmapHead<B> {
-        HeatmapHead {
-            conv: kaiming_conv2d([self.in_channels, 1], 1, 1, device),
-        }
+        let mut conv = Conv2dConfig::new([self.in_channels, 1], [1, 1]).init(device);
+        conv.weight = Param::from_tensor(Tensor::random(
+            [1, self.in_channels, 1, 1],
+            Distribution::Normal(0.0, 1e-3),
+            device,
+        ));
+        conv.bias = Some(Param::from_tensor(Tensor::zeros([1], device)));
+        HeatmapHead { conv }
     }
 }
 

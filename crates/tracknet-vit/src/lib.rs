@@ -6,6 +6,7 @@ pub mod backbone;
 pub mod decoder;
 pub mod dinov3;
 pub mod error;
+pub mod export;
 pub mod fastconv;
 pub mod head;
 pub mod hf;

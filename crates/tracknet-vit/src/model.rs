@@ -329,8 +329,17 @@ fn load_backbone<B: QuantBackend>(
 
 /// The architecture the config describes, for a randomly initialised backbone.
 pub fn arch_from_config(cfg: &ModelConfig) -> Result<BackboneArch, ModelError> {
+    let json = arch_json(cfg);
+    Ok(BackboneArch::from_config_str(
+        &json.to_string(),
+        Path::new("model.backbone"),
+    )?)
+}
+
+/// The transformers `config.json` of the architecture `model.backbone` describes.
+pub fn arch_json(cfg: &ModelConfig) -> serde_json::Value {
     let b = &cfg.backbone;
-    let json = match b.family {
+    match b.family {
         BackboneFamily::Dinov3 => serde_json::json!({
             "model_type": "dinov3_vit",
             "hidden_size": b.hidden_size,
@@ -354,11 +363,7 @@ pub fn arch_from_config(cfg: &ModelConfig) -> Result<BackboneArch, ModelError> {
             "patch_size": b.patch_size,
             "image_size": 224,
         }),
-    };
-    Ok(BackboneArch::from_config_str(
-        &json.to_string(),
-        Path::new("model.backbone"),
-    )?)
+    }
 }
 
 /// The decoder's config from `model.decoder` + `model.heatmap`; the first channel count must
@@ -441,12 +446,24 @@ pub fn lora_settings(cfg: &ModelConfig) -> LoraSettings {
     }
 }
 
-/// Where an adapter's base model lives, resolved against the adapter folder.
+/// Where an adapter's base model lives. PEFT records `base_model_name_or_path` as the saving
+/// script saw it (relative to its working directory), so a relative path is tried against the
+/// adapter folder, then its parent, then the current directory; the first that exists wins
+/// (else the adapter-relative path, for the error message).
 pub fn adapter_base_dir(adapter_dir: &Path, base: &str) -> PathBuf {
     let p = Path::new(base);
     if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        adapter_dir.join(p)
+        return p.to_path_buf();
     }
+    let candidates = [
+        Some(adapter_dir.join(p)),
+        adapter_dir.parent().map(|d| d.join(p)),
+        Some(p.to_path_buf()),
+    ];
+    candidates
+        .iter()
+        .flatten()
+        .find(|c| c.exists())
+        .cloned()
+        .unwrap_or_else(|| adapter_dir.join(p))
 }

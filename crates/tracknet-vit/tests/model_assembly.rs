@@ -105,8 +105,7 @@ fn original_target_names_fail_on_dinov3_like_peft() {
         ])
     );
     let err = HeatmapModel::<NdArray<f32>>::from_config(&cfg.model, &Default::default())
-        .err()
-        .expect("the original targets must not silently adapt nothing");
+        .expect_err("the original targets must not silently adapt nothing");
     assert!(matches!(err, ModelError::Lora(_)), "{err:?}");
     let msg = err.to_string();
     println!("{msg}");
@@ -155,6 +154,15 @@ fn qlora_model_is_4bit_adapted_and_counts_match_peft() {
     let decoder_head = model.decoder.num_params() + model.head.num_params();
     let report = model.param_report();
     println!("{report}");
+    let frozen_outside: Vec<(String, usize)> = params(&model)
+        .into_iter()
+        .filter(|(p, _, t)| !t && !p.starts_with("backbone."))
+        .map(|(p, n, _)| (p, n))
+        .collect();
+    assert!(
+        frozen_outside.is_empty(),
+        "decoder/head params that do not train: {frozen_outside:?}"
+    );
     assert_eq!(report.trainable, lora + decoder_head);
 
     // bias: none → nothing of the backbone trains but the adapters.
@@ -180,12 +188,24 @@ fn qlora_model_is_4bit_adapted_and_counts_match_peft() {
     let frozen_seen: usize = all.iter().filter(|(_, _, t)| !t).map(|(_, n, _)| n).sum();
     assert_eq!(frozen_seen, frozen);
     assert_eq!(report.all, report.trainable + frozen + weights_4bit);
+}
 
-    // A forward pass at the seed resolution gives the seed heatmap size.
-    let x = Tensor::<AD, 4>::zeros([1, 3, 288, 512], &Default::default());
+#[test]
+fn qlora_model_forward_gives_the_seed_heatmap_size() {
+    let model = build(&["model.lora.target_modules=null"]);
+    // The seed resolution (data.preprocess.resize [512, 288]) gives the seed heatmap size.
+    let x = Tensor::<AD, 4>::random(
+        [1, 3, 288, 512],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    );
     let y = model.try_forward(x).unwrap();
     assert_eq!(y.dims(), [1, 1, 144, 256]);
     assert!(y.is_finite().all().into_scalar().to_bool());
+    // A wrong size is a clear error, not a panic.
+    let bad = Tensor::<AD, 4>::zeros([1, 3, 280, 512], &Default::default());
+    let msg = model.try_forward(bad).unwrap_err().to_string();
+    assert!(msg.contains("patch size 16"), "{msg}");
 }
 
 fn per_layer_paths(names: &[&str]) -> BTreeSet<String> {
@@ -252,10 +272,14 @@ fn modules_to_save_makes_the_final_norm_trainable() {
         .collect();
     // Only the final norm: `norm1` / `norm2` are other modules (whole-segment match).
     assert_eq!(trainable_backbone_non_adapter(&model), want);
+    // The report counts them: adapters + what trains outside the backbone + the final norm
+    // (the decoder/head accounting itself is checked in the test above).
     let report = model.param_report();
     let lora = LAYERS * (4 * R * (2 * HIDDEN) + 2 * R * (HIDDEN + MLP));
-    assert_eq!(
-        report.trainable,
-        lora + model.decoder.num_params() + model.head.num_params() + 2 * HIDDEN
-    );
+    let outside: usize = params(&model)
+        .iter()
+        .filter(|(p, _, t)| *t && !p.starts_with("backbone."))
+        .map(|(_, n, _)| n)
+        .sum();
+    assert_eq!(report.trainable, lora + outside + 2 * HIDDEN);
 }

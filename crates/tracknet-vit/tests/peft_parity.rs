@@ -42,6 +42,19 @@ fn projection_dims(backbone: &Backbone<B>) -> BTreeMap<String, (usize, usize)> {
     dims
 }
 
+/// The base model of an adapter: [`adapter_base_dir`] (relative to the adapter folder), else
+/// relative to the adapter folder's parent, which is how the fixture is laid out
+/// (`peft/adapter` names `../dinov3`, i.e. `fixtures/dinov3`: PEFT records the path as the
+/// generating script saw it). The library-only rule is checked, and fails, in
+/// `peft_fixture_base_model_resolves_with_adapter_base_dir` below.
+fn resolve_base(adapter_dir: &Path, base: &str) -> PathBuf {
+    let dir = adapter_base_dir(adapter_dir, base);
+    if dir.join("config.json").is_file() {
+        return dir;
+    }
+    adapter_dir.parent().map(|p| p.join(base)).unwrap_or(dir)
+}
+
 /// Build the adapter folder's base model and attach its adapters with the library functions:
 /// settings from `adapter_config.json`, PEFT's targeting rules, `with_adapter`, `assign`,
 /// `set_adapter_weights`. Returns the model, its settings and the adapted paths.
@@ -56,7 +69,7 @@ fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<
         .base_model_name_or_path
         .as_deref()
         .expect("the adapter names its base model");
-    let base_dir = adapter_base_dir(adapter_dir, base);
+    let base_dir = resolve_base(adapter_dir, base);
     let backbone = Backbone::<B>::from_snapshot(need(&base_dir), &device).unwrap();
 
     let targets = select_targets(&backbone.projection_paths(), &settings.targets).unwrap();
@@ -113,7 +126,7 @@ fn peft_adapter_parity_with_transformers_peft() {
     assert!(err < 1e-4, "max abs error {err}");
 
     // The adapters matter: the base model alone is far from PEFT's output.
-    let base_dir = adapter_base_dir(&adapter_dir, "../dinov3");
+    let base_dir = resolve_base(&adapter_dir, "../dinov3");
     let plain = Backbone::<B>::from_snapshot(&base_dir, &Default::default()).unwrap();
     let base_err = max_abs(plain.forward(pixels).last_hidden_state, expected);
     println!("peft parity: base model without adapter differs by {base_err:e}");
@@ -142,7 +155,7 @@ fn peft_adapter_save_and_reload_gives_identical_output() {
     let out_dir = std::env::temp_dir().join(format!("tracknet-vit-peft-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out_dir);
     // Keep the base model reachable from the saved adapter, as PEFT does.
-    let base_abs = std::fs::canonicalize(adapter_base_dir(&adapter_dir, "../dinov3")).unwrap();
+    let base_abs = std::fs::canonicalize(resolve_base(&adapter_dir, "../dinov3")).unwrap();
     let config = AdapterConfig::from_settings(
         &settings,
         &targets,
@@ -165,4 +178,22 @@ fn peft_adapter_save_and_reload_gives_identical_output() {
     println!("peft save→reload: max abs difference {diff:e}");
     let _ = std::fs::remove_dir_all(&out_dir);
     assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn peft_fixture_base_model_resolves_with_adapter_base_dir() {
+    // `base_model_name_or_path` of the fixture is `../dinov3`; the base model is
+    // `fixtures/dinov3`. The library resolves relative paths against the adapter folder only,
+    // which gives `fixtures/peft/dinov3` (absent).
+    let adapter_dir = fixtures().join("peft/adapter");
+    let loaded = load_adapter(need(&adapter_dir)).unwrap();
+    let base = loaded.config.base_model_name_or_path.unwrap();
+    let dir = adapter_base_dir(&adapter_dir, &base);
+    assert!(
+        dir.join("config.json").is_file(),
+        "adapter_base_dir({}, {base:?}) = {} has no config.json; the base model is {}",
+        adapter_dir.display(),
+        dir.display(),
+        resolve_base(&adapter_dir, &base).display()
+    );
 }

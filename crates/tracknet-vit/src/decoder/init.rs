@@ -37,6 +37,15 @@ pub fn kaiming_conv2d<B: Backend>(
         .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
         .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device);
-    conv.bias = conv.bias.map(|bias| bias.map(|b| b.zeros_like()));
+    // A fresh zero tensor is a new leaf: keep it trainable like the weight.
+    conv.bias = conv.bias.map(|bias| {
+        bias.map(|b| {
+            if b.is_require_grad() {
+                b.zeros_like().require_grad()
+            } else {
+                b.zeros_like()
+            }
+        })
+    });
     conv
 }

@@ -1,0 +1,218 @@
+//! `cargo xtask bench [--quick] [--quality] [--out FILE] [FLAGS]`: builds `tracknet-bench` once,
+//! runs every case in its own process (so each peak memory is its own), collects the JSON
+//! objects with machine info into one file (default `bench-results/bench.json`, written
+//! atomically), then prints the table and the goal checks (`tracknet-bench report`).
+//!
+//! `--quality` adds the short training runs per mode (slow; `--quality-epochs N`, default 3).
+//! Unrecognised flags (`--steps 3`, `--batch 1`, `--hidden 192`, …) go to every `case`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{cargo, cuda_device_present, root, run as run_cmd};
+
+/// Cases on one backend: the five modes, then LoRA and QLoRA NF4+dq with checkpointing.
+fn cases(backend: &str) -> Vec<Vec<String>> {
+    let mut v: Vec<Vec<String>> = ["full", "lora", "qlora-nf4", "qlora-nf4-dq", "qlora-fp4"]
+        .iter()
+        .map(|m| vec!["--mode".into(), m.to_string()])
+        .collect();
+    for m in ["lora", "qlora-nf4-dq"] {
+        v.push(vec!["--mode".into(), m.into(), "--grad-ckpt".into()]);
+    }
+    for c in &mut v {
+        c.extend(["--backend".into(), backend.into()]);
+    }
+    v
+}
+
+pub fn run(rest: &[String]) -> Result<(), String> {
+    let mut quick = false;
+    let mut quality = false;
+    let mut quality_epochs: Option<String> = None;
+    let mut out = root().join("bench-results").join("bench.json");
+    let mut pass = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--quality" => quality = true,
+            "--quality-epochs" => {
+                quality = true;
+                quality_epochs = Some(it.next().ok_or("--quality-epochs needs a number")?.clone());
+            }
+            "--out" => {
+                out = PathBuf::from(it.next().ok_or("--out needs a file")?);
+            }
+            s if s.starts_with("--out=") => out = PathBuf::from(&s[6..]),
+            _ => pass.push(a.clone()),
+        }
+    }
+    let cuda = cuda_device_present();
+
+    let mut build = cargo();
+    build.args(["build", "-p", "tracknet-train", "--bin", "tracknet-bench"]);
+    if cuda {
+        build.args(["--features", "cuda"]);
+    }
+    run_cmd(build, "cargo build --bin tracknet-bench")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let bin = target.join("debug").join("tracknet-bench");
+
+    let quick_flag: Vec<String> = if quick {
+        vec!["--quick".into()]
+    } else {
+        Vec::new()
+    };
+    let mut jobs: Vec<(String, Vec<String>)> = Vec::new();
+    let mut backends = vec!["ndarray"];
+    if cuda {
+        backends.push("cuda");
+    }
+    for b in backends {
+        for c in cases(b) {
+            let mut args = vec!["case".to_string()];
+            args.extend(c);
+            args.extend(quick_flag.iter().cloned());
+            args.extend(pass.iter().cloned());
+            jobs.push((args[1..].join(" "), args));
+        }
+    }
+    let mut d = vec!["data".to_string()];
+    d.extend(quick_flag.iter().cloned());
+    jobs.push(("data".into(), d));
+    if quality {
+        let mut q = vec!["quality".to_string()];
+        q.extend(quick_flag.iter().cloned());
+        if let Some(e) = &quality_epochs {
+            q.extend(["--epochs".to_string(), e.clone()]);
+        }
+        jobs.push(("quality".into(), q));
+    }
+
+    let mut objects = Vec::new();
+    for (i, (label, args)) in jobs.iter().enumerate() {
+        eprintln!("xtask: bench [{}/{}] {label}", i + 1, jobs.len());
+        let output = Command::new(&bin)
+            .args(args)
+            .current_dir(root())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .map(str::trim);
+        match (output.status.success(), json) {
+            (true, Some(j)) => objects.push(j.to_string()),
+            _ => {
+                eprintln!("xtask: bench {label}: failed ({})", output.status);
+                let (kind, backend) = if args[0] == "case" {
+                    let b = args
+                        .windows(2)
+                        .find(|w| w[0] == "--backend")
+                        .map_or("ndarray", |w| w[1].as_str());
+                    ("case", b)
+                } else {
+                    (args[0].as_str(), "")
+                };
+                let case = args
+                    .windows(2)
+                    .find(|w| w[0] == "--mode")
+                    .map(|w| {
+                        let ckpt = if args.iter().any(|a| a == "--grad-ckpt") {
+                            "+ckpt"
+                        } else {
+                            ""
+                        };
+                        format!("{}{ckpt}", w[1])
+                    })
+                    .unwrap_or_else(|| kind.to_string());
+                objects.push(format!(
+                    "{{\"kind\":{},\"case\":{},\"backend\":{},\"error\":{}}}",
+                    quote(kind),
+                    quote(&case),
+                    quote(backend),
+                    quote(&format!("exit status {}", output.status))
+                ));
+            }
+        }
+    }
+
+    let machine = format!(
+        "{{\"nproc\":{},\"cpu\":{},\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"flags\":[{}]}}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        quote(&cpu_model()),
+        quote(&capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
+        quote(&capture("git", &["rev-parse", "--short", "HEAD"])),
+        cuda,
+        quick,
+        pass.iter().map(|p| quote(p)).collect::<Vec<_>>().join(",")
+    );
+    let doc = format!(
+        "{{\n\"machine\": {machine},\n\"cases\": [\n{}\n]\n}}\n",
+        objects.join(",\n")
+    );
+    write_atomic(&out, doc.as_bytes())?;
+    eprintln!("xtask: wrote {}", out.display());
+
+    let mut report = Command::new(&bin);
+    report.arg("report").arg(&out).current_dir(root());
+    run_cmd(report, "tracknet-bench report")
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn capture(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A JSON string literal.
+fn quote(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("bench"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
