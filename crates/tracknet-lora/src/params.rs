@@ -1,5 +1,6 @@
 //! What trains: path-aware parameter visiting, freezing, and PEFT's trainable-parameter report.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param};
@@ -96,6 +97,70 @@ pub fn set_trainable<B: Backend, M: Module<B>>(
         stack: PathStack::default(),
         f,
     })
+}
+
+/// Named f32 tensors on the host: module path → (shape, values), row-major.
+pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Path → (shape, values) of every float parameter that `keep(path, trainable)` selects.
+pub fn collect_params<B: Backend, M: Module<B>>(
+    module: &M,
+    keep: impl Fn(&str, bool) -> bool,
+) -> NamedTensors {
+    struct V<F, B> {
+        stack: PathStack,
+        keep: F,
+        out: NamedTensors,
+        _b: std::marker::PhantomData<B>,
+    }
+    impl<B: Backend, F: Fn(&str, bool) -> bool> ModuleVisitor<B> for V<F, B> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let path = self.stack.path();
+            let t = param.val();
+            if (self.keep)(&path, t.is_require_grad()) {
+                let shape = t.dims().to_vec();
+                let values = t
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .unwrap_or_default();
+                self.out.insert(path, (shape, values));
+            }
+        }
+    }
+    let mut v = V {
+        stack: PathStack::default(),
+        keep,
+        out: BTreeMap::new(),
+        _b: std::marker::PhantomData::<B>,
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Named f32 tensors as safetensors bytes (little-endian F32), with `meta` as metadata.
+pub fn safetensors_bytes(
+    tensors: &NamedTensors,
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, v))| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
+                .map(|v| (k.to_string(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize(views, &Some(meta))
 }
 
 /// PEFT's `print_trainable_parameters`.

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -274,32 +274,20 @@ pub fn save_adapter(
     config: &AdapterConfig,
     adapters: &[AdapterTensors],
 ) -> Result<(), LoraError> {
-    let mut bytes: BTreeMap<String, (Vec<u8>, Vec<usize>)> = BTreeMap::new();
+    let mut named = crate::params::NamedTensors::new();
     for t in adapters {
-        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        bytes.insert(
+        named.insert(
             format!("{KEY_PREFIX}{}.lora_A.weight", t.path),
-            (le(&t.a), t.a_shape.to_vec()),
+            (t.a_shape.to_vec(), t.a.clone()),
         );
-        bytes.insert(
+        named.insert(
             format!("{KEY_PREFIX}{}.lora_B.weight", t.path),
-            (le(&t.b), t.b_shape.to_vec()),
+            (t.b_shape.to_vec(), t.b.clone()),
         );
     }
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, (b, shape))| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| LoraError::Format {
-                    path: dir.join(WEIGHTS_FILE),
-                    message: e.to_string(),
-                })
-        })
-        .collect::<Result<_, _>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let st = safetensors::serialize(views, &Some(meta)).map_err(|e| LoraError::Format {
+    let st = crate::params::safetensors_bytes(&named, meta).map_err(|e| LoraError::Format {
         path: dir.join(WEIGHTS_FILE),
         message: e.to_string(),
     })?;

@@ -11,17 +11,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use tracknet_lora::params::PathStack;
 
 use crate::error::TrainError;
 use crate::optim::{OptimKind, Optimizer, ParamState};
 
-/// Named f32 tensors: path → (shape, values).
-pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+pub use tracknet_lora::params::{NamedTensors, collect_params};
 
 /// Everything besides tensors that a resumed run needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -63,58 +62,16 @@ pub struct QuantRecord {
     pub seed: u64,
 }
 
-/// Path → (shape, values) of every float parameter that `keep(path, trainable)` selects.
-pub fn collect_params<B: Backend, M: Module<B>>(
-    module: &M,
-    keep: impl Fn(&str, bool) -> bool,
-) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    struct V<F, B> {
-        stack: PathStack,
-        keep: F,
-        out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-        _b: std::marker::PhantomData<B>,
-    }
-    impl<B: Backend, F: Fn(&str, bool) -> bool> ModuleVisitor<B> for V<F, B> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let path = self.stack.path();
-            let t = param.val();
-            if (self.keep)(&path, t.is_require_grad()) {
-                let shape = t.dims().to_vec();
-                let values = t
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .unwrap_or_default();
-                self.out.insert(path, (shape, values));
-            }
-        }
-    }
-    let mut v = V {
-        stack: PathStack::default(),
-        keep,
-        out: BTreeMap::new(),
-        _b: std::marker::PhantomData::<B>,
-    };
-    module.visit(&mut v);
-    v.out
-}
-
 /// Replace parameters by path from `tensors`; every tensor must land on a parameter of the
 /// same shape, else one error lists what is unexpected or mis-shaped.
 pub fn load_params<B: Backend, M: Module<B>>(
     module: M,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &NamedTensors,
     file: &Path,
 ) -> Result<M, TrainError> {
     struct Mp<'a, B> {
         stack: PathStack,
-        tensors: &'a BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        tensors: &'a NamedTensors,
         used: Vec<String>,
         mismatched: Vec<String>,
         _b: std::marker::PhantomData<B>,
@@ -194,28 +151,10 @@ pub fn init_params_from<B: Backend, M: Module<B>>(
 
 /// Serialise named f32 tensors as safetensors bytes.
 pub fn to_safetensors(
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &NamedTensors,
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>, TrainError> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(k, (s, v))| {
-            (
-                k.clone(),
-                s.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (k.clone(), v)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TrainError::Checkpoint {
-            path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
-    safetensors::serialize(views, &Some(meta)).map_err(|e| TrainError::Checkpoint {
+    tracknet_lora::params::safetensors_bytes(tensors, meta).map_err(|e| TrainError::Checkpoint {
         path: PathBuf::new(),
         message: e.to_string(),
     })
@@ -284,7 +223,7 @@ pub fn optimizer_tensors<B: Backend>(
 /// Rebuild an optimizer from [`optimizer_tensors`] output.
 pub fn optimizer_from_tensors<B: Backend>(
     kind: OptimKind,
-    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: NamedTensors,
     meta: &HashMap<String, String>,
     device: &B::Device,
 ) -> Optimizer<B> {
