@@ -350,6 +350,7 @@ fn train_cuda(
     Err(cuda_missing())
 }
 
+#[cfg(not(feature = "cuda"))]
 fn cuda_missing() -> TrainError {
     TrainError::Usage("this build has no CUDA backend; rebuild with `--features cuda` (cargo xtask … --device cuda does)".into())
 }
