@@ -1,7 +1,6 @@
 //! From the config to loaders and tensors: dataset preparation (generating the synthetic
 //! default if absent), loader options, and batches as Burn tensors.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::*;
@@ -138,13 +137,4 @@ pub fn batch_tensors<B: Backend>(
             device,
         ),
     )
-}
-
-/// Whether a path looks like it needs the synthetic generator (for messages).
-pub fn describe_root(root: &Path) -> String {
-    if root.exists() {
-        root.display().to_string()
-    } else {
-        format!("{} (missing)", root.display())
-    }
 }

@@ -250,11 +250,3 @@ pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
     module.visit(&mut v);
     v.acc
 }
-
-/// Whether any gradient holds NaN or ±inf.
-pub fn grads_finite<B: AutodiffBackend, M: AutodiffModule<B>>(
-    module: &M,
-    grads: &GradientsParams,
-) -> bool {
-    grad_norm::<B, M>(module, grads).is_finite()
-}
