@@ -126,6 +126,8 @@ pub struct SyntheticConfig {
     pub size: [usize; 2],
     /// RNG seed; the same seed gives the same dataset.
     pub seed: u64,
+    /// Ball radius relative to the generator's default (1.0); larger is easier.
+    pub ball_scale: f32,
 }
 
 impl Default for SyntheticConfig {
@@ -136,6 +138,7 @@ impl Default for SyntheticConfig {
             frames: 16,
             size: [512, 288],
             seed: 0,
+            ball_scale: 1.0,
         }
     }
 }

@@ -278,6 +278,12 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
         c.int_at_least("data.synthetic.games", s.games, 1);
         c.int_at_least("data.synthetic.clips", s.clips, 1);
         c.int_at_least("data.synthetic.frames", s.frames, 1);
+        if !(s.ball_scale.is_finite() && (0.25..=8.0).contains(&s.ball_scale)) {
+            c.push(
+                "data.synthetic.ball_scale",
+                format!("expected a number in [0.25, 8], got {}", s.ball_scale),
+            );
+        }
         if s.size.contains(&0) {
             c.push(
                 "data.synthetic.size",

@@ -273,6 +273,12 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
         None,
     ),
     (
+        "data: {synthetic: {ball_scale: 20}}",
+        "data.synthetic.ball_scale",
+        "[0.25, 8]",
+        None,
+    ),
+    (
         "data: {sequence: {length: 0}}",
         "data.sequence.length",
         "≥ 1",

@@ -29,5 +29,5 @@ pub use loader::{
 };
 pub use metrics::{EvalMetrics, MetricOptions, MetricsAccumulator, argmax, soft_argmax};
 pub use preprocess::{PreprocessOptions, Preprocessed, flip_decision, preprocess_image};
-pub use synth::{SynthOptions, SynthSummary, generate};
+pub use synth::{SYNTH_STAMP, SynthOptions, SynthSummary, generate, read_synth_stamp, synth_stamp};
 pub use target::{gaussian_heatmap, scale_to_heatmap};

@@ -6,7 +6,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 
 use common::TempDir;
-use tracknet_data::{DataError, DatasetIndex, SynthOptions, generate};
+use tracknet_data::{
+    DataError, DatasetIndex, SYNTH_STAMP, SynthOptions, generate, read_synth_stamp, synth_stamp,
+};
 
 fn hash_tree(root: &Path) -> (Vec<String>, u64) {
     fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -49,7 +51,14 @@ fn same_seed_gives_identical_bytes() {
     let (files_b, hb) = hash_tree(&dir.path().join("b"));
     let (_, hc) = hash_tree(&dir.path().join("c"));
     assert_eq!(files_a, files_b);
-    assert_eq!(files_a.len(), 2 * 2 * (40 + 1));
+    // Frames and Label.csv per clip, plus the stamp of the options at the root.
+    assert_eq!(files_a.len(), 2 * 2 * (40 + 1) + 1);
+    assert!(files_a.contains(&SYNTH_STAMP.to_string()));
+    assert_eq!(
+        read_synth_stamp(&dir.path().join("a")),
+        Some(synth_stamp(&opts(9)))
+    );
+    assert_ne!(synth_stamp(&opts(9)), synth_stamp(&opts(10)));
     assert!(files_a.contains(&"game2/Clip2/0039.jpg".to_string()));
     assert!(files_a.contains(&"game1/Clip1/Label.csv".to_string()));
     assert_eq!(ha, hb);
@@ -152,4 +161,71 @@ fn refuses_to_overwrite_unless_asked() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("invalid options"), "{err}");
+    let err = generate(
+        &dir.path().join("y"),
+        &SynthOptions {
+            ball_scale: 0.0,
+            ..opts(1)
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("ball_scale"), "{err}");
+}
+
+#[test]
+fn ball_scale_draws_larger_balls() {
+    // The same clips at twice the ball radius: the labelled positions are the same, and more
+    // pixels around them are ball-coloured.
+    let dir = TempDir::new("synth-ball");
+    let one = SynthOptions {
+        games: 1,
+        clips: 1,
+        frames: 12,
+        size: (320, 180),
+        ..opts(4)
+    };
+    let two = SynthOptions {
+        ball_scale: 2.0,
+        ..one.clone()
+    };
+    generate(&dir.path().join("one"), &one).unwrap();
+    generate(&dir.path().join("two"), &two).unwrap();
+    // Rows as (file, x, y); visibility may differ, since it depends on the radius.
+    let rows = |s: &str| -> Vec<(String, Option<(f32, f32)>)> {
+        std::fs::read_to_string(dir.path().join(s).join("game1/Clip1/Label.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let xy = f[2].parse().ok().zip(f[3].parse().ok());
+                (f[0].to_string(), xy)
+            })
+            .collect()
+    };
+    assert_eq!(rows("one"), rows("two"));
+    let yellow_near_ball = |s: &str| {
+        let mut n = 0usize;
+        for (file, xy) in rows(s) {
+            let Some((x, y)) = xy else { continue };
+            let img = image::open(dir.path().join(s).join("game1/Clip1").join(&file))
+                .unwrap()
+                .to_rgb8();
+            n += img
+                .enumerate_pixels()
+                .filter(|(px, py, p)| {
+                    (*px as f32 - x).hypot(*py as f32 - y) < 12.0
+                        && p[0] > 150
+                        && p[1] > 170
+                        && p[2] < 120
+                })
+                .count();
+        }
+        n
+    };
+    let (a, b) = (yellow_near_ball("one"), yellow_near_ball("two"));
+    assert!(
+        a > 0 && b > 2 * a,
+        "ball-coloured pixels: {a} at scale 1, {b} at scale 2"
+    );
 }

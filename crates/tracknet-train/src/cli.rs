@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// Stop, checkpointed, after this epoch (continue later with --resume).
     #[arg(long)]
     pub stop_after_epoch: Option<usize>,
+    /// Start the decoder and head from another run's checkpoint: a checkpoint folder, or a run
+    /// folder (its best checkpoint), e.g. a pre-training stage's.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// `cpu` or `cuda[:N]` (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
@@ -145,6 +149,9 @@ pub struct SynthArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Ball radius relative to the default (larger is easier).
+    #[arg(long, default_value_t = 1.0)]
+    pub ball_scale: f32,
     /// Replace an existing non-empty folder.
     #[arg(long)]
     pub overwrite: bool,
@@ -221,12 +228,16 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
             (cfg, dir, false)
         }
     };
+    let init_from = match &a.init_from {
+        Some(dir) if dir.join("checkpoints").is_dir() => Some(checkpoint_dir(dir, "best")?),
+        other => other.clone(),
+    };
     let opts = TrainOptions {
         run_dir,
         resume,
         stop_after_epoch: a.stop_after_epoch,
         quiet: a.quiet,
-        init_from: None,
+        init_from,
     };
     eprintln!("run folder: {}", opts.run_dir.display());
     let summary = train_on_device(&cfg, &opts, a.device.as_deref())?;
@@ -290,6 +301,55 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     };
     let s2 = train_on_device(&cfg, &opts2, a.device.as_deref())?;
     print_finish(&s2);
+
+    // The same architecture, untrained (random backbone, decoder and head), on stage 2's
+    // validation frames: the floor both stages are measured against.
+    let mut random_cfg = cfg.clone();
+    random_cfg.model.backbone.weights = None;
+    random_cfg.model.pretrained_model_name = None;
+    let splits = crate::data::scan_splits(&random_cfg)?;
+    <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
+    let (random, _) = HeatmapModel::<NdArray>::from_config(&random_cfg.model, &device)?;
+    let random =
+        crate::trainer::with_head_bias_init(random, &crate::eval::loss_from_config(&random_cfg));
+    let untrained = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
+    let m = &untrained.metrics;
+    let row = |name: &str, f1: f64, pck: f64, l2: f64| {
+        format!("  {name:<40} {f1:>6.3} {pck:>7.3} {l2:>8.2}")
+    };
+    let mut lines = vec![
+        format!(
+            "== quick-start result on the fine-tuning clips' validation split ({} frames, {} with a visible ball):",
+            m.frames, m.visible
+        ),
+        format!(
+            "  {:<40} {:>6} {:>7} {:>8}",
+            "model", "F1", "PCK@3", "L2 px"
+        ),
+        row(
+            "untrained (random init)",
+            f64::from(m.f1),
+            f64::from(m.pck),
+            f64::from(m.mean_l2),
+        ),
+    ];
+    if let Some(b) = &s2.baseline {
+        lines.push(row(
+            "after stage 1 (full pre-training)",
+            b["f1"],
+            b["pck"],
+            b["l2"],
+        ));
+    }
+    if let Some(last) = s2.history.last() {
+        lines.push(row(
+            "after stage 2 (QLoRA: NF4 + DQ + LoRA)",
+            last["f1"],
+            last["pck"],
+            last["l2"],
+        ));
+    }
+    println!("{}", lines.join("\n"));
     Ok(())
 }
 
@@ -422,6 +482,7 @@ fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
             seed: a.seed,
             overwrite: a.overwrite,
             jpeg_quality: 90,
+            ball_scale: a.ball_scale,
         },
     )?;
     println!(

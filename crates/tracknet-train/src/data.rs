@@ -22,36 +22,53 @@ pub struct Splits {
 }
 
 /// Generate the synthetic set when `data.synthetic` is set and the root does not exist yet.
+///
+/// A set this tool generated carries a stamp of its options ([`tracknet_data::SYNTH_STAMP`]);
+/// when the stamp differs from the config's (the settings changed since), the set is made
+/// again. A folder without a stamp is somebody's data and is used as it is.
 pub fn ensure_synthetic(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<(), TrainError> {
     let Some(s) = &cfg.data.synthetic else {
         return Ok(());
     };
     let root = &cfg.data.root;
-    if root.exists() {
-        return Ok(());
-    }
+    let opts = SynthOptions {
+        games: s.games,
+        clips: s.clips,
+        frames: s.frames,
+        size: (s.size[0] as u32, s.size[1] as u32),
+        seed: s.seed,
+        overwrite: false,
+        jpeg_quality: 90,
+        ball_scale: s.ball_scale,
+    };
+    let want = tracknet_data::synth_stamp(&opts);
+    let overwrite = if root.exists() {
+        match tracknet_data::read_synth_stamp(root) {
+            None => return Ok(()),
+            Some(have) if have == want => return Ok(()),
+            Some(have) => {
+                log(&format!(
+                    "synthetic clips in {} were made with other settings ({have}); making them again",
+                    root.display()
+                ));
+                true
+            }
+        }
+    } else {
+        false
+    };
     log(&format!(
-        "generating synthetic clips in {} ({} games x {} clips x {} frames at {}x{}, seed {})",
+        "generating synthetic clips in {} ({} games x {} clips x {} frames at {}x{}, seed {}, ball scale {})",
         root.display(),
         s.games,
         s.clips,
         s.frames,
         s.size[0],
         s.size[1],
-        s.seed
+        s.seed,
+        s.ball_scale
     ));
-    let summary = tracknet_data::generate(
-        root,
-        &SynthOptions {
-            games: s.games,
-            clips: s.clips,
-            frames: s.frames,
-            size: (s.size[0] as u32, s.size[1] as u32),
-            seed: s.seed,
-            overwrite: false,
-            jpeg_quality: 90,
-        },
-    )?;
+    let summary = tracknet_data::generate(root, &SynthOptions { overwrite, ..opts })?;
     log(&format!(
         "  wrote {} frames (visibility 0/1/2/3: {:?})",
         summary.frames, summary.by_visibility
@@ -137,4 +154,54 @@ pub fn batch_tensors<B: Backend>(
             device,
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracknet_config::SyntheticConfig;
+
+    fn config(root: &std::path::Path, seed: u64) -> RunConfig {
+        let mut cfg = RunConfig::default();
+        cfg.data.root = root.to_path_buf();
+        cfg.data.synthetic = Some(SyntheticConfig {
+            games: 1,
+            clips: 1,
+            frames: 2,
+            size: [64, 36],
+            seed,
+            ball_scale: 1.0,
+        });
+        cfg
+    }
+
+    #[test]
+    fn stale_synthetic_sets_are_made_again_and_foreign_folders_kept() {
+        let dir = std::env::temp_dir().join(format!("tracknet-ensure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("set");
+        let mut lines = Vec::new();
+        let mut log = |s: &str| lines.push(s.to_string());
+        ensure_synthetic(&config(&root, 1), &mut log).unwrap();
+        let stamp = tracknet_data::read_synth_stamp(&root).unwrap();
+        assert!(stamp.contains("seed=1"), "{stamp}");
+        // Same settings: left alone.
+        ensure_synthetic(&config(&root, 1), &mut log).unwrap();
+        // Other settings: made again, and said so.
+        ensure_synthetic(&config(&root, 2), &mut log).unwrap();
+        let stamp = tracknet_data::read_synth_stamp(&root).unwrap();
+        assert!(stamp.contains("seed=2"), "{stamp}");
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("generating")).count(),
+            2
+        );
+        assert!(lines.iter().any(|l| l.contains("other settings")));
+        // A folder without a stamp is somebody's data: never touched.
+        let foreign = dir.join("mine");
+        std::fs::create_dir_all(foreign.join("game1")).unwrap();
+        ensure_synthetic(&config(&foreign, 1), &mut |_| {}).unwrap();
+        assert!(tracknet_data::read_synth_stamp(&foreign).is_none());
+        assert!(!foreign.join("game1/Clip1").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -60,6 +60,20 @@ pub struct TrainSummary {
 /// (`TRACKNET_ABORT_IN_CHECKPOINT=N`), to prove the previous checkpoint survives a kill.
 const ABORT_ENV: &str = "TRACKNET_ABORT_IN_CHECKPOINT";
 
+/// The loss's starting bias for the 1×1 head (focal: a 0.1 prior on every pixel).
+pub fn with_head_bias_init<B: Backend>(
+    mut model: HeatmapModel<B>,
+    loss_fn: &crate::loss::HeatmapLoss,
+) -> HeatmapModel<B> {
+    if let Some(b) = loss_fn.head_bias_init()
+        && let Some(bias) = model.head.conv.bias.take()
+    {
+        model.head.conv.bias =
+            Some(bias.map(|t| t.zeros_like().add_scalar(b).detach().require_grad()));
+    }
+    model
+}
+
 /// Train `cfg` on backend `B` (an autodiff backend whose inner backend runs the 4-bit ops).
 pub fn train<B>(
     cfg: &RunConfig,
@@ -87,8 +101,14 @@ where
     let mut log = |s: &str| say(s);
     ensure_synthetic(cfg, &mut log)?;
     let splits = scan_splits(cfg)?;
-    say(&format!("train split: {}", splits.train_report));
-    say(&format!("val split:   {}", splits.val_report));
+    say(&format!(
+        "train split: {}",
+        splits.train_report.to_string().trim_end()
+    ));
+    say(&format!(
+        "val split:   {}",
+        splits.val_report.to_string().trim_end()
+    ));
     if splits.train.is_empty() || splits.val.is_empty() {
         return Err(TrainError::Usage(format!(
             "no usable frames (train {}, val {}) under {}",
@@ -152,13 +172,7 @@ where
         },
     };
 
-    let mut model = model;
-    if let Some(b) = loss_fn.head_bias_init()
-        && let Some(bias) = model.head.conv.bias.take()
-    {
-        model.head.conv.bias =
-            Some(bias.map(|t| t.zeros_like().add_scalar(b).detach().require_grad()));
-    }
+    let mut model = with_head_bias_init(model, &loss_fn);
     if let (Some(dir), false) = (&opts.init_from, opts.resume) {
         let file = dir.join("trainable.safetensors");
         let (tensors, _) = read_safetensors(&file)?;

@@ -8,10 +8,10 @@ use tracknet_vit::head::HeatmapHeadConfig;
 type A = Autodiff<NdArray>;
 fn main() {
     let d = Default::default();
-    let dec = HeatmapDecoderConfig::new(vec![96, 64, 32, 16], vec![2, 2, 2], [128, 72])
+    let dec = HeatmapDecoderConfig::new(vec![96, 48, 24], vec![2, 2], [64, 36])
         .init::<A>(&d)
         .unwrap();
-    let head = HeatmapHeadConfig::new(16).init::<A>(&d);
+    let head = HeatmapHeadConfig::new(24).init::<A>(&d);
     for _ in 0..3 {
         let x =
             Tensor::<A, 4>::random([8, 96, 9, 16], Distribution::Normal(0., 1.), &d).require_grad();
@@ -21,13 +21,13 @@ fn main() {
         let _g = l.backward();
         println!("decoder fwd {:?} total {:?}", t1, t.elapsed());
     }
-    let cfg = r#"{"model_type":"dinov3_vit","hidden_size":96,"num_hidden_layers":4,"num_attention_heads":3,"intermediate_size":384,"num_register_tokens":4,"patch_size":16}"#;
+    let cfg = r#"{"model_type":"dinov3_vit","hidden_size":96,"num_hidden_layers":4,"num_attention_heads":3,"intermediate_size":384,"num_register_tokens":4,"patch_size":8}"#;
     let arch =
         tracknet_vit::backbone::BackboneArch::from_config_str(cfg, std::path::Path::new("x"))
             .unwrap();
     let bb = tracknet_vit::backbone::Backbone::<A>::random(&arch, &d).unwrap();
     for _ in 0..3 {
-        let x = Tensor::<A, 4>::random([8, 3, 144, 256], Distribution::Normal(0., 1.), &d)
+        let x = Tensor::<A, 4>::random([8, 3, 72, 128], Distribution::Normal(0., 1.), &d)
             .require_grad();
         let t = Instant::now();
         let l = bb.forward(x).patch_grid.sum();

@@ -738,6 +738,7 @@ fn data(a: &DataArgs) -> Result<Value, String> {
             seed: 3,
             overwrite: false,
             jpeg_quality: 90,
+            ball_scale: 1.0,
         },
     )
     .map_err(|e| e.to_string())?;
