@@ -272,14 +272,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     print_finish(&s1);
     let ckpt = checkpoint_dir(&stage1, "best")?;
     let snapshot = stage1.join("backbone");
-    let device = Default::default();
-    let model = load_run_model::<NdArray>(&pre, &ckpt, &device)?;
-    tracknet_vit::export::save_snapshot(
-        &model.backbone,
-        &tracknet_vit::model::arch_json(&pre.model),
-        &snapshot,
-    )
-    .map_err(tracknet_vit::model::ModelError::from)?;
+    crate::predict::export_backbone(&pre, &ckpt, &snapshot)?;
     eprintln!(
         "exported the pre-trained backbone as a Hugging Face snapshot: {}",
         snapshot.display()
@@ -308,6 +301,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     random_cfg.model.backbone.weights = None;
     random_cfg.model.pretrained_model_name = None;
     let splits = crate::data::scan_splits(&random_cfg)?;
+    let device = Default::default();
     <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
     let (random, _) = HeatmapModel::<NdArray>::from_config(&random_cfg.model, &device)?;
     let random =

@@ -35,7 +35,7 @@ pub enum TrainError {
     },
     /// The loss or a gradient became NaN/inf.
     #[error(
-        "non-finite {what} at epoch {epoch}, step {step} (global step {global_step}); the last good state is saved in {saved}. \
+        "non-finite {what} at epoch {epoch}, step {step} (global step {global_step}); {saved}. \
          Lower training.optimizer.lr, set training.grad_clip_norm, or check the data"
     )]
     NonFinite {
@@ -47,7 +47,7 @@ pub enum TrainError {
         step: usize,
         /// Optimizer steps before this one.
         global_step: usize,
-        /// Where the last good checkpoint is.
+        /// Where the last good state is (a sentence).
         saved: String,
     },
     /// Invalid usage (CLI flags, a device that is not compiled in, …).

@@ -178,6 +178,24 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     }
 }
 
+/// Whether every float parameter of `module` is finite (an overflowing sum counts as not).
+pub fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Finite {
+        ok: bool,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.ok {
+                let s: f64 = param.val().abs().sum().into_scalar().elem();
+                self.ok = s.is_finite();
+            }
+        }
+    }
+    let mut v = Finite { ok: true };
+    module.visit(&mut v);
+    v.ok
+}
+
 /// Global L2 norm of all gradients of `module`'s parameters.
 pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,

@@ -14,6 +14,21 @@ use crate::error::{TrainError, io_err};
 use crate::eval::loss_from_config;
 use crate::trainer::load_trainable;
 
+/// Writes the backbone of checkpoint `ckpt` (of a run trained with `cfg`) as a Hugging Face
+/// snapshot (`config.json` + `model.safetensors`) in `out`, loadable as `model.backbone.weights`
+/// — how a full pre-training hands its backbone to a (Q)LoRA run.
+pub fn export_backbone(cfg: &RunConfig, ckpt: &Path, out: &Path) -> Result<(), TrainError> {
+    let device = Default::default();
+    let model = load_run_model::<burn::backend::NdArray>(cfg, ckpt, &device)?;
+    tracknet_vit::export::save_snapshot(
+        &model.backbone,
+        &tracknet_vit::model::arch_json(&cfg.model),
+        out,
+    )
+    .map_err(tracknet_vit::model::ModelError::from)?;
+    Ok(())
+}
+
 /// The config a run was trained with (`RUN/config.yaml`), with `overrides` applied.
 pub fn run_config(run_dir: &Path, overrides: &[String]) -> Result<RunConfig, TrainError> {
     Ok(RunConfig::load_combined(

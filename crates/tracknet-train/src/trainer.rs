@@ -25,7 +25,7 @@ use crate::checkpoint::{
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
 use crate::eval::{evaluate, loss_from_config, summary_line, write_previews};
-use crate::optim::{OptimKind, Optimizer, accumulate, grad_norm, scale_grads};
+use crate::optim::{OptimKind, Optimizer, accumulate, grad_norm, params_finite, scale_grads};
 use crate::progress::{Progress, fmt_secs};
 use crate::schedule::LrSchedule;
 
@@ -277,15 +277,34 @@ where
             };
             let gnorm = grad_norm::<B, _>(&model, &grads);
             if !loss.is_finite() || !gnorm.is_finite() {
-                let saved = save_checkpoint(
-                    &ckpt_root,
-                    "last",
-                    &model,
-                    &opt,
-                    &state,
-                    cfg,
-                    &mut checkpoints_written,
-                )?;
+                // The weights before this step are saved when they are still finite (a bad
+                // batch); weights that are themselves NaN/inf never replace the last checkpoint.
+                let saved = if params_finite(&model) {
+                    let dir = save_checkpoint(
+                        &ckpt_root,
+                        "last",
+                        &model,
+                        &opt,
+                        &state,
+                        cfg,
+                        &mut checkpoints_written,
+                    )?;
+                    format!(
+                        "the weights before this step are saved as the `last` checkpoint {}",
+                        dir.display()
+                    )
+                } else {
+                    match read_pointer(&ckpt_root, "last") {
+                        Some(dir) => format!(
+                            "the weights are no longer finite, so the `last` checkpoint {} was kept",
+                            dir.display()
+                        ),
+                        None => {
+                            "the weights are no longer finite and no checkpoint was written yet"
+                                .into()
+                        }
+                    }
+                };
                 return Err(TrainError::NonFinite {
                     what: if loss.is_finite() {
                         "gradient".into()
@@ -295,7 +314,7 @@ where
                     epoch,
                     step: i + 1,
                     global_step: state.global_step,
-                    saved: saved.display().to_string(),
+                    saved,
                 });
             }
             let grads = match clip {

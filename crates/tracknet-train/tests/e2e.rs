@@ -229,3 +229,37 @@ fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
         serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
     assert_eq!(state["epoch"], 2);
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let root = tmp("nonfinite");
+    let cfg = tiny_config(&root, 2);
+    let run = root.join("run");
+    let device = Default::default();
+    let mut o = opts(run.clone());
+    o.stop_after_epoch = Some(1);
+    train::<AD>(&cfg, &o, &device).unwrap();
+    let good = read_pointer(&run.join("checkpoints"), "last").unwrap();
+    let good_weights = last_weights(&run);
+
+    // Resume with a learning rate that blows the weights up within a step or two.
+    let mut bad = cfg.clone();
+    bad.training.optimizer.lr = 1e37;
+    let mut o = opts(run.clone());
+    o.resume = true;
+    let err = train::<AD>(&bad, &o, &device).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("non-finite") && msg.contains("at epoch 2, step "),
+        "{msg}"
+    );
+    assert!(msg.contains("was kept"), "{msg}");
+    assert!(msg.contains(&good.display().to_string()), "{msg}");
+    // The poisoned weights did not replace the last good checkpoint.
+    assert_eq!(
+        read_pointer(&run.join("checkpoints"), "last").unwrap(),
+        good
+    );
+    assert_eq!(last_weights(&run), good_weights);
+    let _ = std::fs::remove_dir_all(&root);
+}
