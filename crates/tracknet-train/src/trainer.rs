@@ -238,7 +238,11 @@ where
     } else {
         t.micro_batch_size.min(batch_size)
     };
-    let mut checkpoints_written = 0usize;
+    let mut writer = CheckpointWriter {
+        root: &ckpt_root,
+        cfg,
+        written: 0,
+    };
     for epoch in state.epoch + 1..=t.epochs {
         let started = Instant::now();
         let frozen_backbone = epoch <= t.backbone_freeze_epochs;
@@ -280,15 +284,7 @@ where
                 // The weights before this step are saved when they are still finite (a bad
                 // batch); weights that are themselves NaN/inf never replace the last checkpoint.
                 let saved = if params_finite(&model) {
-                    let dir = save_checkpoint(
-                        &ckpt_root,
-                        "last",
-                        &model,
-                        &opt,
-                        &state,
-                        cfg,
-                        &mut checkpoints_written,
-                    )?;
+                    let dir = save_checkpoint(&mut writer, "last", &model, &opt, &state)?;
                     format!(
                         "the weights before this step are saved as the `last` checkpoint {}",
                         dir.display()
@@ -370,25 +366,9 @@ where
         if better && score.is_finite() {
             state.best_score = Some(score);
             state.best_epoch = Some(epoch);
-            save_checkpoint(
-                &ckpt_root,
-                "best",
-                &model,
-                &opt,
-                &state,
-                cfg,
-                &mut checkpoints_written,
-            )?;
+            save_checkpoint(&mut writer, "best", &model, &opt, &state)?;
         }
-        let last = save_checkpoint(
-            &ckpt_root,
-            "last",
-            &model,
-            &opt,
-            &state,
-            cfg,
-            &mut checkpoints_written,
-        )?;
+        let last = save_checkpoint(&mut writer, "last", &model, &opt, &state)?;
         if cfg.model.lora.enabled {
             copy_adapter(&last.join("adapter"), &opts.run_dir.join("adapter"))?;
         }
@@ -532,22 +512,28 @@ fn write_metrics(run_dir: &Path, history: &[BTreeMap<String, f64>]) -> Result<()
 }
 
 /// Write a complete checkpoint folder and point `pointer` at it.
+/// Where a run's checkpoints go, and how many were written (the kill test hook counts them).
+struct CheckpointWriter<'a> {
+    root: &'a Path,
+    cfg: &'a RunConfig,
+    written: usize,
+}
+
 fn save_checkpoint<B: AutodiffBackend + QuantBackend>(
-    ckpt_root: &Path,
+    writer: &mut CheckpointWriter<'_>,
     pointer: &str,
     model: &HeatmapModel<B>,
     opt: &Optimizer<B::InnerBackend>,
     state: &RunState,
-    cfg: &RunConfig,
-    written: &mut usize,
 ) -> Result<PathBuf, TrainError>
 where
     B::InnerBackend: QuantBackend,
 {
-    *written += 1;
+    writer.written += 1;
     let abort_at: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
-    let n = *written;
-    commit_checkpoint(ckpt_root, pointer, state.global_step, |dir| {
+    let n = writer.written;
+    let cfg = writer.cfg;
+    commit_checkpoint(writer.root, pointer, state.global_step, |dir| {
         let params = collect_params::<B, _>(model, |_, trainable| trainable);
         let mut meta = HashMap::new();
         meta.insert("format".into(), "tracknet-trainable".into());

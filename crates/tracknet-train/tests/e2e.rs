@@ -13,6 +13,15 @@ use tracknet_train::{TrainOptions, train};
 
 type AD = Autodiff<NdArray>;
 
+/// Burn's NdArray backend seeds one process-wide RNG (`Backend::seed`), so two trainings in
+/// parallel test threads would interleave their draws (model init, dropout) and no longer be
+/// reproducible: the tests that train in this process take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn tiny_config(root: &Path, epochs: usize) -> RunConfig {
     let yaml = format!(
         r#"
@@ -73,6 +82,7 @@ fn last_weights(run: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn qlora_trains_saves_evaluates_predicts() {
+    let _serial = serial();
     let root = tmp("main");
     let cfg = tiny_config(&root, 3);
     let run = root.join("run");
@@ -149,6 +159,7 @@ fn qlora_trains_saves_evaluates_predicts() {
 
 #[test]
 fn interrupted_and_resumed_run_ends_with_the_same_weights() {
+    let _serial = serial();
     let root = tmp("resume");
     let device = Default::default();
     let cfg = tiny_config(&root, 2);
@@ -184,6 +195,7 @@ fn interrupted_and_resumed_run_ends_with_the_same_weights() {
 
 #[test]
 fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
+    let _serial = serial();
     let root = tmp("kill");
     let cfg = tiny_config(&root, 2);
     let cfg_path = root.join("cfg.yaml");
@@ -232,6 +244,7 @@ fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
 
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let _serial = serial();
     let root = tmp("nonfinite");
     let cfg = tiny_config(&root, 2);
     let run = root.join("run");
