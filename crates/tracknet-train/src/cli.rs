@@ -307,41 +307,29 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     let random =
         crate::trainer::with_head_bias_init(random, &crate::eval::loss_from_config(&random_cfg));
     let untrained = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
-    let m = &untrained.metrics;
-    let row = |name: &str, f1: f64, pck: f64, l2: f64| {
-        format!("  {name:<40} {f1:>6.3} {pck:>7.3} {l2:>8.2}")
+    let (frames, visible) = (untrained.metrics.frames, untrained.metrics.visible);
+    let untrained = crate::trainer::metrics_row(0, f64::NAN, &untrained, 0.0, 0.0);
+    let row = |name: &str, m: &std::collections::BTreeMap<String, f64>| {
+        format!(
+            "  {name:<40} {:>6.3} {:>7.3} {:>8.2}",
+            m["f1"], m["pck"], m["l2"]
+        )
     };
     let mut lines = vec![
         format!(
-            "== quick-start result on the fine-tuning clips' validation split ({} frames, {} with a visible ball):",
-            m.frames, m.visible
+            "== quick-start result on the fine-tuning clips' validation split ({frames} frames, {visible} with a visible ball):"
         ),
         format!(
             "  {:<40} {:>6} {:>7} {:>8}",
             "model", "F1", "PCK@3", "L2 px"
         ),
-        row(
-            "untrained (random init)",
-            f64::from(m.f1),
-            f64::from(m.pck),
-            f64::from(m.mean_l2),
-        ),
+        row("untrained (random init)", &untrained),
     ];
     if let Some(b) = &s2.baseline {
-        lines.push(row(
-            "after stage 1 (full pre-training)",
-            b["f1"],
-            b["pck"],
-            b["l2"],
-        ));
+        lines.push(row("after stage 1 (full pre-training)", b));
     }
     if let Some(last) = s2.history.last() {
-        lines.push(row(
-            "after stage 2 (QLoRA: NF4 + DQ + LoRA)",
-            last["f1"],
-            last["pck"],
-            last["l2"],
-        ));
+        lines.push(row("after stage 2 (QLoRA: NF4 + DQ + LoRA)", last));
     }
     println!("{}", lines.join("\n"));
     Ok(())

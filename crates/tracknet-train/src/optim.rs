@@ -33,6 +33,23 @@ pub enum OptimKind {
     },
 }
 
+impl OptimKind {
+    /// The update rule `training.optimizer` names (the learning rate is the schedule's).
+    pub fn from_config(o: &tracknet_config::OptimizerConfig) -> Self {
+        match o.name {
+            tracknet_config::OptimizerName::AdamW => OptimKind::AdamW {
+                betas: (o.betas[0], o.betas[1]),
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+            },
+            tracknet_config::OptimizerName::Sgd => OptimKind::Sgd {
+                momentum: o.momentum,
+                weight_decay: o.weight_decay,
+            },
+        }
+    }
+}
+
 /// Device-side state of one parameter, flattened to `[numel]`.
 #[derive(Debug, Clone)]
 pub struct ParamState<B: Backend> {
@@ -215,6 +232,19 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     let mut v = Norm { grads, sum: 0.0 };
     module.visit(&mut v);
     v.sum.sqrt()
+}
+
+/// Global-norm clipping: scale the gradients to `max_norm` when their norm `norm` exceeds it.
+pub fn clip_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: GradientsParams,
+    norm: f64,
+    max_norm: Option<f64>,
+) -> GradientsParams {
+    match max_norm {
+        Some(max) if norm > max => scale_grads::<B, M>(module, grads, max / norm),
+        _ => grads,
+    }
 }
 
 /// Scale every gradient by `factor` (global-norm clipping: `factor = max_norm / norm`).

@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use tracknet_config::{OptimizerName, RunConfig, SchedulerName};
+use tracknet_config::{RunConfig, SchedulerName};
 use tracknet_data::{Batch, BatchLoader};
 use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
 use tracknet_quant::QuantBackend;
@@ -25,7 +25,7 @@ use crate::checkpoint::{
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
 use crate::eval::{evaluate, loss_from_config, summary_line, write_previews};
-use crate::optim::{OptimKind, Optimizer, accumulate, grad_norm, params_finite, scale_grads};
+use crate::optim::{OptimKind, Optimizer, accumulate, clip_grads, grad_norm, params_finite};
 use crate::progress::{Progress, fmt_secs};
 use crate::schedule::LrSchedule;
 
@@ -160,17 +160,7 @@ where
         total_steps: t.epochs * steps_per_epoch,
         cosine: t.scheduler.name == SchedulerName::Cosine,
     };
-    let kind = match t.optimizer.name {
-        OptimizerName::AdamW => OptimKind::AdamW {
-            betas: (t.optimizer.betas[0], t.optimizer.betas[1]),
-            eps: t.optimizer.eps,
-            weight_decay: t.optimizer.weight_decay,
-        },
-        OptimizerName::Sgd => OptimKind::Sgd {
-            momentum: t.optimizer.momentum,
-            weight_decay: t.optimizer.weight_decay,
-        },
-    };
+    let kind = OptimKind::from_config(&t.optimizer);
 
     let mut model = with_head_bias_init(model, &loss_fn);
     if let (Some(dir), false) = (&opts.init_from, opts.resume) {
@@ -313,10 +303,7 @@ where
                     saved,
                 });
             }
-            let grads = match clip {
-                Some(max) if gnorm > max => scale_grads::<B, _>(&model, grads, max / gnorm),
-                _ => grads,
-            };
+            let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
             model = opt.step(model, grads, lr, &|p: &str| {
                 frozen_backbone && p.starts_with("backbone.")
             });

@@ -28,7 +28,7 @@ use tracknet_config::RunConfig;
 use tracknet_data::{Batch, DatasetIndex, LoaderOptions, SampleMeta, SynthOptions};
 use tracknet_quant::QuantBackend;
 use tracknet_train::eval::loss_from_config;
-use tracknet_train::optim::{OptimKind, Optimizer, grad_norm, scale_grads};
+use tracknet_train::optim::{OptimKind, Optimizer, clip_grads, grad_norm};
 use tracknet_train::trainer::step_grads;
 use tracknet_train::{QUICKSTART_CONFIG, QUICKSTART_PRETRAIN_CONFIG, TrainOptions};
 use tracknet_vit::model::HeatmapModel;
@@ -582,50 +582,42 @@ where
     );
 
     let loss_fn = loss_from_config(cfg);
-    let mut opt = Optimizer::<B::InnerBackend>::new(OptimKind::AdamW {
-        betas: (0.9, 0.999),
-        eps: 1e-8,
-        weight_decay: 0.01,
-    });
+    // The quick-start config's AdamW (weight decay 0.01), at a constant lr of 1e-4.
+    let mut opt =
+        Optimizer::<B::InnerBackend>::new(OptimKind::from_config(&cfg.training.optimizer));
     let batch = random_batch(s, s.batch, 7);
-    let clip = 1.0;
+    let clip = Some(1.0);
     let mut losses = Vec::new();
     let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64) {
         let t = Instant::now();
         let (loss, grads) = step_grads(&model, &loss_fn, &batch, s.batch, device);
         let gnorm = grad_norm::<B, _>(&model, &grads);
-        let grads = if gnorm > clip {
-            scale_grads::<B, _>(&model, grads, clip / gnorm)
-        } else {
-            grads
-        };
+        let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
         let model = opt.step(model, grads, 1e-4, &|_: &str| false);
         let _ = B::sync(device);
         (model, loss, t.elapsed().as_secs_f64())
     };
     let mut warmup_seconds = Vec::new();
-    for _ in 0..s.warmup {
-        let (m, loss, secs) = step(model);
-        model = m;
-        losses.push(loss);
-        warmup_seconds.push(secs);
-        eprintln!("{label}: warmup step {secs:.3}s loss {loss:.5}");
-    }
-
-    let clear_refs_ok = reset_peaks();
-    let rss_before = proc_status_bytes("VmRSS");
-    let heap_before = heap_live();
     let mut seconds = Vec::new();
-    for i in 0..s.steps {
+    // Peaks are reset after the warm-up steps, so they are the timed steps' own.
+    let (mut clear_refs_ok, mut rss_before, mut heap_before) = (false, None, 0);
+    for i in 0..s.warmup + s.steps {
+        if i == s.warmup {
+            clear_refs_ok = reset_peaks();
+            rss_before = proc_status_bytes("VmRSS");
+            heap_before = heap_live();
+        }
         let (m, loss, secs) = step(model);
         model = m;
         losses.push(loss);
-        seconds.push(secs);
-        eprintln!(
-            "{label}: step {}/{} {secs:.3}s loss {loss:.5}",
-            i + 1,
-            s.steps
-        );
+        if i < s.warmup {
+            warmup_seconds.push(secs);
+            eprintln!("{label}: warmup step {secs:.3}s loss {loss:.5}");
+        } else {
+            seconds.push(secs);
+            let n = i - s.warmup + 1;
+            eprintln!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
+        }
     }
     let peak_rss = if clear_refs_ok {
         proc_status_bytes("VmHWM")
