@@ -251,67 +251,112 @@ fn fixture_config_through_our_types_writes_peft_values() {
     assert!(differ.is_empty(), "{differ:#?}");
 }
 
+/// `(in, out)` of a projection of the fixture's base model, from its `config.json`
+/// (`hidden_size`, `intermediate_size`), by the projection's name.
+fn base_dims(base: &serde_json::Map<String, Value>, path: &str) -> (usize, usize) {
+    let get = |k: &str| {
+        base.get(k)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("base config.json lacks `{k}`")) as usize
+    };
+    let (hidden, inter) = (get("hidden_size"), get("intermediate_size"));
+    let name = path.rsplit('.').next().unwrap_or(path);
+    match name {
+        "up_proj" | "gate_proj" | "fc1" => (hidden, inter),
+        "down_proj" | "fc2" => (inter, hidden),
+        _ => (hidden, hidden),
+    }
+}
+
+/// The fixture's base model folder: `base_model_name_or_path` as PEFT recorded it, relative to
+/// the adapter folder's parent (how the fixture set is laid out).
+fn fixture_base_config(dir: &Path, base: &str) -> serde_json::Map<String, Value> {
+    let candidates = [dir.join(base), dir.parent().unwrap_or(dir).join(base)];
+    let path = candidates
+        .iter()
+        .map(|d| d.join("config.json"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("fixture missing: base model of {} ({base})", dir.display()));
+    read_json(&path)
+}
+
 #[test]
 fn loads_the_peft_fixture_adapter() {
+    // Every expectation comes from the fixture's own files: adapter_config.json for the
+    // settings, the base model's config.json for the shapes.
     let dir = fixture_adapter();
+    let json = read_json(&dir.join(CONFIG_FILE));
     let loaded = load_adapter(&dir).unwrap();
     let c = &loaded.config;
-    assert_eq!(c.peft_type, "LORA");
-    assert_eq!(c.r, 4);
-    assert_eq!(c.lora_alpha, 8.0);
-    assert_eq!(c.base_model_name_or_path.as_deref(), Some("../dinov3"));
+    assert_eq!(c.peft_type, json["peft_type"]);
+    let r = json["r"].as_u64().expect("r is an integer") as usize;
+    let alpha = json["lora_alpha"].as_f64().expect("lora_alpha is a number");
+    assert_eq!(c.r, r);
+    assert_eq!(c.lora_alpha, alpha);
+    let base = json["base_model_name_or_path"]
+        .as_str()
+        .expect("the fixture adapter names its base model");
+    assert_eq!(c.base_model_name_or_path.as_deref(), Some(base));
     let s = c.to_settings(&dir).unwrap();
-    assert_eq!(s.scaling(), 2.0);
-    assert_eq!(s.init, LoraInit::RandomB); // init_lora_weights: false
-    assert_eq!(s.bias, BiasMode::None);
+    let rslora = json["use_rslora"].as_bool().unwrap_or(false);
+    let scaling = if rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    };
+    assert_eq!(s.scaling(), scaling);
+    let random_b = json["init_lora_weights"] == Value::Bool(false);
+    assert_eq!(
+        s.init,
+        if random_b {
+            LoraInit::RandomB
+        } else {
+            LoraInit::PeftDefault
+        }
+    );
+    assert_eq!(s.bias.as_str(), json["bias"].as_str().unwrap_or("none"));
+    let names: BTreeSet<String> = match &json["target_modules"] {
+        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+        other => panic!("the fixture's target_modules is not a list: {other}"),
+    };
     let TargetSpec::List(t) = &s.targets else {
         panic!("{:?}", s.targets)
     };
-    let t: BTreeSet<&str> = t.iter().map(String::as_str).collect();
-    assert_eq!(
-        t,
-        BTreeSet::from(["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
-    );
+    assert_eq!(t.iter().cloned().collect::<BTreeSet<_>>(), names);
 
-    // 2 layers × (q, v, o, up, down), prefix stripped.
-    assert_eq!(loaded.tensors.len(), 10);
+    // Tensors: one A/B pair per adapted module, prefix stripped, each module named by one of
+    // the targets, shapes from the base model.
+    let base_cfg = fixture_base_config(&dir, base);
+    let layers = base_cfg["num_hidden_layers"].as_u64().unwrap() as usize;
+    assert!(!loaded.tensors.is_empty());
+    let mut per_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (path, t) in &loaded.tensors {
-        assert!(path.starts_with("model.layer."), "{path}");
-        assert!(!path.starts_with(KEY_PREFIX));
-        let (d_in, d_out) = if path.ends_with("up_proj") {
-            (64, 128)
-        } else if path.ends_with("down_proj") {
-            (128, 64)
-        } else {
-            (64, 64)
-        };
-        assert_eq!(t.a_shape, [4, d_in], "{path}");
-        assert_eq!(t.b_shape, [d_out, 4], "{path}");
-        assert_eq!(t.a.len(), 4 * d_in);
-        assert!(
-            t.b.iter().any(|&v| v != 0.0),
-            "{path}: B is random in the fixture"
-        );
+        assert!(!path.starts_with(KEY_PREFIX), "{path}");
+        let name = path.rsplit('.').next().unwrap();
+        assert!(names.contains(name), "{path} is not among {names:?}");
+        *per_name.entry(name).or_default() += 1;
+        let (d_in, d_out) = base_dims(&base_cfg, path);
+        assert_eq!(t.a_shape, [r, d_in], "{path}");
+        assert_eq!(t.b_shape, [d_out, r], "{path}");
+        assert_eq!(t.a.len(), r * d_in);
+        assert_eq!(t.b.len(), d_out * r);
+        if random_b {
+            assert!(
+                t.b.iter().any(|&v| v != 0.0),
+                "{path}: B is random in the fixture"
+            );
+        }
     }
-    assert!(
-        !loaded
-            .tensors
-            .contains_key("model.layer.0.attention.k_proj")
-    );
+    // Every layer carries each adapted name once.
+    for (name, n) in &per_name {
+        assert_eq!(*n, layers, "{name}: one adapter per layer");
+    }
 
     // `assign` puts every tensor on the model path of the same name.
     let targets: Vec<String> = loaded.tensors.keys().cloned().collect();
-    let dims = |p: &str| {
-        Some(if p.ends_with("up_proj") {
-            (64, 128)
-        } else if p.ends_with("down_proj") {
-            (128, 64)
-        } else {
-            (64, 64)
-        })
-    };
+    let dims = |p: &str| Some(base_dims(&base_cfg, p));
     let map = loaded.assign(&targets, &dims).unwrap();
-    assert_eq!(map.len(), 10);
+    assert_eq!(map.len(), loaded.tensors.len());
     assert!(map.iter().all(|(k, t)| *k == t.path));
 }
 
@@ -338,14 +383,25 @@ fn write_weights(dir: &Path, tensors: &[(&str, Vec<usize>)]) {
     std::fs::write(dir.join(WEIGHTS_FILE), bytes).unwrap();
 }
 
-fn copy_fixture_config(dir: &Path) {
-    std::fs::copy(fixture_adapter().join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
+/// An `adapter_config.json` of rank 4 (the shapes the tests below write), independent of the
+/// fixture set.
+fn write_rank4_config(dir: &Path) {
+    let settings = LoraSettings {
+        r: 4,
+        ..sample_settings()
+    };
+    let config = AdapterConfig::from_settings(&settings, &[], Some("../dinov3".into()));
+    std::fs::write(
+        dir.join(CONFIG_FILE),
+        serde_json::to_vec(&config.to_peft_json()).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
 fn missing_lora_b_is_named() {
     let tmp = TempDir::new("missing-b");
-    copy_fixture_config(&tmp.0);
+    write_rank4_config(&tmp.0);
     write_weights(
         &tmp.0,
         &[
@@ -382,7 +438,7 @@ fn missing_lora_b_is_named() {
 #[test]
 fn extra_tensor_is_named() {
     let tmp = TempDir::new("extra");
-    copy_fixture_config(&tmp.0);
+    write_rank4_config(&tmp.0);
     write_weights(
         &tmp.0,
         &[
@@ -405,7 +461,7 @@ fn extra_tensor_is_named() {
 
     // A complete pair for a module the model does not have is refused by `assign`.
     let tmp2 = TempDir::new("extra-module");
-    copy_fixture_config(&tmp2.0);
+    write_rank4_config(&tmp2.0);
     write_weights(
         &tmp2.0,
         &[

@@ -359,12 +359,132 @@ fn double_quantize(absmax: &[f32]) -> Result<Absmax, QuantError> {
     })
 }
 
-/// `tensor.mean()` of an f32 tensor: the f32 sum divided by the count in f32. torch sums with
-/// a cascade of f32 accumulators; an f64 sum rounded once to f32 is the correctly rounded sum
-/// and agrees with torch except in rare last-bit cases on very large inputs.
-fn torch_mean_f32(values: &[f32]) -> f32 {
-    let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
-    (sum as f32) / (values.len() as f32)
+/// `tensor.mean()` of a contiguous 1-D f32 tensor on the CPU, bit for bit as PyTorch computes
+/// it: ATen's CPU `mean` is `sum(x) / numel` in f32, and the f32 sum runs in the order of
+/// ATen's cascade-sum kernel ([`aten_sum_f32`]).
+pub fn torch_mean_f32(values: &[f32]) -> f32 {
+    aten_sum_f32(values) / (values.len() as f32)
+}
+
+/// f32 lanes of the `Vectorized<float>` ATen's sum kernel runs with: 8 (256-bit vectors).
+/// PyTorch does not dispatch its sum kernel to AVX-512, so the order is the same with CPU
+/// capability `default`, `avx2` and `avx512` (measured with torch 2.15 under each
+/// `ATEN_CPU_CAPABILITY`, `tests/data/torch_sums.safetensors`).
+pub const ATEN_SUM_LANES: usize = 8;
+
+/// The f32 sum of a contiguous 1-D tensor in the order of ATen's CPU `cascade_sum`
+/// (`ReduceOps/SumKernel.cpp`):
+///
+/// - `len >= 8`: the input is read as `len / 8` vectors of [`ATEN_SUM_LANES`]; [`row_sum`] of
+///   those vectors (four interleaved accumulators, each a [`multi_row_sum`] cascade), then a
+///   scalar accumulator starting at 0 takes the `len % 8` tail elements in order and then the
+///   vector's lanes in order (`vectorized_inner_sum`).
+/// - `len < 8`: [`row_sum`] of the scalars (`scalar_inner_sum`).
+///
+/// Below 32768 elements (ATen's grain size) PyTorch reduces on one thread, so this order holds
+/// for any thread count; above it PyTorch splits the sum across its threads, and this is the
+/// order of a single-threaded PyTorch. (bitsandbytes sums one absmax per 64 weights: up to
+/// 2,097,152-element weights reduce on one thread.)
+pub fn aten_sum_f32(values: &[f32]) -> f32 {
+    let lanes = ATEN_SUM_LANES;
+    if values.len() < lanes {
+        return row_sum(values.len(), 1, |i, _| values[i])[0];
+    }
+    let vectors = values.len() / lanes;
+    let vec = row_sum(vectors, lanes, |i, lane| values[i * lanes + lane]);
+    let mut acc = 0.0f32;
+    for &x in &values[vectors * lanes..] {
+        acc += x;
+    }
+    for lane in vec {
+        acc += lane;
+    }
+    acc
+}
+
+/// ATen's `row_sum`: `size` elements (each `lanes` wide) read as rows of four, summed by
+/// [`multi_row_sum`]; the remaining elements go into the first accumulator, then accumulators
+/// 1..3 are added to it.
+fn row_sum(size: usize, lanes: usize, load: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    const ILP: usize = 4;
+    let rows = size / ILP;
+    let mut partial = multi_row_sum(rows, ILP, lanes, |row, k, lane| load(row * ILP + k, lane));
+    for i in rows * ILP..size {
+        for lane in 0..lanes {
+            partial[0][lane] += load(i, lane);
+        }
+    }
+    let mut out = partial[0].clone();
+    for p in &partial[1..] {
+        for lane in 0..lanes {
+            out[lane] += p[lane];
+        }
+    }
+    out
+}
+
+/// ATen's `multi_row_sum`: `nrows` accumulators over `size` rows with a four-level cascade,
+/// level `j` taking level `j - 1` every `2^(level_power * j)` rows.
+fn multi_row_sum(
+    size: usize,
+    nrows: usize,
+    lanes: usize,
+    load: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<Vec<f32>> {
+    const LEVELS: usize = 4;
+    let level_power = (ceil_log2(size) / LEVELS).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = vec![vec![vec![0.0f32; lanes]; nrows]; LEVELS];
+    let add_row = |acc: &mut Vec<Vec<Vec<f32>>>, i: usize| {
+        for k in 0..nrows {
+            for lane in 0..lanes {
+                acc[0][k][lane] += load(i, k, lane);
+            }
+        }
+    };
+    let mut i = 0usize;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            add_row(&mut acc, i);
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..nrows {
+                for lane in 0..lanes {
+                    acc[j][k][lane] += acc[j - 1][k][lane];
+                    acc[j - 1][k][lane] = 0.0;
+                }
+            }
+            let mask = level_mask
+                .checked_shl((j * level_power) as u32)
+                .unwrap_or(0);
+            if i & mask != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        add_row(&mut acc, i);
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..nrows {
+            for lane in 0..lanes {
+                acc[0][k][lane] += acc[j][k][lane];
+            }
+        }
+    }
+    acc.swap_remove(0)
+}
+
+/// c10's `CeilLog2`: 1 for `x <= 2`, else `ceil(log2(x))`.
+fn ceil_log2(x: usize) -> usize {
+    if x <= 2 {
+        1
+    } else {
+        (usize::BITS - (x - 1).leading_zeros()) as usize
+    }
 }
 
 fn block_absmax(block: &[f32]) -> f32 {

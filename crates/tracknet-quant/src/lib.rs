@@ -14,7 +14,9 @@ pub mod linear;
 pub mod model;
 pub mod ops;
 
-pub use blockwise::{Absmax, Quantized4, dequantize_4bit, quantize_4bit};
+pub use blockwise::{
+    Absmax, Quantized4, aten_sum_f32, dequantize_4bit, quantize_4bit, torch_mean_f32,
+};
 pub use codebook::QuantType;
 pub use error::QuantError;
 pub use linear::{CodeBooks, QuantSpec, QuantizedLinear};

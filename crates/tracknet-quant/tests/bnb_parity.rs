@@ -256,3 +256,52 @@ fn bnb_missing_fixture_file_names_its_path() {
         "panic message lacks the path: {message}"
     );
 }
+
+/// `torch.sum` / `torch.mean` of f32 vectors of many lengths, bit for bit. The data
+/// (`tests/data/torch_sums.safetensors`: `x<n>` input, `s<n>` its sum, `m<n>` its mean) was
+/// made with torch 2.15 on the CPU; the same bits came out under `ATEN_CPU_CAPABILITY`
+/// `default`, `avx2` and `avx512`. Double quantization's offset is this mean.
+#[test]
+fn torch_f32_sum_and_mean_order_is_atens() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/torch_sums.safetensors"
+    ));
+    let bytes = read(path);
+    let t = Tensors {
+        st: SafeTensors::deserialize(&bytes).expect("torch_sums is safetensors"),
+        path,
+    };
+    let mut lengths: Vec<usize> =
+        t.st.names()
+            .iter()
+            .filter_map(|k| k.strip_prefix('x')?.parse().ok())
+            .collect();
+    lengths.sort_unstable();
+    assert!(lengths.len() > 100, "{lengths:?}");
+    let mut f64_rounded_wrong = 0;
+    for n in lengths {
+        let (_, x) = t.f32(&format!("x{n}"));
+        let (_, sum) = t.f32(&format!("s{n}"));
+        let (_, mean) = t.f32(&format!("m{n}"));
+        assert_eq!(x.len(), n);
+        let ours = tracknet_quant::aten_sum_f32(&x);
+        assert_eq!(
+            ours.to_bits(),
+            sum[0].to_bits(),
+            "sum of {n}: {ours} vs {}",
+            sum[0]
+        );
+        let m = tracknet_quant::torch_mean_f32(&x);
+        assert_eq!(
+            m.to_bits(),
+            mean[0].to_bits(),
+            "mean of {n}: {m} vs {}",
+            mean[0]
+        );
+        let rounded = x.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
+        f64_rounded_wrong += usize::from(rounded.to_bits() != sum[0].to_bits());
+    }
+    // The correctly rounded sum is not torch's: the order matters.
+    assert!(f64_rounded_wrong > 0);
+}

@@ -121,7 +121,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
             model = m;
             report.lora_targets = targets;
         }
-        Ok((model, report))
+        Ok((model.map(&mut Materialize), report))
     }
 
     /// Quantize the backbone's projections (QLoRA order: before LoRA). The head is never
@@ -326,6 +326,15 @@ fn load_backbone<B: QuantBackend>(
         "random init (model.backbone architecture fields)".into(),
     ))
 }
+
+/// Draws every lazily initialised parameter now. Burn's `Param::clone` of a parameter that was
+/// never read gives the clone its own lazy initialiser, drawn from the RNG whenever the clone is
+/// first read: a clone taken before the model ran (`adapters()`, `projection_infos()`, a
+/// checkpoint) would otherwise hold other values than the model computes with. The default
+/// `ModuleMapper` methods consume each parameter, which initialises it.
+struct Materialize;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Materialize {}
 
 /// The architecture the config describes, for a randomly initialised backbone.
 pub fn arch_from_config(cfg: &ModelConfig) -> Result<BackboneArch, ModelError> {

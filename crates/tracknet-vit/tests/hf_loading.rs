@@ -193,11 +193,20 @@ fn wrong_shape_is_named_with_both_shapes() {
 
 #[test]
 fn unexpected_tensor_is_named() {
-    // The fixture config has `key_bias: false`, so a key bias is not part of the model.
+    // A bias on a projection the model builds without one (`key_bias: false`, transformers'
+    // default); a fixture whose config has a key bias gets a tensor no model has.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("dinov3/config.json")).unwrap())
+            .unwrap();
+    let extra = if config["key_bias"].as_bool().unwrap_or(false) {
+        "model.layer.0.attention.r_proj.bias"
+    } else {
+        "model.layer.0.attention.k_proj.bias"
+    };
     let dir = edited_snapshot("dinov3", "unexpected", |t| {
         let c = t["norm.bias"].shape[0];
         t.insert(
-            "model.layer.0.attention.k_proj.bias".into(),
+            extra.into(),
             HostTensor {
                 shape: vec![c],
                 data: vec![0.0; c],
@@ -205,10 +214,7 @@ fn unexpected_tensor_is_named() {
         );
     });
     let (missing, unexpected, mismatched) = weights_error(&dir);
-    assert_eq!(
-        unexpected,
-        vec!["model.layer.0.attention.k_proj.bias".to_string()]
-    );
+    assert_eq!(unexpected, vec![extra.to_string()]);
     assert!(missing.is_empty() && mismatched.is_empty());
 }
 
@@ -427,8 +433,9 @@ fn config_without_keys_takes_transformers_defaults() {
 fn vit_interpolates_position_embeddings_for_other_sizes() {
     let device = Default::default();
     let model = Backbone::<B>::from_snapshot(&fixtures().join("vit"), &device).unwrap();
+    let p = model.patch_size();
     let out = model
-        .try_forward(Tensor::<B, 4>::ones([1, 3, 48, 96], &device))
+        .try_forward(Tensor::<B, 4>::ones([1, 3, 3 * p, 6 * p], &device))
         .unwrap();
     assert_eq!(out.patch_grid.dims()[..3], [1, 3, 6]);
 }
@@ -466,8 +473,15 @@ fn rope_augmentation_runs_only_with_autodiff() {
     let expected: Tensor<A, 3> = io["last_hidden_state"].to_tensor(&device).unwrap();
     let pixels: Tensor<A, 4> = io["pixel_values"].to_tensor(&device).unwrap();
 
-    // The fixture config has pos_embed_rescale = 2.0: training output must differ.
-    let model = Backbone::<A>::from_snapshot(&dir, &device).unwrap();
+    // With pos_embed_rescale = 2.0 (set here whatever the fixture's config says), training
+    // output must differ.
+    let with_aug = edited_snapshot("dinov3", "with-aug", |_| {});
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(with_aug.join("config.json")).unwrap())
+            .unwrap();
+    config["pos_embed_rescale"] = serde_json::json!(2.0);
+    std::fs::write(with_aug.join("config.json"), config.to_string()).unwrap();
+    let model = Backbone::<A>::from_snapshot(&with_aug, &device).unwrap();
     // The rescale factor is drawn per forward (log-uniform in [1/2, 2]); a draw near 1 changes
     // little, so look at a few draws.
     let diff = (0..4)
@@ -483,7 +497,9 @@ fn rope_augmentation_runs_only_with_autodiff() {
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(edited.join("config.json")).unwrap())
             .unwrap();
-    config["pos_embed_rescale"] = serde_json::Value::Null;
+    for key in ["pos_embed_rescale", "pos_embed_shift", "pos_embed_jitter"] {
+        config[key] = serde_json::Value::Null;
+    }
     std::fs::write(edited.join("config.json"), config.to_string()).unwrap();
     let model = Backbone::<A>::from_snapshot(&edited, &device).unwrap();
     let out = model.forward(pixels).last_hidden_state;

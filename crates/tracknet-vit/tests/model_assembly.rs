@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
 use tracknet_config::{RunConfig, TargetModules};
 use tracknet_lora::{LoraLinear, PathVisitor};
@@ -282,4 +282,73 @@ fn modules_to_save_makes_the_final_norm_trainable() {
         .map(|(_, n, _)| n)
         .sum();
     assert_eq!(report.trainable, lora + outside + 2 * HIDDEN);
+}
+
+#[test]
+fn gated_mlp_qlora_adapter_survives_save_and_load() {
+    use tracknet_lora::peft::{AdapterConfig, AdapterTensors, load_adapter, save_adapter};
+    // SwiGLU MLP (the gated DINOv3 variants), 4-bit base, adapters on gate_proj too.
+    let cfg = small(&[
+        "model.backbone.use_gated_mlp=true",
+        "model.lora.target_modules=[q_proj,gate_proj,up_proj,down_proj]",
+        "model.lora.init_lora_weights=false",
+    ]);
+    let device = Default::default();
+    let (model, report) = HeatmapModel::<AD>::from_config(&cfg.model, &device).unwrap();
+    assert_eq!(report.lora_targets.len(), LAYERS * 4);
+    assert!(
+        report
+            .lora_targets
+            .iter()
+            .any(|t| t.ends_with("mlp.gate_proj"))
+    );
+    // Read before the model ever ran: the values must be the ones the model computes with
+    // (Burn's lazily initialised parameters must not be drawn separately in a clone).
+    let adapters: Vec<AdapterTensors> = model
+        .adapters()
+        .into_iter()
+        .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
+        .collect();
+    assert_eq!(adapters.len(), LAYERS * 4);
+    let dir = std::env::temp_dir().join(format!("tracknet-gated-adapter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+    let settings = tracknet_vit::model::lora_settings(&cfg.model);
+    save_adapter(
+        &dir,
+        &AdapterConfig::from_settings(&settings, &paths, None),
+        &adapters,
+    )
+    .unwrap();
+    let loaded = load_adapter(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let dims = |p: &str| {
+        model
+            .projection_infos()
+            .into_iter()
+            .find(|i| i.path == p)
+            .map(|i| (i.in_features, i.out_features))
+    };
+    let assigned = loaded.assign(&report.lora_targets, &dims).unwrap();
+    assert_eq!(assigned.len(), LAYERS * 4);
+    for a in &adapters {
+        assert_eq!(assigned[&a.path], a, "{}", a.path);
+    }
+    let tensors = assigned
+        .iter()
+        .map(|(p, t)| (p.clone(), t.to_tensors::<AD>(&device)))
+        .collect();
+    // Inference mode (no dropout): the same adapters give the same output.
+    let images = Tensor::<NdArray<f32>, 4>::random(
+        [1, 3, 288, 512],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let before = model.valid().forward(images.clone());
+    let reloaded = model.set_adapters(&tensors).unwrap();
+    let diff: f32 = (reloaded.valid().forward(images) - before)
+        .abs()
+        .max()
+        .into_scalar();
+    assert_eq!(diff, 0.0);
 }
