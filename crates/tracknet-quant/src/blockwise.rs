@@ -402,59 +402,55 @@ pub fn aten_sum_f32(values: &[f32]) -> f32 {
     acc
 }
 
-/// ATen's `row_sum`: `size` elements (each `lanes` wide) read as rows of four, summed by
-/// [`multi_row_sum`]; the remaining elements go into the first accumulator, then accumulators
-/// 1..3 are added to it.
+/// ATen's `row_sum`: `size` elements (each `lanes` wide; `load(i, lane)`) read as rows of
+/// four, summed by [`multi_row_sum`]; the remaining elements go into the first accumulator,
+/// then accumulators 1..3 are added to it.
 fn row_sum(size: usize, lanes: usize, load: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     const ILP: usize = 4;
     let rows = size / ILP;
-    let mut partial = multi_row_sum(rows, ILP, lanes, |row, k, lane| load(row * ILP + k, lane));
+    // Accumulator `k` of a row is element `row * 4 + k`; `j = k * lanes + lane`.
+    let partial = multi_row_sum(rows, ILP * lanes, |row, j| {
+        load(row * ILP + j / lanes, j % lanes)
+    });
+    let (first, rest) = partial.split_at(lanes);
+    let mut out = first.to_vec();
     for i in rows * ILP..size {
-        for lane in 0..lanes {
-            partial[0][lane] += load(i, lane);
+        for (lane, o) in out.iter_mut().enumerate() {
+            *o += load(i, lane);
         }
     }
-    let mut out = partial[0].clone();
-    for p in &partial[1..] {
-        for lane in 0..lanes {
-            out[lane] += p[lane];
+    for k in rest.chunks_exact(lanes) {
+        for (o, &v) in out.iter_mut().zip(k) {
+            *o += v;
         }
     }
     out
 }
 
-/// ATen's `multi_row_sum`: `nrows` accumulators over `size` rows with a four-level cascade,
-/// level `j` taking level `j - 1` every `2^(level_power * j)` rows.
-fn multi_row_sum(
-    size: usize,
-    nrows: usize,
-    lanes: usize,
-    load: impl Fn(usize, usize, usize) -> f32,
-) -> Vec<Vec<f32>> {
+/// ATen's `multi_row_sum`: `width` independent accumulators (`load(row, j)`) over `size` rows
+/// with a four-level cascade, level `j` taking level `j - 1` every `2^(level_power * j)` rows.
+fn multi_row_sum(size: usize, width: usize, load: impl Fn(usize, usize) -> f32) -> Vec<f32> {
     const LEVELS: usize = 4;
     let level_power = (ceil_log2(size) / LEVELS).max(4);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
-    let mut acc = vec![vec![vec![0.0f32; lanes]; nrows]; LEVELS];
-    let add_row = |acc: &mut Vec<Vec<Vec<f32>>>, i: usize| {
-        for k in 0..nrows {
-            for lane in 0..lanes {
-                acc[0][k][lane] += load(i, k, lane);
-            }
+    let mut acc = vec![vec![0.0f32; width]; LEVELS];
+    let add_row = |acc0: &mut [f32], i: usize| {
+        for (j, a) in acc0.iter_mut().enumerate() {
+            *a += load(i, j);
         }
     };
     let mut i = 0usize;
     while i + level_step <= size {
         for _ in 0..level_step {
-            add_row(&mut acc, i);
+            add_row(&mut acc[0], i);
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..nrows {
-                for lane in 0..lanes {
-                    acc[j][k][lane] += acc[j - 1][k][lane];
-                    acc[j - 1][k][lane] = 0.0;
-                }
+            let (lower, upper) = acc.split_at_mut(j);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                *hi += *lo;
+                *lo = 0.0;
             }
             let mask = level_mask
                 .checked_shl((j * level_power) as u32)
@@ -465,14 +461,13 @@ fn multi_row_sum(
         }
     }
     while i < size {
-        add_row(&mut acc, i);
+        add_row(&mut acc[0], i);
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..nrows {
-            for lane in 0..lanes {
-                acc[0][k][lane] += acc[j][k][lane];
-            }
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, &v) in first[0].iter_mut().zip(level) {
+            *a += v;
         }
     }
     acc.swap_remove(0)
