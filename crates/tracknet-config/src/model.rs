@@ -166,7 +166,7 @@ pub struct DecoderConfig {
     pub use_se: bool,
     /// SE channel reduction ratio.
     pub se_reduction: usize,
-    /// Dropout probability in the decoder blocks, in [0, 1].
+    /// Dropout probability in the decoder blocks, in [0, 1) (1 would zero every feature).
     pub dropout: f64,
 }
 
@@ -187,9 +187,12 @@ impl Default for DecoderConfig {
 }
 
 impl DecoderConfig {
-    /// Product of the upsampling factors.
+    /// Product of the upsampling factors (saturating: validation refuses products above
+    /// 4096, so an overflowing one never reaches a model).
     pub fn total_upsample(&self) -> usize {
-        self.upsample.iter().product()
+        self.upsample
+            .iter()
+            .fold(1usize, |acc, &f| acc.saturating_mul(f))
     }
 }
 
@@ -294,7 +297,7 @@ pub struct LoraConfig {
     /// Scaling numerator (> 0): the adapter output is multiplied by `lora_alpha / r`
     /// (`lora_alpha / sqrt(r)` with `use_rslora`).
     pub lora_alpha: f64,
-    /// Dropout on the adapter input, in [0, 1].
+    /// Dropout on the adapter input, in [0, 1) (1 would zero every adapter input).
     pub lora_dropout: f64,
     /// Which modules get adapters.
     pub target_modules: TargetModules,

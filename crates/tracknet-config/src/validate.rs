@@ -7,6 +7,18 @@ use crate::error::ConfigIssue;
 use crate::model::TargetModules;
 use crate::training::BEST_METRICS;
 
+/// Largest image side (`resize`, `synthetic.size`; `heatmap.size` is bounded by `resize`)
+/// accepted, in pixels.
+pub const MAX_IMAGE_SIDE: usize = 16_384;
+/// Largest `batch_size` (and micro-batch) accepted.
+pub const MAX_BATCH: usize = 65_536;
+/// Largest number of optimizer steps a run may plan (`epochs × steps_per_epoch`).
+pub const MAX_STEPS: usize = 1 << 40;
+/// Largest product of the decoder's upsampling factors.
+pub const MAX_TOTAL_UPSAMPLE: usize = 1 << 12;
+/// Largest layer width / count of the architecture fields.
+pub const MAX_WIDTH: usize = 1 << 16;
+
 #[derive(Default)]
 struct Checker {
     issues: Vec<ConfigIssue>,
@@ -49,6 +61,23 @@ impl Checker {
     fn unit_closed(&mut self, path: &str, v: f64) {
         if !(0.0..=1.0).contains(&v) {
             self.push(path, format!("expected a number in [0, 1], got {v}"));
+        }
+    }
+
+    /// An integer that drives an allocation or a loop: above `max` it is refused rather than
+    /// left to overflow or exhaust memory later.
+    fn int_at_most(&mut self, path: &str, v: usize, max: usize, what: &str) {
+        if v > max {
+            self.push(path, format!("expected at most {max} ({what}), got {v}"));
+        }
+    }
+
+    fn size_pair(&mut self, path: &str, v: [usize; 2]) {
+        if v.iter().any(|&s| s > MAX_IMAGE_SIDE) {
+            self.push(
+                path,
+                format!("expected [W, H] with both ≤ {MAX_IMAGE_SIDE} pixels, got {v:?}"),
+            );
         }
     }
 
@@ -113,6 +142,16 @@ fn model(cfg: &RunConfig, c: &mut Checker) {
         1,
     );
     c.int_at_least("model.backbone.intermediate_size", b.intermediate_size, 1);
+    for (path, v) in [
+        ("model.backbone.patch_size", b.patch_size),
+        ("model.backbone.hidden_size", b.hidden_size),
+        ("model.backbone.num_hidden_layers", b.num_hidden_layers),
+        ("model.backbone.num_attention_heads", b.num_attention_heads),
+        ("model.backbone.intermediate_size", b.intermediate_size),
+        ("model.backbone.num_register_tokens", b.num_register_tokens),
+    ] {
+        c.int_at_most(path, v, MAX_WIDTH, "architecture size");
+    }
     if b.num_attention_heads > 0 && !b.hidden_size.is_multiple_of(b.num_attention_heads) {
         c.push(
             "model.backbone.num_attention_heads",
@@ -188,7 +227,28 @@ fn model(cfg: &RunConfig, c: &mut Checker) {
     if d.use_se {
         c.int_at_least("model.decoder.se_reduction", d.se_reduction, 1);
     }
-    c.unit_closed("model.decoder.dropout", d.dropout);
+    c.unit_half_open("model.decoder.dropout", d.dropout);
+    for (i, &ch) in d.channels.iter().enumerate() {
+        c.int_at_most(
+            &format!("model.decoder.channels[{i}]"),
+            ch,
+            MAX_WIDTH,
+            "feature width",
+        );
+    }
+    let total_up = d
+        .upsample
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f));
+    if total_up.is_none_or(|t| t > MAX_TOTAL_UPSAMPLE) {
+        c.push(
+            "model.decoder.upsample",
+            format!(
+                "expected factors whose product is at most {MAX_TOTAL_UPSAMPLE}, got {:?}",
+                d.upsample
+            ),
+        );
+    }
 
     // Heatmap.
     let h = &m.heatmap;
@@ -213,7 +273,7 @@ fn model(cfg: &RunConfig, c: &mut Checker) {
     let l = &m.lora;
     c.int_at_least("model.lora.r", l.r, 1);
     c.positive("model.lora.lora_alpha", l.lora_alpha);
-    c.unit_closed("model.lora.lora_dropout", l.lora_dropout);
+    c.unit_half_open("model.lora.lora_dropout", l.lora_dropout);
     match &l.target_modules {
         TargetModules::List(names) => c.names(
             "model.lora.target_modules",
@@ -271,6 +331,7 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
             ),
         );
     }
+    c.size_pair("data.preprocess.resize", r);
     c.unit_closed("data.preprocess.flip_prob", d.preprocess.flip_prob);
     c.int_at_least("data.sequence.length", d.sequence.length, 1);
     c.int_at_least("data.sequence.stride", d.sequence.stride, 1);
@@ -283,6 +344,14 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
                 "data.synthetic.ball_scale",
                 format!("expected a number in [0.25, 8], got {}", s.ball_scale),
             );
+        }
+        c.size_pair("data.synthetic.size", s.size);
+        for (path, v) in [
+            ("data.synthetic.games", s.games),
+            ("data.synthetic.clips", s.clips),
+            ("data.synthetic.frames", s.frames),
+        ] {
+            c.int_at_most(path, v, 100_000, "generated folders / frames");
         }
         if s.size.contains(&0) {
             c.push(
@@ -298,6 +367,30 @@ fn training(cfg: &RunConfig, c: &mut Checker) {
     let t = &cfg.training;
     c.int_at_least("training.batch_size", t.batch_size, 1);
     c.int_at_least("training.epochs", t.epochs, 1);
+    c.int_at_most(
+        "training.batch_size",
+        t.batch_size,
+        MAX_BATCH,
+        "samples per step",
+    );
+    c.int_at_most(
+        "training.micro_batch_size",
+        t.micro_batch_size,
+        MAX_BATCH,
+        "samples per micro-batch",
+    );
+    c.int_at_most("training.epochs", t.epochs, 1_000_000, "epochs");
+    if let Some(steps) = t.steps_per_epoch
+        && t.epochs.checked_mul(steps).is_none_or(|n| n > MAX_STEPS)
+    {
+        c.push(
+            "training.steps_per_epoch",
+            format!(
+                "epochs × steps_per_epoch must be at most {MAX_STEPS} optimizer steps, got {} × {steps}",
+                t.epochs
+            ),
+        );
+    }
     for (path, v) in [
         ("training.grad_clip", t.grad_clip),
         ("training.grad_clip_norm", t.grad_clip_norm),
@@ -372,6 +465,13 @@ pub(crate) fn warnings(cfg: &RunConfig) -> Vec<String> {
                 .into(),
         );
     }
+    if m.lora.enabled && !m.backbone.freeze {
+        w.push(
+            "model.backbone.freeze is false but model.lora is enabled: the base backbone stays \
+             frozen and only the adapters (and modules_to_save / LoRA biases) train, as in PEFT"
+                .into(),
+        );
+    }
     if m.backbone.pretrained && m.backbone.weights.is_none() && m.pretrained_model_name.is_none() {
         w.push(
             "model.backbone.pretrained is true but neither backbone.weights nor \
@@ -389,7 +489,10 @@ pub(crate) fn warnings(cfg: &RunConfig) -> Vec<String> {
         && !m.decoder.upsample.contains(&0)
     {
         let up = m.decoder.total_upsample();
-        let out = [r[0] / patch * up, r[1] / patch * up];
+        let out = [
+            (r[0] / patch).saturating_mul(up),
+            (r[1] / patch).saturating_mul(up),
+        ];
         if out != m.heatmap.size {
             w.push(format!(
                 "model.heatmap.size {:?} differs from the decoder output {out:?} (patch grid {:?} × \

@@ -35,13 +35,20 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "model: {lora: {lora_dropout: 1.5}}",
         "model.lora.lora_dropout",
-        "[0, 1]",
+        "[0, 1)",
         None,
     ),
     (
         "model: {lora: {lora_dropout: -0.1}}",
         "model.lora.lora_dropout",
-        "[0, 1]",
+        "[0, 1)",
+        None,
+    ),
+    (
+        // 1.0 would zero every adapter input (NaN-free but a silent no-op adapter).
+        "model: {lora: {lora_dropout: 1.0}}",
+        "model.lora.lora_dropout",
+        "[0, 1)",
         None,
     ),
     (
@@ -185,7 +192,73 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "model: {decoder: {dropout: 2}}",
         "model.decoder.dropout",
-        "[0, 1]",
+        "[0, 1)",
+        None,
+    ),
+    (
+        "model: {decoder: {dropout: 1.0}}",
+        "model.decoder.dropout",
+        "[0, 1)",
+        None,
+    ),
+    (
+        "model: {decoder: {upsample: [4096, 4096, 4096]}}",
+        "model.decoder.upsample",
+        "product is at most 4096",
+        None,
+    ),
+    (
+        "model: {decoder: {upsample: [4294967296, 4294967296, 4294967296]}}",
+        "model.decoder.upsample",
+        "product is at most 4096",
+        None,
+    ),
+    (
+        "model: {decoder: {channels: [384, 1000000, 128, 64]}}",
+        "model.decoder.channels[1]",
+        "at most 65536",
+        None,
+    ),
+    (
+        "model: {backbone: {num_hidden_layers: 100000000}}",
+        "model.backbone.num_hidden_layers",
+        "at most 65536",
+        None,
+    ),
+    (
+        "data: {preprocess: {resize: [1000000, 288]}}",
+        "data.preprocess.resize",
+        "≤ 16384",
+        None,
+    ),
+    (
+        "data: {synthetic: {size: [99999, 99999]}}",
+        "data.synthetic.size",
+        "≤ 16384",
+        None,
+    ),
+    (
+        "data: {synthetic: {frames: 100000000}}",
+        "data.synthetic.frames",
+        "at most 100000",
+        None,
+    ),
+    (
+        "training: {batch_size: 1000000000}",
+        "training.batch_size",
+        "at most 65536",
+        None,
+    ),
+    (
+        "training: {epochs: 18446744073709551615}",
+        "training.epochs",
+        "at most 1000000",
+        None,
+    ),
+    (
+        "training: {epochs: 1000000, steps_per_epoch: 18446744073709551615}",
+        "training.steps_per_epoch",
+        "epochs × steps_per_epoch",
         None,
     ),
     (
@@ -527,8 +600,18 @@ training: {grad_clip: 0.5, grad_clip_norm: 2.0, amp: true, precision: fp32}
     assert!(w.contains("game2"), "{w}");
     assert!(w.contains("grad_clip (0.5) is ignored"), "{w}");
     assert!(w.contains("amp has no effect"), "{w}");
+
     assert_eq!(cfg.training.effective_grad_clip_norm(), Some(2.0));
     assert!(!cfg.training.mixed_precision());
+    assert!(!w.contains("base backbone stays"), "{w}");
+    // LoRA with an unfrozen backbone: the base stays frozen all the same, and says so.
+    let cfg = RunConfig::from_yaml_str("model: {backbone: {freeze: false}, lora: {enabled: true}}")
+        .unwrap();
+    let w = cfg.warnings().join("\n");
+    assert!(
+        w.contains("model.backbone.freeze is false but model.lora is enabled"),
+        "{w}"
+    );
 }
 
 #[test]

@@ -416,17 +416,16 @@ fn build_batch(
         let orig_size = img.dimensions();
         let flipped = flip_decision(opts.seed, opts.epoch, i as u64, opts.flip_prob);
         images.extend(image_to_chw(&img, &pre, flipped));
-        let centre = rec
-            .xy
-            .filter(|_| rec.visibility > 0)
-            .map(|xy| scale_to_heatmap(xy, orig_size, opts.heatmap_size))
-            .map(|(cx, cy)| {
-                if flipped {
-                    ((hw as f32) - 1.0 - cx, cy)
-                } else {
-                    (cx, cy)
-                }
-            });
+        // The image flip sends pixel x to `W - 1 - x` (pixel centres); the flipped target is
+        // the one the unflipped pipeline computes for that mirrored label.
+        let centre = rec.xy.filter(|_| rec.visibility > 0).map(|(x, y)| {
+            let x = if flipped {
+                orig_size.0 as f32 - 1.0 - x
+            } else {
+                x
+            };
+            scale_to_heatmap((x, y), orig_size, opts.heatmap_size)
+        });
         let mask = gaussian_heatmap(&mut hm, opts.heatmap_size, centre, opts.sigma);
         heatmaps.extend_from_slice(&hm);
         masks.extend(std::iter::repeat_n(mask, hw * hh));

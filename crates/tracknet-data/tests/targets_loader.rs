@@ -128,16 +128,74 @@ fn flip_mirrors_image_and_target() {
                 }
             }
         }
-        assert_eq!(flipped.meta[0].xy_heatmap, Some((63.0 - 20.0, 10.0)));
+        // The flipped target is the unflipped pipeline's target for the mirrored label
+        // (pixel 40 of 128 → 87), not the mirrored heatmap grid (which is 0.5 px off here).
+        assert_eq!(
+            flipped.meta[0].xy_heatmap,
+            Some((87.0 * 64.0 / 128.0, 10.0))
+        );
         assert_eq!(flipped.meta[0].xy_orig, Some((40.0, 20.0)));
-        for y in 0..36 {
-            for x in 0..64 {
-                assert!(
-                    (plain.heatmaps[y * 64 + x] - flipped.heatmaps[y * 64 + 63 - x]).abs() < 1e-6
-                );
-            }
+        let mirrored_dir = TempDir::new(&format!("flip-mirrored-{}", resize[0]));
+        let mirrored = Arc::new(handmade(&mirrored_dir, &["1,87,20,0", "0,,,"]));
+        let reference = &load_all(&mirrored, LoaderOptions { resize, ..opts() })[0];
+        assert_eq!(flipped.heatmaps, reference.heatmaps);
+        assert_eq!(flipped.masks, reference.masks);
+    }
+}
+
+/// A bright 3×3 ball at the label: after the flip, the target sits where the flipped image's
+/// ball is, mapped to the heatmap as the pipeline maps any label (`x · Wh / W`).
+#[test]
+fn flipped_target_follows_the_flipped_images_ball() {
+    let dir = TempDir::new("flip-ball");
+    let clip = dir.path().join("game1/Clip1");
+    std::fs::create_dir_all(&clip).unwrap();
+    let (bx, by) = (40u32, 20u32);
+    let img = image::RgbImage::from_fn(128, 72, |x, y| {
+        if x.abs_diff(bx) <= 1 && y.abs_diff(by) <= 1 {
+            image::Rgb([255, 255, 255])
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    });
+    img.save(clip.join("0000.png")).unwrap();
+    std::fs::write(
+        clip.join("Label.csv"),
+        format!("file name,visibility,x-coordinate,y-coordinate,status\n0000.png,1,{bx},{by},0\n"),
+    )
+    .unwrap();
+    let index = Arc::new(
+        DatasetIndex::scan(dir.path(), &["game1".to_string()], true)
+            .unwrap()
+            .0,
+    );
+    let b = &load_all(
+        &index,
+        LoaderOptions {
+            flip_prob: 1.0,
+            ..opts()
+        },
+    )[0];
+    // Centroid of the ball in the flipped image (red channel), in input pixels.
+    let (w, h) = (128usize, 72usize);
+    let (mut sx, mut sy, mut n) = (0.0f32, 0.0f32, 0.0f32);
+    for y in 0..h {
+        for x in 0..w {
+            let v = b.images[y * w + x];
+            sx += v * x as f32;
+            sy += v * y as f32;
+            n += v;
         }
     }
+    let (cx, cy) = (sx / n, sy / n);
+    assert_eq!((cx, cy), (87.0, 20.0));
+    let want = (cx * 64.0 / 128.0, cy * 36.0 / 72.0);
+    assert_eq!(b.meta[0].xy_heatmap, Some(want));
+    // And the Gaussian peaks there: the two pixels around x = 43.5 are equal maxima.
+    let plane = &b.heatmaps[..64 * 36];
+    let row = &plane[10 * 64..11 * 64];
+    assert!((row[43] - row[44]).abs() < 1e-6);
+    assert!(row[43] > row[42] && row[44] > row[45]);
 }
 
 #[test]

@@ -216,6 +216,9 @@ pub fn optimizer_tensors<B: Backend>(
     }
     let mut meta = HashMap::new();
     meta.insert("step".into(), opt.step.to_string());
+    for (path, s) in &opt.state {
+        meta.insert(format!("steps.{path}"), s.steps.to_string());
+    }
     meta.insert("kind".into(), format!("{:?}", opt.kind));
     (out, meta)
 }
@@ -235,10 +238,15 @@ pub fn optimizer_from_tensors<B: Backend>(
             None => continue,
         };
         let t = Tensor::<B, 1>::from_floats(values.as_slice(), device);
-        let e = opt
-            .state
-            .entry(path)
-            .or_insert(ParamState { m: None, v: None });
+        // Checkpoints from before per-parameter step counts: every parameter took every step.
+        let steps = meta
+            .get(&format!("steps.{path}"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(opt.step);
+        let e = opt.state.entry(path).or_insert(ParamState {
+            steps,
+            ..ParamState::default()
+        });
         if which == "m" {
             e.m = Some(t);
         } else {

@@ -57,6 +57,19 @@ pub struct ParamState<B: Backend> {
     pub m: Option<Tensor<B, 1>>,
     /// Second moment (AdamW only).
     pub v: Option<Tensor<B, 1>>,
+    /// Updates this parameter has taken: AdamW's bias correction counts a parameter's own
+    /// steps, so one that starts late (after a freeze) does not take an oversized first step.
+    pub steps: u64,
+}
+
+impl<B: Backend> Default for ParamState<B> {
+    fn default() -> Self {
+        Self {
+            m: None,
+            v: None,
+            steps: 0,
+        }
+    }
 }
 
 /// The optimizer: rule, step count and per-path state (on the inner, non-autodiff backend).
@@ -80,21 +93,19 @@ impl<IB: Backend> Optimizer<IB> {
         }
     }
 
-    /// One update of every parameter that has a gradient and whose path `frozen(path)` does
-    /// not hold back. Parameters without gradients (frozen) are never touched.
+    /// One update of every parameter that has a gradient. Parameters without gradients
+    /// (frozen, or held back by the freeze schedule) are never touched.
     pub fn step<B: AutodiffBackend<InnerBackend = IB>, M: AutodiffModule<B>>(
         &mut self,
         module: M,
         grads: GradientsParams,
         lr: f64,
-        frozen: &dyn Fn(&str) -> bool,
     ) -> M {
         self.step += 1;
         let mut mapper = StepMapper::<B> {
             opt: self,
             grads,
             lr,
-            frozen,
             stack: PathStack::default(),
             _b: Default::default(),
         };
@@ -106,7 +117,6 @@ struct StepMapper<'a, B: AutodiffBackend> {
     opt: &'a mut Optimizer<B::InnerBackend>,
     grads: GradientsParams,
     lr: f64,
-    frozen: &'a dyn Fn(&str) -> bool,
     stack: PathStack,
     _b: std::marker::PhantomData<B>,
 }
@@ -123,17 +133,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
             return param;
         };
         let path = self.stack.path();
-        if (self.frozen)(&path) {
-            return param;
-        }
         let kind = self.opt.kind;
-        let t = self.opt.step as i32;
         let lr = self.lr;
-        let state = self
-            .opt
-            .state
-            .entry(path)
-            .or_insert_with(|| ParamState { m: None, v: None });
+        let state = self.opt.state.entry(path).or_default();
+        state.steps += 1;
+        let t = i32::try_from(state.steps).unwrap_or(i32::MAX);
         param.map(|tensor| {
             let device = tensor.device();
             let shape = tensor.shape();
@@ -297,4 +301,70 @@ pub fn accumulate<B: AutodiffBackend, M: AutodiffModule<B>>(
     };
     module.visit(&mut v);
     v.acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::nn::{Linear, LinearConfig};
+
+    type AD = Autodiff<NdArray>;
+    type IB = NdArray;
+
+    /// Gradients of ones for the weight and, if asked, the bias.
+    fn grads_for(lin: &Linear<AD>, bias: bool) -> GradientsParams {
+        let device = Default::default();
+        let mut g = GradientsParams::new();
+        g.register::<IB, 2>(lin.weight.id, Tensor::ones(lin.weight.dims(), &device));
+        if bias && let Some(b) = &lin.bias {
+            g.register::<IB, 1>(b.id, Tensor::ones(b.dims(), &device));
+        }
+        g
+    }
+
+    fn values<const D: usize>(p: &Param<Tensor<AD, D>>) -> Vec<f32> {
+        p.val().into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    #[test]
+    fn adamw_bias_correction_counts_each_parameters_own_steps() {
+        let device = Default::default();
+        let kind = OptimKind::AdamW {
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut lin = LinearConfig::new(2, 3).init::<AD>(&device);
+        let bias0 = values(lin.bias.as_ref().unwrap());
+        let mut opt = Optimizer::<IB>::new(kind);
+        // Two steps with the bias held back, then one with both.
+        for _ in 0..2 {
+            let g = grads_for(&lin, false);
+            lin = opt.step(lin, g, 0.1);
+        }
+        assert_eq!(values(lin.bias.as_ref().unwrap()), bias0);
+        let g = grads_for(&lin, true);
+        lin = opt.step(lin, g, 0.1);
+        // Adam's first update of a parameter is lr · sign(g) after bias correction, whatever
+        // the optimizer's global step (with the global count, 3, it would be 0.064 here).
+        let bias1 = values(lin.bias.as_ref().unwrap());
+        for (a, b) in bias0.iter().zip(&bias1) {
+            assert!((a - b - 0.1).abs() < 1e-5, "{a} → {b}");
+        }
+        let steps: BTreeMap<&str, u64> = opt
+            .state
+            .iter()
+            .map(|(k, s)| (k.as_str(), s.steps))
+            .collect();
+        assert_eq!(steps.values().copied().collect::<Vec<_>>().len(), 2);
+        assert!(
+            steps.iter().any(|(k, &n)| k.ends_with("bias") && n == 1),
+            "{steps:?}"
+        );
+        assert!(
+            steps.iter().any(|(k, &n)| k.ends_with("weight") && n == 3),
+            "{steps:?}"
+        );
+    }
 }

@@ -14,6 +14,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::{RunConfig, SchedulerName};
 use tracknet_data::{Batch, BatchLoader};
+use tracknet_lora::params::set_trainable;
 use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
 use tracknet_quant::QuantBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
@@ -235,7 +236,14 @@ where
     };
     for epoch in state.epoch + 1..=t.epochs {
         let started = Instant::now();
-        let frozen_backbone = epoch <= t.backbone_freeze_epochs;
+        // `backbone_freeze_epochs` holds back the base backbone of a full fine-tuning only:
+        // LoRA adapters, LoRA biases and `modules_to_save` train from step 0, and a
+        // `freeze: true` backbone is never unfrozen. Held-back parameters get no gradient (so
+        // they neither move nor enter the clipping norm).
+        if !cfg.model.lora.enabled && !cfg.model.backbone.freeze && t.backbone_freeze_epochs > 0 {
+            let trains = epoch > t.backbone_freeze_epochs;
+            model.backbone = set_trainable(model.backbone, |_| Some(trains));
+        }
         let loader = BatchLoader::new(
             splits.train.clone(),
             loader_options(cfg, epoch, true, batch_size),
@@ -304,9 +312,7 @@ where
                 });
             }
             let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
-            model = opt.step(model, grads, lr, &|p: &str| {
-                frozen_backbone && p.starts_with("backbone.")
-            });
+            model = opt.step(model, grads, lr);
             state.global_step += 1;
             loss_sum += loss;
             steps += 1;

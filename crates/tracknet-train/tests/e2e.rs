@@ -276,3 +276,32 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert_eq!(last_weights(&run), good_weights);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn lora_adapters_train_during_backbone_freeze_epochs() {
+    // `backbone_freeze_epochs` holds back the base backbone only: adapters train from step 0.
+    let _serial = serial();
+    let root = tmp("freeze-lora");
+    let cfg = tiny_config(&root, 1)
+        .with_overrides(&[
+            "training.backbone_freeze_epochs=1".into(),
+            "training.steps_per_epoch=2".into(),
+        ])
+        .unwrap();
+    let run = root.join("run");
+    train::<AD>(&cfg, &opts(run.clone()), &Default::default()).unwrap();
+    let weights = last_weights(&run);
+    let lora_b: Vec<&(String, Vec<f32>)> = weights
+        .iter()
+        .filter(|(k, _)| k.to_lowercase().contains("lora_b"))
+        .collect();
+    assert!(!lora_b.is_empty(), "no adapter weights in the checkpoint");
+    // B starts at zero (PEFT's init): two steps inside the freeze epoch moved it.
+    for (k, v) in lora_b {
+        assert!(
+            v.iter().any(|&x| x != 0.0),
+            "{k} did not train during the freeze epoch"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -593,7 +593,7 @@ where
         let (loss, grads) = step_grads(&model, &loss_fn, &batch, s.batch, device);
         let gnorm = grad_norm::<B, _>(&model, &grads);
         let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
-        let model = opt.step(model, grads, 1e-4, &|_: &str| false);
+        let model = opt.step(model, grads, 1e-4);
         let _ = B::sync(device);
         (model, loss, t.elapsed().as_secs_f64())
     };
