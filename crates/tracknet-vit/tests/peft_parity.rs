@@ -93,6 +93,20 @@ fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<
     (backbone, settings, targets)
 }
 
+/// Every adapter of `backbone` in PEFT layout, by path.
+fn adapters_of(backbone: &Backbone<B>) -> Vec<AdapterTensors> {
+    let mut adapters = Vec::new();
+    let _ = backbone.clone().map_projections(&mut |path: &str,
+                                                   p: LoraLinear<B>|
+     -> Result<_, ()> {
+        if let Some((a, b)) = p.adapter_weights() {
+            adapters.push(AdapterTensors::from_tensors(path, a, b));
+        }
+        Ok(p)
+    });
+    adapters
+}
+
 /// `base_model_name_or_path` of an adapter folder.
 fn theirs_base(adapter_dir: &Path) -> String {
     load_adapter(adapter_dir)
@@ -170,15 +184,7 @@ fn peft_adapter_save_and_reload_gives_identical_output() {
     let before = backbone.forward(pixels.clone()).last_hidden_state;
 
     // Our adapter, in PEFT layout, from the model.
-    let mut adapters = Vec::new();
-    let _ = backbone.clone().map_projections(&mut |path: &str,
-                                                   p: LoraLinear<B>|
-     -> Result<_, ()> {
-        if let Some((a, b)) = p.adapter_weights() {
-            adapters.push(AdapterTensors::from_tensors(path, a, b));
-        }
-        Ok(p)
-    });
+    let adapters = adapters_of(&backbone);
     assert_eq!(adapters.len(), targets.len());
 
     let out_dir = std::env::temp_dir().join(format!("tracknet-vit-peft-{}", std::process::id()));
@@ -268,15 +274,7 @@ fn gated_mlp_adapter_save_then_load_gives_identical_output() {
     let pixels: Tensor<B, 4> = io["pixel_values"].to_tensor(&device).unwrap();
     let before = backbone.forward(pixels.clone()).last_hidden_state;
 
-    let mut adapters = Vec::new();
-    let _ = backbone.clone().map_projections(&mut |path: &str,
-                                                   p: LoraLinear<B>|
-     -> Result<_, ()> {
-        if let Some((a, b)) = p.adapter_weights() {
-            adapters.push(AdapterTensors::from_tensors(path, a, b));
-        }
-        Ok(p)
-    });
+    let adapters = adapters_of(&backbone);
     assert_eq!(adapters.len(), targets.len());
     let out_dir =
         std::env::temp_dir().join(format!("tracknet-vit-peft-gated-{}", std::process::id()));
