@@ -228,7 +228,9 @@ pub struct LossConfig {
     /// Focal-loss β (the Python key `beta` is accepted too).
     #[serde(alias = "beta")]
     pub focal_beta: f64,
-    /// Extra weight on positive (near-peak) pixels for `mse` (`null`: 1).
+    /// Weight of positive (ball) pixels (`null`: 1): multiplies the positive term of `focal`
+    /// (as `BCEWithLogitsLoss(pos_weight)`), and weights each `mse` pixel by
+    /// `1 + (pos_weight - 1) · target`.
     pub pos_weight: Option<f64>,
 }
 

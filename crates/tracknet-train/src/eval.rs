@@ -17,11 +17,13 @@ use crate::loss::HeatmapLoss;
 
 /// The loss the config asks for.
 pub fn loss_from_config(cfg: &RunConfig) -> HeatmapLoss {
+    let pos_weight = cfg.training.loss.pos_weight.unwrap_or(1.0);
     match cfg.training.loss.name {
-        tracknet_config::LossName::Mse => HeatmapLoss::Mse,
+        tracknet_config::LossName::Mse => HeatmapLoss::Mse { pos_weight },
         tracknet_config::LossName::Focal => HeatmapLoss::Focal {
             alpha: cfg.training.loss.focal_alpha,
             beta: cfg.training.loss.focal_beta,
+            pos_weight,
         },
     }
 }
