@@ -50,6 +50,19 @@ pub enum TrainError {
         /// Where the last good state is (a sentence).
         saved: String,
     },
+    /// Out of memory with no smaller micro-batch left to try.
+    #[error(
+        "out of memory at micro-batch {micro_batch} after {retries} retries; {why}. Lower \
+         training.batch_size or training.min_micro_batch_size, or raise training.oom_retries"
+    )]
+    OutOfMemory {
+        /// The micro-batch size reached.
+        micro_batch: usize,
+        /// Halvings tried for this batch.
+        retries: usize,
+        /// Why the search stopped (a sentence).
+        why: String,
+    },
     /// Invalid usage (CLI flags, a device that is not compiled in, …).
     #[error("{0}")]
     Usage(String),

@@ -256,6 +256,7 @@ where
             // the same ones as an uninterrupted run.
             B::seed(device, t.seed.wrapping_add(1 + state.global_step as u64));
             let lr = schedule.lr(state.global_step);
+            let mut retries = 0usize;
             let (loss, grads) = loop {
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
                     step_grads(&model, &loss_fn, &batch, micro, device)
@@ -264,16 +265,15 @@ where
                     Ok(r) => break r,
                     Err(panic) => {
                         let msg = panic_message(&panic);
-                        let next = micro / t.mb_backoff_factor.max(2);
-                        let oom = msg.to_lowercase().contains("out of memory");
-                        if oom && t.adaptive_micro_batch && next >= t.min_micro_batch_size.max(1) {
-                            say(&format!(
-                                "out of memory at micro-batch {micro}; retrying with {next}"
-                            ));
-                            micro = next;
-                            continue;
+                        if !msg.to_lowercase().contains("out of memory") {
+                            resume_unwind(panic);
                         }
-                        resume_unwind(panic);
+                        let next = next_micro_batch(t, micro, retries)?;
+                        say(&format!(
+                            "out of memory at micro-batch {micro}; retrying with {next}"
+                        ));
+                        micro = next;
+                        retries += 1;
                     }
                 }
             };
@@ -410,6 +410,39 @@ where
         start = end;
     }
     (total, acc.unwrap_or_default())
+}
+
+/// The micro-batch to retry with after an out-of-memory at `micro` (`retries` halvings done
+/// for this batch already), or the error that ends the search: `adaptive_micro_batch` off, a
+/// fixed `micro_batch_size`, `oom_retries` spent, or `min_micro_batch_size` reached.
+pub fn next_micro_batch(
+    t: &tracknet_config::TrainingConfig,
+    micro: usize,
+    retries: usize,
+) -> Result<usize, TrainError> {
+    let next = micro / t.mb_backoff_factor.max(2);
+    let why = if !t.adaptive_micro_batch {
+        "training.adaptive_micro_batch is off".to_string()
+    } else if t.micro_batch_size > 0 {
+        format!(
+            "training.micro_batch_size = {} fixes the micro-batch",
+            t.micro_batch_size
+        )
+    } else if retries >= t.oom_retries {
+        format!("training.oom_retries ({}) are spent", t.oom_retries)
+    } else if next < t.min_micro_batch_size.max(1) {
+        format!(
+            "the next micro-batch ({next}) would be below training.min_micro_batch_size ({})",
+            t.min_micro_batch_size
+        )
+    } else {
+        return Ok(next);
+    };
+    Err(TrainError::OutOfMemory {
+        micro_batch: micro,
+        retries,
+        why,
+    })
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -609,4 +642,40 @@ fn copy_adapter(from: &Path, to: &Path) -> Result<(), TrainError> {
         tracknet_data::write_atomic(&to.join(f), &bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn training(yaml: &str) -> tracknet_config::TrainingConfig {
+        tracknet_config::RunConfig::from_yaml_str(&format!("training: {yaml}"))
+            .unwrap()
+            .training
+    }
+
+    #[test]
+    fn oom_search_halves_until_retries_or_the_floor_run_out() {
+        let t = training("{batch_size: 32, min_micro_batch_size: 2, oom_retries: 3}");
+        assert_eq!(next_micro_batch(&t, 32, 0).unwrap(), 16);
+        assert_eq!(next_micro_batch(&t, 16, 1).unwrap(), 8);
+        assert_eq!(next_micro_batch(&t, 8, 2).unwrap(), 4);
+        // The fourth halving is refused by oom_retries, naming the micro-batch reached.
+        let e = next_micro_batch(&t, 4, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("micro-batch 4") && e.contains("oom_retries (3)"),
+            "{e}"
+        );
+        // The floor stops it first when it is higher.
+        let t = training("{batch_size: 32, min_micro_batch_size: 8, oom_retries: 10}");
+        assert_eq!(next_micro_batch(&t, 32, 0).unwrap(), 16);
+        let e = next_micro_batch(&t, 8, 2).unwrap_err().to_string();
+        assert!(e.contains("min_micro_batch_size (8)"), "{e}");
+        // A fixed micro-batch, or the search switched off: no retry at all.
+        let t = training("{batch_size: 32, micro_batch_size: 8}");
+        let e = next_micro_batch(&t, 8, 0).unwrap_err().to_string();
+        assert!(e.contains("micro_batch_size = 8 fixes"), "{e}");
+        let t = training("{batch_size: 32, adaptive_micro_batch: false}");
+        assert!(next_micro_batch(&t, 32, 0).is_err());
+    }
 }
