@@ -9,7 +9,7 @@ use tracknet_data::{PredictionRow, PreprocessOptions, preprocess_image};
 use tracknet_quant::QuantBackend;
 use tracknet_vit::model::HeatmapModel;
 
-use crate::checkpoint::read_pointer;
+use crate::checkpoint::{RunState, read_pointer};
 use crate::error::{TrainError, io_err};
 use crate::eval::loss_from_config;
 use crate::trainer::load_trainable;
@@ -52,9 +52,72 @@ pub fn load_run_model<B: QuantBackend>(
     ckpt: &Path,
     device: &B::Device,
 ) -> Result<HeatmapModel<B>, TrainError> {
+    check_base_matches(cfg, ckpt)?;
     B::seed(device, cfg.training.seed);
     let (model, _) = HeatmapModel::<B>::from_config(&cfg.model, device)?;
     load_trainable(ckpt, model)
+}
+
+/// The frozen base is rebuilt, not stored: refuse a config whose base would differ from the
+/// one the checkpoint trained on (its `QuantRecord`: seed of a random base, code book, block
+/// size, double quantization), so metrics are never computed on another base.
+fn check_base_matches(cfg: &RunConfig, ckpt: &Path) -> Result<(), TrainError> {
+    let path = ckpt.join("state.json");
+    let raw = std::fs::read(&path).map_err(io_err(&path))?;
+    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let Some(rec) = state.quantization else {
+        return Ok(());
+    };
+    let q = &cfg.model.quantization;
+    let mut diffs = Vec::new();
+    let mut differ = |key: &str, ckpt: String, now: String| {
+        if ckpt != now {
+            diffs.push(format!(
+                "{key}: the checkpoint's base used {ckpt}, the config says {now}"
+            ));
+        }
+    };
+    differ(
+        "model.quantization.enabled",
+        "true".into(),
+        q.enabled.to_string(),
+    );
+    differ(
+        "model.quantization.quant_type",
+        rec.quant_type.clone(),
+        q.quant_type.as_str().into(),
+    );
+    differ(
+        "model.quantization.blocksize",
+        rec.blocksize.to_string(),
+        q.blocksize.to_string(),
+    );
+    differ(
+        "model.quantization.use_double_quant",
+        rec.double_quant.to_string(),
+        q.double_quant().to_string(),
+    );
+    if !cfg.model.uses_pretrained() {
+        differ(
+            "training.seed (random base)",
+            rec.seed.to_string(),
+            cfg.training.seed.to_string(),
+        );
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Checkpoint {
+            path,
+            message: format!(
+                "the rebuilt frozen base would not be the one this checkpoint trained on:\n  {}",
+                diffs.join("\n  ")
+            ),
+        })
+    }
 }
 
 /// What `predict` wrote.
