@@ -445,6 +445,11 @@ pub fn next_micro_batch(
     })
 }
 
+/// BatchNorm's running mean / variance (Burn's `RunningState` fields).
+fn is_running_stat(path: &str) -> bool {
+    path.ends_with(".running_mean") || path.ends_with(".running_var")
+}
+
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
@@ -560,7 +565,10 @@ where
     let n = writer.written;
     let cfg = writer.cfg;
     commit_checkpoint(writer.root, pointer, state.global_step, |dir| {
-        let params = collect_params::<B, _>(model, |_, trainable| trainable);
+        // Trained tensors, plus BatchNorm's running statistics (no gradient, but learned from
+        // the data: without them eval and predict would normalise with mean 0, variance 1).
+        let params =
+            collect_params::<B, _>(model, |path, trainable| trainable || is_running_stat(path));
         let mut meta = HashMap::new();
         meta.insert("format".into(), "tracknet-trainable".into());
         fs::write(

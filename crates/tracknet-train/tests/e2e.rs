@@ -312,3 +312,43 @@ fn lora_adapters_train_during_backbone_freeze_epochs() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn batchnorm_running_stats_are_saved_and_eval_reproduces_the_run() {
+    // `decoder.norm: bn`: the running statistics are learned from the data, so a checkpoint
+    // without them evaluates another model.
+    let _serial = serial();
+    let root = tmp("bn");
+    let cfg = tiny_config(&root, 1)
+        .with_overrides(&[
+            "model.decoder.norm=bn".into(),
+            "training.steps_per_epoch=3".into(),
+        ])
+        .unwrap();
+    let run = root.join("run");
+    let device = Default::default();
+    let summary = train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
+    let last = summary.history.last().unwrap()["val_loss"];
+    let weights = last_weights(&run);
+    let stats: Vec<&(String, Vec<f32>)> = weights
+        .iter()
+        .filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var"))
+        .collect();
+    assert!(!stats.is_empty(), "no running statistics in the checkpoint");
+    assert!(
+        stats
+            .iter()
+            .any(|(_, v)| v.iter().any(|&x| x != 0.0 && x != 1.0)),
+        "the running statistics never moved from their initial values"
+    );
+    let cfg2 = run_config(&run, &[]).unwrap();
+    let ckpt = checkpoint_dir(&run, "last").unwrap();
+    let model = load_run_model::<NdArray>(&cfg2, &ckpt, &device).unwrap();
+    let splits = tracknet_train::data::scan_splits(&cfg2).unwrap();
+    let r = evaluate(&model, splits.val, &cfg2, None, 0, &device).unwrap();
+    assert_eq!(
+        r.loss, last,
+        "eval of the last checkpoint vs the run's own validation"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
