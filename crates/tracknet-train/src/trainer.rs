@@ -494,6 +494,33 @@ pub fn metrics_row(
     ])
 }
 
+/// Every metrics row of a loaded `state.json` has every column (`metrics.csv` and the plots
+/// read them all), else an error naming the row and the key.
+fn check_history(history: &[BTreeMap<String, f64>], file: &Path) -> Result<(), TrainError> {
+    let problems: Vec<String> = history
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| {
+            CSV_COLUMNS
+                .iter()
+                .filter(|c| !row.contains_key(**c))
+                .map(move |c| format!("history[{i}] lacks `{c}`"))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Checkpoint {
+            path: file.to_path_buf(),
+            message: format!(
+                "metrics history is incomplete (expected the keys {}): {}",
+                CSV_COLUMNS.join(", "),
+                problems.join("; ")
+            ),
+        })
+    }
+}
+
 fn score_of(row: &BTreeMap<String, f64>, metric: &str) -> f64 {
     row.get(metric).copied().unwrap_or(f64::NAN)
 }
@@ -628,6 +655,7 @@ pub fn load_checkpoint<B: AutodiffBackend>(
         path: dir.join("state.json"),
         message: e.to_string(),
     })?;
+    check_history(&state.history, &dir.join("state.json"))?;
     Ok((model, opt, state))
 }
 
@@ -660,6 +688,21 @@ mod tests {
         tracknet_config::RunConfig::from_yaml_str(&format!("training: {yaml}"))
             .unwrap()
             .training
+    }
+
+    #[test]
+    fn a_history_row_without_a_key_is_an_error_naming_it() {
+        let mut row: BTreeMap<String, f64> =
+            CSV_COLUMNS.iter().map(|c| (c.to_string(), 1.0)).collect();
+        assert!(check_history(std::slice::from_ref(&row), Path::new("state.json")).is_ok());
+        row.remove("val_loss");
+        let e = check_history(&[row.clone(), row], Path::new("run/state.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("run/state.json") && e.contains("history[1] lacks `val_loss`"),
+            "{e}"
+        );
     }
 
     #[test]
