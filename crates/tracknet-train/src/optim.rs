@@ -357,7 +357,7 @@ mod tests {
             .iter()
             .map(|(k, s)| (k.as_str(), s.steps))
             .collect();
-        assert_eq!(steps.values().copied().collect::<Vec<_>>().len(), 2);
+        assert_eq!(steps.len(), 2);
         assert!(
             steps.iter().any(|(k, &n)| k.ends_with("bias") && n == 1),
             "{steps:?}"

@@ -9,10 +9,10 @@ use tracknet_data::{PredictionRow, PreprocessOptions, preprocess_image};
 use tracknet_quant::QuantBackend;
 use tracknet_vit::model::HeatmapModel;
 
-use crate::checkpoint::{RunState, read_pointer};
+use crate::checkpoint::read_pointer;
 use crate::error::{TrainError, io_err};
 use crate::eval::loss_from_config;
-use crate::trainer::load_trainable;
+use crate::trainer::{load_trainable, read_state};
 
 /// Writes the backbone of checkpoint `ckpt` (of a run trained with `cfg`) as a Hugging Face
 /// snapshot (`config.json` + `model.safetensors`) in `out`, loadable as `model.backbone.weights`
@@ -63,12 +63,7 @@ pub fn load_run_model<B: QuantBackend>(
 /// size, double quantization), so metrics are never computed on another base.
 fn check_base_matches(cfg: &RunConfig, ckpt: &Path) -> Result<(), TrainError> {
     let path = ckpt.join("state.json");
-    let raw = std::fs::read(&path).map_err(io_err(&path))?;
-    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let Some(rec) = state.quantization else {
+    let Some(rec) = read_state(ckpt)?.quantization else {
         return Ok(());
     };
     let q = &cfg.model.quantization;

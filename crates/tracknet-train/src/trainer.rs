@@ -494,6 +494,18 @@ pub fn metrics_row(
     ])
 }
 
+/// A checkpoint folder's `state.json`, its metrics history checked.
+pub fn read_state(dir: &Path) -> Result<RunState, TrainError> {
+    let path = dir.join("state.json");
+    let raw = fs::read(&path).map_err(io_err(&path))?;
+    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    check_history(&state.history, &path)?;
+    Ok(state)
+}
+
 /// Every metrics row of a loaded `state.json` has every column (`metrics.csv` and the plots
 /// read them all), else an error naming the row and the key.
 fn check_history(history: &[BTreeMap<String, f64>], file: &Path) -> Result<(), TrainError> {
@@ -650,12 +662,7 @@ pub fn load_checkpoint<B: AutodiffBackend>(
     let model = load_trainable(dir, model)?;
     let (ot, om) = read_safetensors(&dir.join("optimizer.safetensors"))?;
     let opt = optimizer_from_tensors::<B::InnerBackend>(kind, ot, &om, device);
-    let raw = fs::read(dir.join("state.json")).map_err(io_err(dir.join("state.json")))?;
-    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
-        path: dir.join("state.json"),
-        message: e.to_string(),
-    })?;
-    check_history(&state.history, &dir.join("state.json"))?;
+    let state = read_state(dir)?;
     Ok((model, opt, state))
 }
 
