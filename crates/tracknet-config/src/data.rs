@@ -90,16 +90,25 @@ impl PreprocessConfig {
     }
 }
 
-/// `data.sequence:` — consecutive-frame samples.
+/// `data.sequence:` — multi-frame samples, as TrackNet v2–v4: `length` frames ending at the
+/// labelled frame, `stride` frames apart, stacked on the channel axis (`[3·length, H, W]`).
+/// Frames before the clip start repeat the clip's first frame; a sample never crosses a clip.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
 pub struct SequenceConfig {
     /// Use multi-frame samples.
     pub enabled: bool,
-    /// Frames per sample (≥ 1).
+    /// Frames per sample, the labelled frame last (1..=16).
     pub length: usize,
-    /// Step between consecutive samples' first frames (≥ 1).
+    /// Frames between consecutive frames of a sample (≥ 1; 1 = adjacent frames).
     pub stride: usize,
+}
+
+impl SequenceConfig {
+    /// Frames per sample as the model sees them: `length` when enabled, else 1.
+    pub fn frames(&self) -> usize {
+        if self.enabled { self.length.max(1) } else { 1 }
+    }
 }
 
 impl Default for SequenceConfig {
@@ -128,6 +137,9 @@ pub struct SyntheticConfig {
     pub seed: u64,
     /// Ball radius relative to the generator's default (1.0); larger is easier.
     pub ball_scale: f32,
+    /// Static ball-like blobs per clip (balls lying on the court): only motion tells them
+    /// from the ball in play, which is what multi-frame input learns.
+    pub distractors: usize,
 }
 
 impl Default for SyntheticConfig {
@@ -139,6 +151,7 @@ impl Default for SyntheticConfig {
             size: [512, 288],
             seed: 0,
             ball_scale: 1.0,
+            distractors: 2,
         }
     }
 }

@@ -16,6 +16,12 @@ pub const MAX_BATCH: usize = 65_536;
 pub const MAX_STEPS: usize = 1 << 40;
 /// Largest product of the decoder's upsampling factors.
 pub const MAX_TOTAL_UPSAMPLE: usize = 1 << 12;
+/// Most frames per sample (`data.sequence.length`).
+pub const MAX_SEQUENCE: usize = 16;
+/// Largest gap between a sample's frames (`data.sequence.stride`).
+pub const MAX_SEQUENCE_STRIDE: usize = 1000;
+/// Most static distractors per synthetic clip.
+pub const MAX_DISTRACTORS: usize = 64;
 /// Largest layer width / count of the architecture fields.
 pub const MAX_WIDTH: usize = 1 << 16;
 
@@ -335,10 +341,34 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
     c.unit_closed("data.preprocess.flip_prob", d.preprocess.flip_prob);
     c.int_at_least("data.sequence.length", d.sequence.length, 1);
     c.int_at_least("data.sequence.stride", d.sequence.stride, 1);
+    if d.sequence.length > MAX_SEQUENCE {
+        c.push(
+            "data.sequence.length",
+            format!(
+                "expected at most {MAX_SEQUENCE} frames, got {}",
+                d.sequence.length
+            ),
+        );
+    }
+    if d.sequence.stride > MAX_SEQUENCE_STRIDE {
+        c.push(
+            "data.sequence.stride",
+            format!(
+                "expected at most {MAX_SEQUENCE_STRIDE} frames, got {}",
+                d.sequence.stride
+            ),
+        );
+    }
     if let Some(s) = &d.synthetic {
         c.int_at_least("data.synthetic.games", s.games, 1);
         c.int_at_least("data.synthetic.clips", s.clips, 1);
         c.int_at_least("data.synthetic.frames", s.frames, 1);
+        if s.distractors > MAX_DISTRACTORS {
+            c.push(
+                "data.synthetic.distractors",
+                format!("expected at most {MAX_DISTRACTORS}, got {}", s.distractors),
+            );
+        }
         if !(s.ball_scale.is_finite() && (0.25..=8.0).contains(&s.ball_scale)) {
             c.push(
                 "data.synthetic.ball_scale",
@@ -478,6 +508,15 @@ pub(crate) fn warnings(cfg: &RunConfig) -> Vec<String> {
              pretrained_model_name is set: the backbone is randomly initialized"
                 .into(),
         );
+    }
+
+    let seq = &cfg.data.sequence;
+    if !seq.enabled && (seq.length != 1 || seq.stride != 1) {
+        w.push(format!(
+            "data.sequence.length ({}) / stride ({}) have no effect while data.sequence.enabled is \
+             false: samples are single frames",
+            seq.length, seq.stride
+        ));
     }
 
     // Decoder output vs heatmap size.

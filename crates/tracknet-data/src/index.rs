@@ -206,6 +206,28 @@ impl DatasetIndex {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
+
+    /// The frames of a `length`-frame sample ending at frame `i`, `stride` frames apart,
+    /// oldest first (`i` itself last). Frames are counted within `i`'s clip in index order;
+    /// steps before the clip's first frame repeat that frame, so a sample never crosses a clip.
+    pub fn sequence(&self, i: usize, length: usize, stride: usize) -> Vec<usize> {
+        let length = length.max(1);
+        let Some(rec) = self.frames.get(i) else {
+            return Vec::new();
+        };
+        let same_clip = |j: usize| {
+            let f = &self.frames[j];
+            f.clip == rec.clip && f.game == rec.game && f.path.parent() == rec.path.parent()
+        };
+        let mut start = i;
+        while start > 0 && same_clip(start - 1) {
+            start -= 1;
+        }
+        (0..length)
+            .rev()
+            .map(|k| i.saturating_sub(k * stride.max(1)).max(start))
+            .collect()
+    }
 }
 
 /// Parses one clip's `Label.csv` and appends its good rows to the index.

@@ -56,6 +56,10 @@ pub struct LoaderOptions {
     pub sigma: f32,
     /// Fail on an undecodable image instead of skipping it.
     pub strict: bool,
+    /// Frames per sample (1: single frames); see [`DatasetIndex::sequence`].
+    pub sequence_length: usize,
+    /// Frames between a sample's frames.
+    pub sequence_stride: usize,
 }
 
 impl Default for LoaderOptions {
@@ -74,6 +78,8 @@ impl Default for LoaderOptions {
             heatmap_size: [512, 288],
             sigma: 2.5,
             strict: false,
+            sequence_length: 1,
+            sequence_stride: 1,
         }
     }
 }
@@ -99,6 +105,12 @@ impl LoaderOptions {
                 self.flip_prob
             )));
         }
+        if self.sequence_length == 0 || self.sequence_stride == 0 {
+            return Err(DataError::Options(format!(
+                "sequence length and stride must be at least 1, got {} and {}",
+                self.sequence_length, self.sequence_stride
+            )));
+        }
         if !(self.sigma.is_finite() && self.sigma > 0.0) {
             return Err(DataError::Options(format!(
                 "sigma must be positive, got {}",
@@ -114,8 +126,11 @@ impl LoaderOptions {
 pub struct SampleMeta {
     /// Position of the sample in the [`DatasetIndex`].
     pub index: usize,
-    /// Image path.
+    /// Image path (the labelled frame).
     pub path: PathBuf,
+    /// Every input frame of the sample, oldest first (the labelled frame last); one entry for
+    /// single-frame samples.
+    pub inputs: Vec<PathBuf>,
     /// TrackNet visibility (0 = not visible).
     pub visibility: u8,
     /// Label in original pixels, as written in `Label.csv` (never flipped).
@@ -132,8 +147,10 @@ pub struct SampleMeta {
 /// One batch of host buffers, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `[B, 3, H, W]`.
+    /// `[B, channels, H, W]`: each sample's frames stacked oldest first, 3 channels each.
     pub images: Vec<f32>,
+    /// `3 × frames per sample`.
+    pub channels: usize,
     /// `[B, 1, Hh, Wh]`.
     pub heatmaps: Vec<f32>,
     /// `[B, 1, Hh, Wh]`: ones for visible balls, zeros otherwise.
@@ -397,25 +414,34 @@ fn build_batch(
     };
     let (w, h) = (opts.resize[0] as usize, opts.resize[1] as usize);
     let (hw, hh) = (opts.heatmap_size[0] as usize, opts.heatmap_size[1] as usize);
-    let mut images = Vec::with_capacity(samples.len() * 3 * w * h);
+    let channels = 3 * opts.sequence_length.max(1);
+    let mut images = Vec::with_capacity(samples.len() * channels * w * h);
     let mut heatmaps = Vec::with_capacity(samples.len() * hw * hh);
     let mut masks = Vec::with_capacity(samples.len() * hw * hh);
     let mut meta = Vec::with_capacity(samples.len());
     let mut issues = Vec::new();
     let mut hm = vec![0.0f32; hw * hh];
-    for &i in samples {
+    'samples: for &i in samples {
         let rec = &index.frames[i];
-        let img = match decode_rgb(&rec.path) {
-            Ok(img) => img,
-            Err(issue) if opts.strict => return (Err(DataError::Dataset(issue)), issues),
-            Err(issue) => {
-                issues.push(issue);
-                continue;
+        let frames = index.sequence(i, opts.sequence_length, opts.sequence_stride);
+        let mut decoded = Vec::with_capacity(frames.len());
+        for &j in &frames {
+            match decode_rgb(&index.frames[j].path) {
+                Ok(img) => decoded.push(img),
+                Err(issue) if opts.strict => return (Err(DataError::Dataset(issue)), issues),
+                Err(issue) => {
+                    issues.push(issue);
+                    continue 'samples;
+                }
             }
-        };
-        let orig_size = img.dimensions();
+        }
+        // The labelled frame is the last one; its size defines the target's scale.
+        let orig_size = decoded.last().map_or((0, 0), |img| img.dimensions());
+        // One decision per sample: all of its frames are mirrored together.
         let flipped = flip_decision(opts.seed, opts.epoch, i as u64, opts.flip_prob);
-        images.extend(image_to_chw(&img, &pre, flipped));
+        for img in &decoded {
+            images.extend(image_to_chw(img, &pre, flipped));
+        }
         // The image flip sends pixel x to `W - 1 - x` (pixel centres); the flipped target is
         // the one the unflipped pipeline computes for that mirrored label.
         let centre = rec.xy.filter(|_| rec.visibility > 0).map(|(x, y)| {
@@ -432,6 +458,10 @@ fn build_batch(
         meta.push(SampleMeta {
             index: i,
             path: rec.path.clone(),
+            inputs: frames
+                .iter()
+                .map(|&j| index.frames[j].path.clone())
+                .collect(),
             visibility: rec.visibility,
             xy_orig: rec.xy,
             xy_heatmap: centre,
@@ -444,6 +474,7 @@ fn build_batch(
     }
     let batch = Batch {
         images,
+        channels,
         heatmaps,
         masks,
         batch_size: meta.len(),

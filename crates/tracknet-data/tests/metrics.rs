@@ -12,6 +12,7 @@ fn meta(visibility: u8, xy: Option<(f32, f32)>) -> SampleMeta {
     SampleMeta {
         index: 0,
         path: PathBuf::from("x.jpg"),
+        inputs: vec![PathBuf::from("x.jpg")],
         visibility,
         xy_orig: xy,
         xy_heatmap: xy,

@@ -229,3 +229,53 @@ fn ball_scale_draws_larger_balls() {
         "ball-coloured pixels: {a} at scale 1, {b} at scale 2"
     );
 }
+
+#[test]
+fn distractors_are_static_ball_like_blobs() {
+    // Ball-coloured pixels present in *every* frame of a clip: with static distractors there
+    // are some (they never move); without, none (the ball in play moves or leaves).
+    let dir = TempDir::new("synth-distractors");
+    let base = SynthOptions {
+        games: 1,
+        clips: 2,
+        frames: 10,
+        size: (320, 180),
+        ball_scale: 2.0,
+        distractors: 0,
+        ..opts(11)
+    };
+    let always_ball_coloured = |name: &str, o: &SynthOptions| -> usize {
+        let root = dir.path().join(name);
+        generate(&root, o).unwrap();
+        let mut total = 0;
+        for c in 1..=o.clips {
+            let clip = root.join(format!("game1/Clip{c}"));
+            let mut always: Option<Vec<bool>> = None;
+            for i in 0..o.frames {
+                let img = image::open(clip.join(format!("{i:04}.jpg")))
+                    .unwrap()
+                    .to_rgb8();
+                let ball: Vec<bool> = img
+                    .pixels()
+                    .map(|p| p[0] > 170 && p[1] > 190 && p[2] < 120)
+                    .collect();
+                always = Some(match always {
+                    None => ball,
+                    Some(a) => a.iter().zip(&ball).map(|(x, y)| *x && *y).collect(),
+                });
+            }
+            total += always.unwrap().iter().filter(|&&b| b).count();
+        }
+        total
+    };
+    assert_eq!(always_ball_coloured("none", &base), 0);
+    let with = always_ball_coloured(
+        "four",
+        &SynthOptions {
+            distractors: 4,
+            ..base.clone()
+        },
+    );
+    assert!(with >= 2 * 4 * 5, "static ball-coloured pixels: {with}");
+    assert!(synth_stamp(&base).contains("distractors=0"));
+}

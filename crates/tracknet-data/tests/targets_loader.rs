@@ -360,3 +360,121 @@ fn throughput_counts_frames() {
     assert_eq!(r.frames, 7);
     assert!(r.frames_per_sec > 0.0);
 }
+
+/// Two clips of `n` frames each; frame `i` of clip `c` has red `20·i + 100·(c-1)` on the left
+/// half and blue 200 on the right half, so every frame and its orientation can be told apart.
+fn numbered_clips(dir: &TempDir, n: usize) -> DatasetIndex {
+    for c in 1..=2usize {
+        let clip = dir.path().join(format!("game1/Clip{c}"));
+        std::fs::create_dir_all(&clip).unwrap();
+        let mut csv = String::from("file name,visibility,x-coordinate,y-coordinate,status\n");
+        for i in 0..n {
+            let red = (20 * i + 100 * (c - 1)) as u8;
+            let img = image::RgbImage::from_fn(128, 72, |x, _| {
+                if x < 64 {
+                    image::Rgb([red, 0, 0])
+                } else {
+                    image::Rgb([0, 0, 200])
+                }
+            });
+            img.save(clip.join(format!("{i:04}.png"))).unwrap();
+            csv.push_str(&format!("{i:04}.png,1,{},20,0\n", 10 + i));
+        }
+        std::fs::write(clip.join("Label.csv"), csv).unwrap();
+    }
+    DatasetIndex::scan(dir.path(), &["game1".to_string()], true)
+        .unwrap()
+        .0
+}
+
+#[test]
+fn sequence_frames_end_at_the_label_repeat_the_clip_start_and_never_cross_clips() {
+    let dir = TempDir::new("sequence-index");
+    let index = numbered_clips(&dir, 4);
+    assert_eq!(index.len(), 8);
+    // Clip 1 is frames 0..4, clip 2 is 4..8.
+    assert_eq!(index.sequence(3, 3, 1), vec![1, 2, 3]);
+    assert_eq!(index.sequence(1, 3, 1), vec![0, 0, 1]);
+    assert_eq!(index.sequence(3, 3, 2), vec![0, 1, 3]);
+    assert_eq!(index.sequence(0, 2, 1), vec![0, 0]);
+    // The first frames of clip 2 repeat clip 2's first frame, never clip 1's last.
+    assert_eq!(index.sequence(4, 3, 1), vec![4, 4, 4]);
+    assert_eq!(index.sequence(5, 3, 1), vec![4, 4, 5]);
+    assert_eq!(index.sequence(7, 1, 5), vec![7]);
+}
+
+#[test]
+fn sequence_samples_stack_frames_oldest_first_and_flip_them_together() {
+    let dir = TempDir::new("sequence-loader");
+    let index = Arc::new(numbered_clips(&dir, 4));
+    let seq = LoaderOptions {
+        batch_size: 8,
+        sequence_length: 3,
+        sequence_stride: 1,
+        ..opts()
+    };
+    let single = &load_all(
+        &index,
+        LoaderOptions {
+            batch_size: 8,
+            ..opts()
+        },
+    )[0];
+    let b = &load_all(&index, seq.clone())[0];
+    let plane = 72 * 128;
+    assert_eq!(single.channels, 3);
+    assert_eq!(b.channels, 9);
+    assert_eq!(b.images.len(), 8 * 9 * plane);
+    // Sample k's channels 3f..3f+3 are frame sequence(k)[f], exactly as loaded alone.
+    for k in 0..8 {
+        let frames = index.sequence(k, 3, 1);
+        for (f, &j) in frames.iter().enumerate() {
+            let got = &b.images[(k * 9 + 3 * f) * plane..(k * 9 + 3 * f + 3) * plane];
+            let want = &single.images[j * 3 * plane..(j + 1) * 3 * plane];
+            assert_eq!(got, want, "sample {k} frame {f}");
+        }
+        assert_eq!(
+            b.meta[k].inputs,
+            frames
+                .iter()
+                .map(|&j| index.frames[j].path.clone())
+                .collect::<Vec<_>>()
+        );
+        // The target is the labelled (last) frame's, as for a single frame.
+        assert_eq!(b.meta[k].xy_heatmap, single.meta[k].xy_heatmap);
+        assert_eq!(
+            &b.heatmaps[k * 36 * 64..(k + 1) * 36 * 64],
+            &single.heatmaps[k * 36 * 64..(k + 1) * 36 * 64]
+        );
+    }
+    // Frame 3 of clip 1 is red 60 on its left half; its two predecessors 20 and 40.
+    let red_at = |k: usize, f: usize, x: usize| b.images[(k * 9 + 3 * f) * plane + x];
+    assert_eq!(
+        [red_at(3, 0, 0), red_at(3, 1, 0), red_at(3, 2, 0)],
+        [20.0 / 255.0, 40.0 / 255.0, 60.0 / 255.0]
+    );
+    // Flipped: every frame of the sample is mirrored (the red half moves right in all three).
+    let flipped = &load_all(
+        &index,
+        LoaderOptions {
+            flip_prob: 1.0,
+            ..seq
+        },
+    )[0];
+    for k in 0..8 {
+        for f in 0..3 {
+            for c in 0..3 {
+                for y in [0usize, 35, 71] {
+                    for x in [0usize, 10, 63, 64, 127] {
+                        let at = |v: &[f32], x: usize| v[((k * 9 + 3 * f + c) * 72 + y) * 128 + x];
+                        assert_eq!(
+                            at(&flipped.images, x),
+                            at(&b.images, 127 - x),
+                            "sample {k} frame {f} c{c} ({x},{y})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -152,6 +152,9 @@ pub struct SynthArgs {
     /// Ball radius relative to the default (larger is easier).
     #[arg(long, default_value_t = 1.0)]
     pub ball_scale: f32,
+    /// Static balls lying on the court per clip (only motion tells them from the ball).
+    #[arg(long, default_value_t = 2)]
+    pub distractors: usize,
     /// Replace an existing non-empty folder.
     #[arg(long)]
     pub overwrite: bool,
@@ -303,7 +306,11 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     let splits = crate::data::scan_splits(&random_cfg)?;
     let device = Default::default();
     <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
-    let (random, _) = HeatmapModel::<NdArray>::from_config(&random_cfg.model, &device)?;
+    let (random, _) = HeatmapModel::<NdArray>::from_config_frames(
+        &random_cfg.model,
+        random_cfg.data.sequence.frames(),
+        &device,
+    )?;
     let random =
         crate::trainer::with_head_bias_init(random, &crate::eval::loss_from_config(&random_cfg));
     let untrained = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
@@ -465,6 +472,7 @@ fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
             overwrite: a.overwrite,
             jpeg_quality: 90,
             ball_scale: a.ball_scale,
+            distractors: a.distractors,
         },
     )?;
     println!(
@@ -488,7 +496,11 @@ fn parse_size(s: &str) -> Result<(u32, u32), TrainError> {
 fn cmd_quantize_report(a: ConfigArgs) -> Result<(), TrainError> {
     let cfg = load_config(&a)?;
     let device = Default::default();
-    let (model, build) = HeatmapModel::<NdArray>::from_config(&cfg.model, &device)?;
+    let (model, build) = HeatmapModel::<NdArray>::from_config_frames(
+        &cfg.model,
+        cfg.data.sequence.frames(),
+        &device,
+    )?;
     println!("backbone: {}", build.backbone_source);
     match &build.quant_plan {
         None => println!("quantization is disabled (model.quantization.enabled: false)"),

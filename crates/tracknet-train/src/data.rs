@@ -40,6 +40,7 @@ pub fn ensure_synthetic(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<()
         overwrite: false,
         jpeg_quality: 90,
         ball_scale: s.ball_scale,
+        distractors: s.distractors,
     };
     let want = tracknet_data::synth_stamp(&opts);
     let overwrite = if root.exists() {
@@ -58,7 +59,7 @@ pub fn ensure_synthetic(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<()
         false
     };
     log(&format!(
-        "generating synthetic clips in {} ({} games x {} clips x {} frames at {}x{}, seed {}, ball scale {})",
+        "generating synthetic clips in {} ({} games x {} clips x {} frames at {}x{}, seed {}, ball scale {}, {} static distractors)",
         root.display(),
         s.games,
         s.clips,
@@ -66,7 +67,8 @@ pub fn ensure_synthetic(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<()
         s.size[0],
         s.size[1],
         s.seed,
-        s.ball_scale
+        s.ball_scale,
+        s.distractors
     ));
     let summary = tracknet_data::generate(root, &SynthOptions { overwrite, ..opts })?;
     log(&format!(
@@ -125,10 +127,13 @@ pub fn loader_options(
         ],
         sigma: cfg.model.heatmap.sigma as f32,
         strict: d.strict,
+        sequence_length: d.sequence.frames(),
+        sequence_stride: d.sequence.stride.max(1),
     }
 }
 
-/// `images [n,3,H,W]`, `heatmaps [n,1,Hh,Wh]`, `masks [n,1,Hh,Wh]` for samples `range` of a batch.
+/// `images [n, 3·frames, H, W]`, `heatmaps [n,1,Hh,Wh]`, `masks [n,1,Hh,Wh]` for samples `range`
+/// of a batch.
 pub fn batch_tensors<B: Backend>(
     batch: &Batch,
     range: std::ops::Range<usize>,
@@ -137,12 +142,13 @@ pub fn batch_tensors<B: Backend>(
     let (h, w) = batch.image_hw;
     let (hh, hw) = batch.heatmap_hw;
     let n = range.len();
-    let img = 3 * h * w;
+    let c = batch.channels;
+    let img = c * h * w;
     let hm = hh * hw;
     let slice = |v: &[f32], per: usize| v[range.start * per..range.end * per].to_vec();
     (
         Tensor::from_data(
-            TensorData::new(slice(&batch.images, img), [n, 3, h, w]),
+            TensorData::new(slice(&batch.images, img), [n, c, h, w]),
             device,
         ),
         Tensor::from_data(
@@ -171,6 +177,7 @@ mod tests {
             size: [64, 36],
             seed,
             ball_scale: 1.0,
+            distractors: 2,
         });
         cfg
     }

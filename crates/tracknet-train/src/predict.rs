@@ -1,6 +1,7 @@
 //! Prediction and evaluation from a run folder: rebuild the model from the run's config (the
 //! frozen base from the same snapshot or seed), load the trained weights, run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -54,7 +55,8 @@ pub fn load_run_model<B: QuantBackend>(
 ) -> Result<HeatmapModel<B>, TrainError> {
     check_base_matches(cfg, ckpt)?;
     B::seed(device, cfg.training.seed);
-    let (model, _) = HeatmapModel::<B>::from_config(&cfg.model, device)?;
+    let (model, _) =
+        HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
     load_trainable(ckpt, model)
 }
 
@@ -127,7 +129,9 @@ pub struct PredictSummary {
 }
 
 /// Predict on an image, a folder of frames or a Clip folder; writes `predictions.csv`
-/// (Label.csv schema + `confidence`), `heatmaps/`, `overlays/` and `trajectory.png`.
+/// (Label.csv schema + `confidence`, one row per frame), `heatmaps/`, `overlays/` and
+/// `trajectory.png`. With `data.sequence` each frame is predicted from it and its
+/// predecessors in file order, as in training.
 pub fn predict<B: QuantBackend>(
     model: &HeatmapModel<B>,
     cfg: &RunConfig,
@@ -150,11 +154,28 @@ pub fn predict<B: QuantBackend>(
     std::fs::create_dir_all(out.join("overlays")).map_err(io_err(out))?;
     let mut rows = Vec::new();
     let mut track = Vec::new();
-    for path in &frames {
-        let p = preprocess_image(path, &pre, false)?;
+    // Multi-frame input: frame j sees frames j-(L-1)·stride .. j, clamped to the first frame
+    // (as in training); each frame is decoded once and kept while a later frame needs it.
+    let (length, stride) = (cfg.data.sequence.frames(), cfg.data.sequence.stride.max(1));
+    let mut cache: BTreeMap<usize, tracknet_data::Preprocessed> = BTreeMap::new();
+    for (j, path) in frames.iter().enumerate() {
+        let oldest = j.saturating_sub((length - 1) * stride);
+        cache.retain(|&k, _| k >= oldest);
+        let mut chw = Vec::with_capacity(3 * length * (pre.resize[0] * pre.resize[1]) as usize);
+        for k in (0..length).rev().map(|k| j.saturating_sub(k * stride)) {
+            if !cache.contains_key(&k) {
+                cache.insert(k, preprocess_image(&frames[k], &pre, false)?);
+            }
+            chw.extend_from_slice(&cache[&k].chw);
+        }
+        let p = &cache[&j];
         let [w, h] = pre.resize;
-        let x = Tensor::<B, 1>::from_floats(p.chw.as_slice(), device)
-            .reshape([1, 3, h as usize, w as usize]);
+        let x = Tensor::<B, 1>::from_floats(chw.as_slice(), device).reshape([
+            1,
+            3 * length,
+            h as usize,
+            w as usize,
+        ]);
         let heat: Vec<f32> = loss_fn
             .activate(model.try_forward(x)?)
             .into_data()

@@ -14,7 +14,6 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::{RunConfig, SchedulerName};
 use tracknet_data::{Batch, BatchLoader};
-use tracknet_lora::params::set_trainable;
 use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
 use tracknet_quant::QuantBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
@@ -121,8 +120,12 @@ where
 
     // Model: the same seed rebuilds the same frozen base on resume.
     B::seed(device, t.seed);
-    let (model, build) = HeatmapModel::<B>::from_config(&cfg.model, device)?;
+    let (model, build) =
+        HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
     say(&format!("backbone: {}", build.backbone_source));
+    if let Some(note) = &build.input_note {
+        say(note);
+    }
     for w in &build.warnings {
         say(&format!("warning: {w}"));
     }
@@ -242,7 +245,7 @@ where
         // they neither move nor enter the clipping norm).
         if !cfg.model.lora.enabled && !cfg.model.backbone.freeze && t.backbone_freeze_epochs > 0 {
             let trains = epoch > t.backbone_freeze_epochs;
-            model.backbone = set_trainable(model.backbone, |_| Some(trains));
+            model = model.set_backbone_base_trainable(trains);
         }
         let loader = BatchLoader::new(
             splits.train.clone(),

@@ -162,6 +162,36 @@ impl<B: tracknet_quant::QuantBackend> Backbone<B> {
         }
     }
 
+    /// Takes `frames` RGB frames stacked on the channel axis (`[batch, 3·frames, H, W]`, oldest
+    /// first). A 3-channel backbone is *inflated*: its patch kernel repeated over the frames and
+    /// divided by `frames`, so a still sequence gives exactly the single-frame output. A
+    /// backbone that already takes `3·frames` channels (a multi-frame run's export) is kept.
+    pub fn with_input_frames(self, frames: usize) -> Result<Self, VitError> {
+        let frames = frames.max(1);
+        let have = self.num_channels();
+        if have == 3 * frames {
+            return Ok(self);
+        }
+        if have != 3 {
+            return Err(VitError::InputFrames {
+                frames,
+                channels: have,
+            });
+        }
+        Ok(match self {
+            Backbone::Dinov3(m) => Backbone::Dinov3(m.inflate_patch_embeddings(frames)),
+            Backbone::Vit(m) => Backbone::Vit(m.inflate_patch_embeddings(frames)),
+        })
+    }
+
+    /// Module path prefix (relative to the backbone) of the patch embedding's parameters.
+    pub fn patch_embedding_path(&self) -> &'static str {
+        match self {
+            Backbone::Dinov3(_) => "embeddings.patch_embeddings",
+            Backbone::Vit(_) => "embeddings.patch_embeddings.projection",
+        }
+    }
+
     /// Replace every projection through `f(hf_path, proj)`, in [`Self::projection_paths`] order.
     pub fn map_projections<E>(
         self,

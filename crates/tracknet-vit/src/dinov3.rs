@@ -11,7 +11,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::params::{Init, ParamSource, RandomInit, layer_norm, linear, patch_conv};
+use crate::backbone::params::{
+    Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
+};
 use crate::backbone::{
     BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
 };
@@ -437,6 +439,13 @@ impl<B: tracknet_quant::QuantBackend> Dinov3Model<B> {
 
     pub fn num_channels(&self) -> usize {
         self.num_channels
+    }
+
+    /// `frames` stacked frames in: see [`crate::Backbone::with_input_frames`].
+    pub(crate) fn inflate_patch_embeddings(mut self, frames: usize) -> Self {
+        self.embeddings.patch_embeddings = inflate_conv(self.embeddings.patch_embeddings, frames);
+        self.num_channels *= frames.max(1);
+        self
     }
 
     /// Replace every projection via `f(hf_path, proj)`; order as [`Self::projection_paths`].

@@ -68,6 +68,13 @@ pub enum VitError {
     /// The input tensor cannot be processed by the backbone.
     #[error("invalid backbone input of shape {shape:?}: {message}")]
     Input { shape: Vec<usize>, message: String },
+    /// Multi-frame input on a backbone that takes neither 3 channels nor 3 per frame.
+    #[error(
+        "data.sequence.length: {frames} frames need a backbone with 3 input channels (inflated) \
+         or {}; this one takes {channels}",
+        3 * frames
+    )]
+    InputFrames { frames: usize, channels: usize },
 }
 
 fn describe_weights(

@@ -51,14 +51,25 @@ pub fn save_snapshot<B: Backend>(
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let st = safetensors_bytes(&backbone_state_dict(backbone), meta).map_err(|e| {
-        VitError::Safetensors {
-            path: dir.join("model.safetensors"),
-            message: e.to_string(),
-        }
+    let state = backbone_state_dict(backbone);
+    // The stored patch kernel's input width wins: a multi-frame backbone takes 3·frames channels.
+    let channels = state
+        .iter()
+        .find(|(k, _)| {
+            k.ends_with("patch_embeddings.weight")
+                || k.ends_with("patch_embeddings.projection.weight")
+        })
+        .and_then(|(_, (shape, _))| shape.get(1).copied());
+    let st = safetensors_bytes(&state, meta).map_err(|e| VitError::Safetensors {
+        path: dir.join("model.safetensors"),
+        message: e.to_string(),
     })?;
     write_atomic(&dir.join("model.safetensors"), &st)?;
-    let json = serde_json::to_vec_pretty(config).map_err(|e| VitError::Json {
+    let mut config = config.clone();
+    if let (Some(obj), Some(c)) = (config.as_object_mut(), channels) {
+        obj.insert("num_channels".into(), c.into());
+    }
+    let json = serde_json::to_vec_pretty(&config).map_err(|e| VitError::Json {
         path: dir.join("config.json"),
         message: e.to_string(),
     })?;

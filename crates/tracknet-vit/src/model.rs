@@ -73,17 +73,50 @@ pub struct BuildReport {
     pub lora_targets: Vec<String>,
     /// Non-fatal notes.
     pub warnings: Vec<String>,
+    /// Multi-frame input: how the patch embedding takes the stacked frames.
+    pub input_note: Option<String>,
 }
 
 impl<B: QuantBackend> HeatmapModel<B> {
-    /// Build the whole model from the `model:` section.
+    /// Build the whole model from the `model:` section, for single-frame input.
     pub fn from_config(
         cfg: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<(Self, BuildReport), ModelError> {
+        Self::from_config_frames(cfg, 1, device)
+    }
+
+    /// Build the whole model for `frames` stacked input frames (`data.sequence.frames()`):
+    /// input `[batch, 3·frames, H, W]`. A 3-channel backbone's patch embedding is inflated (see
+    /// [`Backbone::with_input_frames`]) and, with more than one frame, trains even where the
+    /// rest of the backbone is frozen.
+    pub fn from_config_frames(
+        cfg: &ModelConfig,
+        frames: usize,
         device: &B::Device,
     ) -> Result<(Self, BuildReport), ModelError> {
         let mut report = BuildReport::default();
         let (backbone, source) = load_backbone::<B>(cfg, device)?;
         report.backbone_source = source;
+        let channels_before = backbone.num_channels();
+        let backbone = backbone.with_input_frames(frames)?;
+        if frames > 1 {
+            let dims = match &backbone {
+                Backbone::Dinov3(m) => m.embeddings.patch_embeddings.weight.dims(),
+                Backbone::Vit(m) => m.embeddings.patch_embeddings.projection.weight.dims(),
+            };
+            report.input_note = Some(format!(
+                "input: {frames} frames stacked on the channel axis ({} channels); patch \
+                 embedding backbone.{}.weight {dims:?} ({}), trainable",
+                3 * frames,
+                backbone.patch_embedding_path(),
+                if channels_before == 3 {
+                    "inflated from the 3-channel kernel, divided by the frame count".to_string()
+                } else {
+                    format!("as stored: {channels_before} channels")
+                }
+            ));
+        }
         if backbone.patch_size() != cfg.backbone.patch_size {
             report.warnings.push(format!(
                 "model.backbone.patch_size is {} but the backbone uses {}; the backbone's value is used",
@@ -103,7 +136,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
 
         // The backbone trains only when not frozen and not adapted (LoRA trains adapters instead).
         let backbone_trains = !cfg.backbone.freeze && !cfg.lora.enabled;
-        model.backbone = set_trainable(model.backbone, |_| Some(backbone_trains));
+        model = model.set_backbone_base_trainable(backbone_trains);
 
         if cfg.quantization.enabled {
             let (m, plan) = model.quantize_backbone(
@@ -122,6 +155,30 @@ impl<B: QuantBackend> HeatmapModel<B> {
             report.lora_targets = targets;
         }
         Ok((model.map(&mut Materialize), report))
+    }
+
+    /// True when the input is several stacked frames (the patch embedding takes more than 3
+    /// channels); that embedding then always trains.
+    pub fn multi_frame(&self) -> bool {
+        self.backbone.num_channels() != 3
+    }
+
+    /// Set whether the base backbone trains (the freeze schedule of a full fine-tuning). The
+    /// multi-frame patch embedding trains either way; adapters are not touched.
+    pub fn set_backbone_base_trainable(mut self, trains: bool) -> Self {
+        let patch = self
+            .multi_frame()
+            .then(|| self.backbone.patch_embedding_path());
+        self.backbone = set_trainable(self.backbone, |param: &str| {
+            if param.contains(".lora_a.") || param.contains(".lora_b.") {
+                return None;
+            }
+            if patch.is_some_and(|p| is_under(param, p)) {
+                return Some(true);
+            }
+            Some(trains)
+        });
+        self
     }
 
     /// Quantize the backbone's projections (QLoRA order: before LoRA). The head is never
@@ -171,8 +228,14 @@ impl<B: QuantBackend> HeatmapModel<B> {
         let adapted = targets.clone();
         let to_save = settings.modules_to_save.clone();
         let bias = settings.bias;
+        let patch = self
+            .multi_frame()
+            .then(|| self.backbone.patch_embedding_path());
         self.backbone = set_trainable(self.backbone, |param: &str| {
             if param.contains(".lora_a.") || param.contains(".lora_b.") {
+                return Some(true);
+            }
+            if patch.is_some_and(|p| is_under(param, p)) {
                 return Some(true);
             }
             let module = param.rsplit_once('.').map_or("", |(m, _)| m);
@@ -325,6 +388,13 @@ fn load_backbone<B: QuantBackend>(
         Backbone::random(&arch, device)?,
         "random init (model.backbone architecture fields)".into(),
     ))
+}
+
+/// `param` is `prefix` itself or a parameter below it (`prefix.weight`).
+fn is_under(param: &str, prefix: &str) -> bool {
+    param
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 /// Draws every lazily initialised parameter now. Burn's `Param::clone` of a parameter that was

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use burn::backend::{Autodiff, NdArray};
 use burn::module::{AutodiffModule, Module};
 use burn::prelude::*;
+use burn::tensor::Distribution;
 use tracknet_config::{RunConfig, TargetModules};
 use tracknet_lora::{LoraLinear, PathVisitor};
 use tracknet_vit::model::{HeatmapModel, ModelError};
@@ -351,4 +352,98 @@ fn gated_mlp_qlora_adapter_survives_save_and_load() {
         .max()
         .into_scalar();
     assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn sequence_input_inflates_the_patch_embedding_so_a_still_sequence_gives_the_single_frame_output() {
+    let cfg = small(&["model.lora.target_modules=null"]);
+    let device = Default::default();
+    type B = NdArray<f32>;
+    // The model built for 3 frames: a 9-channel embedding, inflated, and said so.
+    let (built, report) = HeatmapModel::<B>::from_config_frames(&cfg.model, 3, &device).unwrap();
+    let weight = |m: &HeatmapModel<B>| match &m.backbone {
+        tracknet_vit::backbone::Backbone::Dinov3(d) => d.embeddings.patch_embeddings.weight.val(),
+        tracknet_vit::backbone::Backbone::Vit(v) => {
+            v.embeddings.patch_embeddings.projection.weight.val()
+        }
+    };
+    assert_eq!(weight(&built).dims(), [HIDDEN, 9, 16, 16]);
+    let note = report
+        .input_note
+        .expect("a multi-frame build says how it takes the frames");
+    assert!(
+        note.contains("[384, 9, 16, 16]") && note.contains("inflated"),
+        "{note}"
+    );
+    // Inflating a single-frame model (no RNG involved: the same weights otherwise).
+    let (one, _) = HeatmapModel::<B>::from_config(&cfg.model, &device).unwrap();
+    let mut three = one.clone();
+    three.backbone = three.backbone.with_input_frames(3).unwrap();
+    let (w1, w3) = (weight(&one), weight(&three));
+    assert_eq!(w3.dims(), [HIDDEN, 9, 16, 16]);
+    // [hidden, 9, p, p]: the 3-channel kernel repeated per frame and divided by 3.
+    for f in 0..3 {
+        let part = w3.clone().narrow(1, 3 * f, 3);
+        assert_eq!(
+            part.into_data().to_vec::<f32>().unwrap(),
+            w1.clone()
+                .div_scalar(3.0)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        );
+    }
+    // A still sequence (the same frame three times) gives the single-frame heatmap.
+    let x = Tensor::<B, 4>::random([1, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+    let a = one.forward(x.clone());
+    let b = three.forward(Tensor::cat(vec![x.clone(), x.clone(), x], 1));
+    let diff = (a.clone() - b).abs().max().into_scalar();
+    let scale = a.clone().abs().max().into_scalar();
+    assert!(
+        diff <= 1e-5 * scale.max(1.0),
+        "max diff {diff} (scale {scale})"
+    );
+    // A moving sequence does not (the frames are not averaged away).
+    let y = Tensor::<B, 4>::random([1, 9, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+    let c = three.forward(y);
+    assert!((a - c).abs().max().into_scalar() > 1e-3);
+    // A 3-channel input is refused by the 3-frame model with a clear error, not a panic.
+    let err = three
+        .try_forward(Tensor::zeros([1, 3, 32, 48], &device))
+        .unwrap_err();
+    assert!(err.to_string().contains("expected 9 channels"), "{err}");
+    // An already 9-channel backbone is kept as it is; any other width is refused.
+    let kept = three.backbone.clone().with_input_frames(3).unwrap();
+    assert_eq!(kept.num_channels(), 9);
+    let err = three.backbone.with_input_frames(2).unwrap_err();
+    assert!(err.to_string().contains("data.sequence.length"), "{err}");
+}
+
+#[test]
+fn sequence_patch_embedding_trains_while_the_base_backbone_stays_frozen() {
+    let device = Default::default();
+    let embedding: BTreeSet<String> = [
+        "backbone.embeddings.patch_embeddings.weight",
+        "backbone.embeddings.patch_embeddings.bias",
+    ]
+    .map(String::from)
+    .into();
+    // QLoRA: adapters and the multi-frame embedding train, nothing else in the backbone.
+    let cfg = small(&["model.lora.target_modules=null"]);
+    let (m, _) = HeatmapModel::<AD>::from_config_frames(&cfg.model, 3, &device).unwrap();
+    assert_eq!(trainable_backbone_non_adapter(&m), embedding);
+    let (m1, _) = HeatmapModel::<AD>::from_config(&cfg.model, &device).unwrap();
+    assert!(trainable_backbone_non_adapter(&m1).is_empty());
+    // Full fine-tuning held back by the freeze schedule: the embedding still trains.
+    let cfg = small(&[
+        "model.lora.enabled=false",
+        "model.quantization.enabled=false",
+        "model.backbone.freeze=true",
+    ]);
+    let (m, _) = HeatmapModel::<AD>::from_config_frames(&cfg.model, 3, &device).unwrap();
+    assert_eq!(trainable_backbone_non_adapter(&m), embedding);
+    let m = m.set_backbone_base_trainable(true);
+    assert!(trainable_backbone_non_adapter(&m).len() > 2);
+    let m = m.set_backbone_base_trainable(false);
+    assert_eq!(trainable_backbone_non_adapter(&m), embedding);
 }

@@ -518,6 +518,7 @@ fn random_batch(s: &Sizes, n: usize, seed: u64) -> Batch {
         meta.push(SampleMeta {
             index: i,
             path: PathBuf::from(format!("random-{i}")),
+            inputs: vec![PathBuf::from(format!("random-{i}"))],
             visibility: 1,
             xy_orig: Some((cx, cy)),
             xy_heatmap: Some((cx, cy)),
@@ -527,6 +528,7 @@ fn random_batch(s: &Sizes, n: usize, seed: u64) -> Batch {
     }
     Batch {
         images,
+        channels: 3,
         heatmaps,
         masks: vec![1.0; n * hh * hw],
         batch_size: n,
@@ -570,7 +572,8 @@ where
     B::seed(device, 42);
     let t0 = Instant::now();
     let (mut model, _build) =
-        HeatmapModel::<B>::from_config(&cfg.model, device).map_err(|e| e.to_string())?;
+        HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)
+            .map_err(|e| e.to_string())?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let mem = model.memory_report();
     let params = model.param_report();
@@ -741,6 +744,7 @@ fn data(a: &DataArgs) -> Result<Value, String> {
             overwrite: false,
             jpeg_quality: 90,
             ball_scale: 1.0,
+            distractors: 2,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -116,3 +116,19 @@ pub(crate) fn patch_conv<B: Backend>(
     )));
     conv
 }
+
+/// Multi-frame input for a patch convolution: its `[d_out, c, p, p]` kernel repeated over
+/// `frames` stacked frames and divided by `frames` (`[d_out, c·frames, p, p]`), so a still
+/// sequence embeds as the single frame did. The bias is unchanged; the parameter keeps its id.
+pub(crate) fn inflate_conv<B: Backend>(mut conv: Conv2d<B>, frames: usize) -> Conv2d<B> {
+    if frames > 1 {
+        conv.weight = conv.weight.map(|w| {
+            // Through host data: the result is a fresh leaf (a tracked op's output cannot
+            // become a parameter). Once per model build.
+            let (trains, device) = (w.is_require_grad(), w.device());
+            let copies = vec![w.detach().div_scalar(frames as f64); frames];
+            Tensor::from_data(Tensor::cat(copies, 1).into_data(), &device).set_require_grad(trains)
+        });
+    }
+    conv
+}
