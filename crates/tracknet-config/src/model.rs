@@ -77,7 +77,8 @@ impl ModelConfig {
 pub struct BackboneConfig {
     /// Freeze the backbone weights (only decoder / LoRA parameters train).
     pub freeze: bool,
-    /// transformers' `device_map`; accepted for compatibility, not used.
+    /// transformers' `device_map`. Accepted for compatibility and has no effect (a warning
+    /// says so): the whole model runs on `training.device`.
     pub device_map: Option<String>,
     /// Never download: resolve `pretrained_model_name` in the local HF cache only.
     pub local_files_only: bool,
@@ -115,7 +116,7 @@ impl Default for BackboneConfig {
     fn default() -> Self {
         Self {
             freeze: true,
-            device_map: Some("auto".into()),
+            device_map: None,
             local_files_only: true,
             patch_size: 16,
             weights: None,

@@ -68,10 +68,13 @@ pub struct TrainingConfig {
     pub log_every: usize,
     /// Root of run outputs.
     pub output_dir: PathBuf,
-    /// Logs (metrics, previews).
-    pub log_dir: PathBuf,
-    /// Checkpoints.
-    pub ckpt_dir: PathBuf,
+    /// The original's separate log folder. Accepted for compatibility and has no effect: a
+    /// run's logs, metrics and previews all go into its run folder (a warning says so).
+    pub log_dir: Option<PathBuf>,
+    /// The original's separate checkpoint folder. Accepted for compatibility and has no
+    /// effect: checkpoints go into `<run>/checkpoints`, where `--resume`, `eval` and `predict`
+    /// find them (a warning says so).
+    pub ckpt_dir: Option<PathBuf>,
 }
 
 impl Default for TrainingConfig {
@@ -103,8 +106,8 @@ impl Default for TrainingConfig {
             preview_frames: 4,
             log_every: 10,
             output_dir: PathBuf::from("outputs"),
-            log_dir: PathBuf::from("outputs/logs"),
-            ckpt_dir: PathBuf::from("outputs/checkpoints"),
+            log_dir: None,
+            ckpt_dir: None,
         }
     }
 }
@@ -136,12 +139,14 @@ impl TrainingConfig {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
 pub struct DataLoaderConfig {
-    /// Loader worker threads (0: load on the training thread).
+    /// Loader worker threads (0: batches are built on the training thread, no prefetch).
     pub num_workers: usize,
-    /// Pin host memory (CUDA only).
-    pub pin_memory: bool,
-    /// Keep workers alive across epochs.
-    pub persistent_workers: bool,
+    /// PyTorch's page-locked host buffers. No effect here (a warning says so): batches are
+    /// built in ordinary host memory on every backend.
+    pub pin_memory: Option<bool>,
+    /// PyTorch's worker reuse across epochs. No effect here (a warning says so): loader
+    /// threads are cheap and start per epoch.
+    pub persistent_workers: Option<bool>,
     /// Batches prepared ahead per worker.
     pub prefetch_factor: usize,
     /// Drop the last incomplete batch.
@@ -152,8 +157,8 @@ impl Default for DataLoaderConfig {
     fn default() -> Self {
         Self {
             num_workers: 4,
-            pin_memory: true,
-            persistent_workers: true,
+            pin_memory: None,
+            persistent_workers: None,
             prefetch_factor: 2,
             drop_last: false,
         }

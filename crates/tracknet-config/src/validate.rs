@@ -573,6 +573,36 @@ pub(crate) fn warnings(cfg: &RunConfig) -> Vec<String> {
             "training.grad_clip ({gc}) is ignored because training.grad_clip_norm ({gcn}) is set"
         ));
     }
+    if t.mixed_precision() {
+        w.push(format!(
+            "training.amp (precision {}): mixed precision is not implemented yet, so the step \
+             runs in f32 on every backend",
+            t.precision
+        ));
+    }
+    let inert: Vec<&str> = [
+        ("model.backbone.device_map", m.backbone.device_map.is_some()),
+        (
+            "training.data_loader.pin_memory",
+            t.data_loader.pin_memory.is_some(),
+        ),
+        (
+            "training.data_loader.persistent_workers",
+            t.data_loader.persistent_workers.is_some(),
+        ),
+        ("training.log_dir", t.log_dir.is_some()),
+        ("training.ckpt_dir", t.ckpt_dir.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if !inert.is_empty() {
+        w.push(format!(
+            "no effect here: {} (one device per run, loader threads start per epoch, and logs \
+             and checkpoints go into the run folder)",
+            inert.join(", ")
+        ));
+    }
     if t.amp && t.precision == crate::Precision::Fp32 {
         w.push("training.amp has no effect with training.precision = fp32".into());
     }

@@ -38,7 +38,8 @@ pub struct LoaderOptions {
     pub seed: u64,
     /// Epoch number, mixed into the shuffle and flip decisions.
     pub epoch: u64,
-    /// Worker threads (0 is treated as 1).
+    /// Worker threads; 0 builds each batch on the consuming thread when it is asked for
+    /// (no prefetch, no threads), as PyTorch's `num_workers=0`.
     pub num_workers: usize,
     /// Batches allowed in flight ahead of the consumer (0 is treated as 1).
     pub prefetch: usize,
@@ -223,6 +224,14 @@ pub struct BatchLoader {
     n_batches: usize,
     report: LoadReport,
     finished: bool,
+    /// `num_workers: 0`: what the consuming thread needs to build batches itself.
+    inline: Option<Inline>,
+}
+
+struct Inline {
+    batches: Arc<Vec<Vec<usize>>>,
+    index: Arc<DatasetIndex>,
+    opts: Arc<LoaderOptions>,
 }
 
 /// Sample order for one epoch: identity, or a ChaCha shuffle seeded from `(seed, epoch)`.
@@ -258,7 +267,17 @@ impl BatchLoader {
         });
         let batches = Arc::new(batches);
         let opts = Arc::new(opts);
-        let workers = (0..opts.num_workers.max(1).min(n_batches.max(1)))
+        let inline = (opts.num_workers == 0).then(|| Inline {
+            batches: batches.clone(),
+            index: index.clone(),
+            opts: opts.clone(),
+        });
+        let threads = if inline.is_some() {
+            0
+        } else {
+            opts.num_workers.min(n_batches.max(1))
+        };
+        let workers = (0..threads)
             .map(|_| {
                 let (tx, shared, batches, index, opts) = (
                     tx.clone(),
@@ -279,7 +298,13 @@ impl BatchLoader {
             n_batches,
             report: LoadReport::default(),
             finished: false,
+            inline,
         })
+    }
+
+    /// Loader threads running for this epoch (0 with `num_workers: 0`).
+    pub fn worker_threads(&self) -> usize {
+        self.workers.len()
     }
 
     /// Number of batches this epoch will yield at most (fewer if whole batches are skipped).
@@ -307,6 +332,18 @@ impl Iterator for BatchLoader {
         loop {
             if self.finished || self.next >= self.n_batches {
                 return None;
+            }
+            if let Some(inline) = &self.inline {
+                let (result, issues) =
+                    build_batch(&inline.batches[self.next], &inline.index, &inline.opts);
+                self.pending.insert(
+                    self.next,
+                    WorkerOutput {
+                        batch_no: self.next,
+                        result,
+                        issues,
+                    },
+                );
             }
             if let Some(out) = self.pending.remove(&self.next) {
                 self.next += 1;

@@ -259,6 +259,24 @@ fn loader_order_is_deterministic_across_worker_counts() {
         },
     );
     assert_eq!(one, three);
+    // `num_workers: 0`: no loader thread at all, batches built on this thread, same output.
+    let inline_opts = LoaderOptions {
+        num_workers: 0,
+        ..base.clone()
+    };
+    let loader = BatchLoader::new(index.clone(), inline_opts.clone()).unwrap();
+    assert_eq!(loader.worker_threads(), 0);
+    let threaded = BatchLoader::new(
+        index.clone(),
+        LoaderOptions {
+            num_workers: 3,
+            ..base.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(threaded.worker_threads(), 3);
+    drop(threaded);
+    assert_eq!(load_all(&index, inline_opts), one);
     assert_eq!(
         one.iter().map(|b| b.batch_size).collect::<Vec<_>>(),
         vec![3, 3, 3, 3, 3, 3, 3, 1]

@@ -63,17 +63,21 @@ pub struct QuantRecord {
 }
 
 /// Replace parameters by path from `tensors`; every tensor must land on a parameter of the
-/// same shape, else one error lists what is unexpected or mis-shaped.
+/// same shape, and every parameter `required(path)` selects must be in `tensors`, else one
+/// error lists what is unexpected, mis-shaped or missing.
 pub fn load_params<B: Backend, M: Module<B>>(
     module: M,
     tensors: &NamedTensors,
+    required: &dyn Fn(&str) -> bool,
     file: &Path,
 ) -> Result<M, TrainError> {
     struct Mp<'a, B> {
         stack: PathStack,
         tensors: &'a NamedTensors,
+        required: &'a dyn Fn(&str) -> bool,
         used: Vec<String>,
         mismatched: Vec<String>,
+        missing: Vec<String>,
         _b: std::marker::PhantomData<B>,
     }
     impl<B: Backend> ModuleMapper<B> for Mp<'_, B> {
@@ -86,6 +90,11 @@ pub fn load_params<B: Backend, M: Module<B>>(
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let path = self.stack.path();
             let Some((shape, values)) = self.tensors.get(&path) else {
+                if (self.required)(&path) {
+                    self.missing.push(format!(
+                        "{path}: missing (the model trains it, so the checkpoint must hold it)"
+                    ));
+                }
                 return param;
             };
             self.used.push(path.clone());
@@ -109,8 +118,10 @@ pub fn load_params<B: Backend, M: Module<B>>(
     let mut m = Mp {
         stack: PathStack::default(),
         tensors,
+        required,
         used: Vec::new(),
         mismatched: Vec::new(),
+        missing: Vec::new(),
         _b: std::marker::PhantomData::<B>,
     };
     let module = module.map(&mut m);
@@ -119,21 +130,21 @@ pub fn load_params<B: Backend, M: Module<B>>(
         .filter(|k| !m.used.contains(k))
         .map(|k| format!("{k}: no such parameter in the model"))
         .collect();
-    if !m.mismatched.is_empty() || !unexpected.is_empty() {
+    if !m.mismatched.is_empty() || !unexpected.is_empty() || !m.missing.is_empty() {
         return Err(TrainError::Checkpoint {
             path: file.to_path_buf(),
             message: format!(
                 "weights do not fit the model:\n  {}",
-                [m.mismatched, unexpected].concat().join("\n  ")
+                [m.mismatched, unexpected, m.missing].concat().join("\n  ")
             ),
         });
     }
     Ok(module)
 }
 
-/// Initialise a model from another run's checkpoint: every tensor of `tensors` whose path
-/// `keep` selects and that exists in `module` with the same shape is copied; the others are
-/// skipped (reported back). Used to start a fine-tuning stage from a pre-training stage.
+/// Initialise a model from another run's checkpoint: every parameter whose path `keep`
+/// selects is copied from `tensors` (it must be there, with the same shape); the others are
+/// left as they are. Used to start a fine-tuning stage from a pre-training stage.
 pub fn init_params_from<B: Backend, M: Module<B>>(
     module: M,
     tensors: &NamedTensors,
@@ -146,7 +157,81 @@ pub fn init_params_from<B: Backend, M: Module<B>>(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let n = selected.len();
-    Ok((load_params(module, &selected, file)?, n))
+    Ok((load_params(module, &selected, &keep, file)?, n))
+}
+
+/// Which parameters a checkpoint of a run trained with `cfg` must hold, by path: the decoder
+/// and head (with BatchNorm's running statistics), every LoRA factor, the multi-frame patch
+/// embedding, and the whole backbone of a full fine-tuning once `epoch` is past
+/// `training.backbone_freeze_epochs`. (LoRA biases and `modules_to_save` are loaded when
+/// present.) Without this, a checkpoint of another configuration would load "successfully"
+/// and leave, say, the adapters at their zero initialisation.
+pub fn required_tensors(
+    cfg: &tracknet_config::RunConfig,
+    epoch: usize,
+    patch_embedding: Option<String>,
+) -> impl Fn(&str) -> bool {
+    let m = &cfg.model;
+    let t = &cfg.training;
+    let full_backbone = !m.lora.enabled
+        && !m.quantization.enabled
+        && !m.backbone.freeze
+        && epoch > t.backbone_freeze_epochs;
+    move |path: &str| {
+        path.starts_with("decoder.")
+            || path.starts_with("head.")
+            || path.contains(".lora_a.")
+            || path.contains(".lora_b.")
+            || patch_embedding
+                .as_deref()
+                .is_some_and(|p| path.starts_with(p))
+            || (full_backbone && path.starts_with("backbone."))
+    }
+}
+
+/// Refuses optimizer state that does not fit the model: every `<path>.m` / `<path>.v` must
+/// belong to a parameter of the model with as many values.
+pub fn check_optimizer_fits<B: Backend, M: Module<B>, O: Backend>(
+    model: &M,
+    opt: &Optimizer<O>,
+    file: &Path,
+) -> Result<(), TrainError> {
+    let mut numel = BTreeMap::new();
+    model.visit(&mut tracknet_lora::PathVisitor::new(
+        |p: &str, n: usize, _: bool| {
+            numel.insert(p.to_string(), n);
+        },
+    ));
+    let mut bad = Vec::new();
+    for (path, s) in &opt.state {
+        let Some(&n) = numel.get(path) else {
+            bad.push(format!(
+                "{path}: optimizer state for no parameter of the model"
+            ));
+            continue;
+        };
+        for (which, t) in [("m", &s.m), ("v", &s.v)] {
+            if let Some(t) = t
+                && t.dims()[0] != n
+            {
+                bad.push(format!(
+                    "{path}.{which}: expected {n} values (the parameter's), found {}",
+                    t.dims()[0]
+                ));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Checkpoint {
+            path: file.to_path_buf(),
+            message: format!(
+                "optimizer state does not fit the model:\n  {}",
+                bad.join("\n  ")
+            ),
+        })
+    }
 }
 
 /// Serialise named f32 tensors as safetensors bytes.

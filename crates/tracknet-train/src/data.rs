@@ -111,7 +111,7 @@ pub fn loader_options(
         shuffle: training,
         seed: t.seed,
         epoch: epoch as u64,
-        num_workers: t.data_loader.num_workers.max(1),
+        num_workers: t.data_loader.num_workers,
         prefetch: t.data_loader.prefetch_factor.max(1) * t.data_loader.num_workers.max(1),
         drop_last: training && t.data_loader.drop_last,
         resize: [d.preprocess.resize[0] as u32, d.preprocess.resize[1] as u32],

@@ -57,7 +57,7 @@ pub fn load_run_model<B: QuantBackend>(
     B::seed(device, cfg.training.seed);
     let (model, _) =
         HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
-    load_trainable(ckpt, model)
+    load_trainable(ckpt, cfg, model)
 }
 
 /// The frozen base is rebuilt, not stored: refuse a config whose base would differ from the
@@ -163,8 +163,8 @@ pub fn predict<B: QuantBackend>(
         cache.retain(|&k, _| k >= oldest);
         let mut chw = Vec::with_capacity(3 * length * (pre.resize[0] * pre.resize[1]) as usize);
         for k in (0..length).rev().map(|k| j.saturating_sub(k * stride)) {
-            if !cache.contains_key(&k) {
-                cache.insert(k, preprocess_image(&frames[k], &pre, false)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = cache.entry(k) {
+                e.insert(preprocess_image(&frames[k], &pre, false)?);
             }
             chw.extend_from_slice(&cache[&k].chw);
         }

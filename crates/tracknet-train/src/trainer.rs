@@ -19,8 +19,9 @@ use tracknet_quant::QuantBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
 
 use crate::checkpoint::{
-    QuantRecord, RunState, collect_params, commit_checkpoint, init_params_from, load_params,
-    optimizer_from_tensors, optimizer_tensors, read_pointer, read_safetensors, to_safetensors,
+    QuantRecord, RunState, check_optimizer_fits, collect_params, commit_checkpoint,
+    init_params_from, load_params, optimizer_from_tensors, optimizer_tensors, read_pointer,
+    read_safetensors, required_tensors, to_safetensors,
 };
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
@@ -199,7 +200,7 @@ where
             path: ckpt_root.join("last.json"),
             message: "no complete checkpoint to resume from".into(),
         })?;
-        let (m, o, s) = load_checkpoint::<B>(&dir, model, kind, device)?;
+        let (m, o, s) = load_checkpoint::<B>(&dir, cfg, model, kind, device)?;
         model = m;
         opt = o;
         state = s;
@@ -656,27 +657,37 @@ pub type Restored<B> = (
 );
 
 /// Load trainable weights, optimizer and run state from a checkpoint folder.
-pub fn load_checkpoint<B: AutodiffBackend>(
+pub fn load_checkpoint<B: AutodiffBackend + QuantBackend>(
     dir: &Path,
+    cfg: &RunConfig,
     model: HeatmapModel<B>,
     kind: OptimKind,
     device: &B::Device,
 ) -> Result<Restored<B>, TrainError> {
-    let model = load_trainable(dir, model)?;
-    let (ot, om) = read_safetensors(&dir.join("optimizer.safetensors"))?;
+    let model = load_trainable(dir, cfg, model)?;
+    let file = dir.join("optimizer.safetensors");
+    let (ot, om) = read_safetensors(&file)?;
     let opt = optimizer_from_tensors::<B::InnerBackend>(kind, ot, &om, device);
+    check_optimizer_fits(&model, &opt, &file)?;
     let state = read_state(dir)?;
     Ok((model, opt, state))
 }
 
-/// Load only the trained weights (for eval and predict, on any backend).
-pub fn load_trainable<B: Backend>(
+/// Load only the trained weights (for eval and predict, on any backend). Every tensor the run
+/// trains must be there ([`required_tensors`]), with the model's shapes.
+pub fn load_trainable<B: QuantBackend>(
     dir: &Path,
+    cfg: &RunConfig,
     model: HeatmapModel<B>,
 ) -> Result<HeatmapModel<B>, TrainError> {
     let file = dir.join("trainable.safetensors");
     let (params, _) = read_safetensors(&file)?;
-    load_params(model, &params, &file)
+    let epoch = read_state(dir)?.epoch;
+    let patch = model
+        .multi_frame()
+        .then(|| format!("backbone.{}.", model.backbone.patch_embedding_path()));
+    let required = required_tensors(cfg, epoch, patch);
+    load_params(model, &params, &required, &file)
 }
 
 fn copy_adapter(from: &Path, to: &Path) -> Result<(), TrainError> {

@@ -12,6 +12,8 @@ use tracknet_train::predict::{checkpoint_dir, load_run_model, predict, run_confi
 use tracknet_train::{TrainOptions, train};
 
 type AD = Autodiff<NdArray>;
+type B = NdArray;
+use burn::prelude::Backend as _;
 
 /// Burn's NdArray backend seeds one process-wide RNG (`Backend::seed`), so two trainings in
 /// parallel test threads would interleave their draws (model init, dropout) and no longer be
@@ -38,7 +40,7 @@ data:
   root: {root}
   split: {{ train_games: [game1, game2], val_games: [game3] }}
   preprocess: {{ resize: [128, 64], normalize: true, flip_prob: 0.5 }}
-  synthetic: {{ games: 3, clips: 1, frames: 8, size: [160, 90], seed: 3 }}
+  synthetic: {{ games: 3, clips: 1, frames: 8, size: [160, 90], seed: 3, distractors: 0 }}
 training:
   seed: 11
   batch_size: 4
@@ -150,6 +152,56 @@ fn qlora_trains_saves_evaluates_predicts() {
         "eval {} vs training's {}",
         r.loss,
         last
+    );
+
+    // A checkpoint that lacks a tensor the model trains is refused, naming it (before, the
+    // adapter stayed at its zero initialisation and eval ran on the bare base).
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in ["state.json", "optimizer.safetensors"] {
+        std::fs::copy(ckpt.join(f), broken.join(f)).unwrap();
+    }
+    let mut partial = saved.clone();
+    let dropped = partial
+        .keys()
+        .find(|k| k.contains(".lora_b."))
+        .unwrap()
+        .clone();
+    partial.remove(&dropped);
+    let bytes = tracknet_train::checkpoint::to_safetensors(&partial, Default::default()).unwrap();
+    std::fs::write(broken.join("trainable.safetensors"), bytes).unwrap();
+    let err = match load_run_model::<NdArray>(&cfg2, &broken, &device) {
+        Ok(_) => panic!("a checkpoint without {dropped} must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&dropped) && err.contains("missing"), "{err}");
+    // Optimizer state of the wrong size is refused on resume, naming the parameter.
+    std::fs::copy(
+        ckpt.join("trainable.safetensors"),
+        broken.join("trainable.safetensors"),
+    )
+    .unwrap();
+    let (mut ot, om) = read_safetensors(&broken.join("optimizer.safetensors")).unwrap();
+    let key = ot.keys().find(|k| k.ends_with(".m")).unwrap().clone();
+    ot.get_mut(&key).unwrap().1.pop();
+    ot.get_mut(&key).unwrap().0 = vec![ot[&key].1.len()];
+    let bytes = tracknet_train::checkpoint::to_safetensors(&ot, om).unwrap();
+    std::fs::write(broken.join("optimizer.safetensors"), bytes).unwrap();
+    B::seed(&device, cfg2.training.seed);
+    let fresh = tracknet_vit::model::HeatmapModel::<AD>::from_config(&cfg2.model, &device)
+        .unwrap()
+        .0;
+    let kind = tracknet_train::optim::OptimKind::from_config(&cfg2.training.optimizer);
+    let err = match tracknet_train::trainer::load_checkpoint::<AD>(
+        &broken, &cfg2, fresh, kind, &device,
+    ) {
+        Ok(_) => panic!("mis-sized optimizer state must be refused"),
+        Err(e) => e.to_string(),
+    };
+    let param = key.trim_end_matches(".m");
+    assert!(
+        err.contains(param) && err.contains("optimizer state"),
+        "{err}"
     );
 
     // Predict on a clip folder.
