@@ -15,5 +15,7 @@ pub mod target;
 pub use config::{BiasMode, LoraInit, LoraSettings, TargetSpec};
 pub use error::LoraError;
 pub use layer::{BaseLinear, LoraLinear};
-pub use params::{ParamReport, PathVisitor, param_report, set_trainable};
-pub use target::{auto_targets, select_targets};
+pub use params::{
+    ParamMismatch, ParamReport, PathVisitor, load_params, param_report, set_trainable,
+};
+pub use target::{auto_targets, saved_module_match, select_targets};

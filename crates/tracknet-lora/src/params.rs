@@ -144,6 +144,112 @@ pub fn collect_params<B: Backend, M: Module<B>>(
     v.out
 }
 
+/// What [`load_params`] could not place.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParamMismatch {
+    /// Parameters `required` selects that `tensors` lacks.
+    pub missing: Vec<String>,
+    /// Tensors for no parameter of the module.
+    pub unexpected: Vec<String>,
+    /// `(path, the parameter's shape, the tensor's shape)`.
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl ParamMismatch {
+    /// True when everything fit.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    /// One line per problem.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .mismatched
+            .iter()
+            .map(|(p, want, got)| format!("{p}: expected shape {want:?}, found {got:?}"))
+            .collect();
+        out.extend(
+            self.unexpected
+                .iter()
+                .map(|k| format!("{k}: no such parameter in the model")),
+        );
+        out.extend(self.missing.iter().map(|k| {
+            format!("{k}: missing (the model trains it, so the checkpoint must hold it)")
+        }));
+        out
+    }
+}
+
+/// Replace float parameters by path from `tensors` (values row-major, the parameter's own
+/// layout). Every tensor must land on a parameter of the same shape and every parameter
+/// `required(path)` selects must be present; else nothing is returned but the problems.
+/// A replaced parameter keeps its id and its `require_grad`.
+pub fn load_params<B: Backend, M: Module<B>>(
+    module: M,
+    tensors: &NamedTensors,
+    required: &dyn Fn(&str) -> bool,
+) -> Result<M, ParamMismatch> {
+    struct Mp<'a> {
+        stack: PathStack,
+        tensors: &'a NamedTensors,
+        required: &'a dyn Fn(&str) -> bool,
+        used: Vec<String>,
+        problems: ParamMismatch,
+    }
+    impl<B: Backend> ModuleMapper<B> for Mp<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let path = self.stack.path();
+            let Some((shape, values)) = self.tensors.get(&path) else {
+                if (self.required)(&path) {
+                    self.problems.missing.push(path);
+                }
+                return param;
+            };
+            self.used.push(path.clone());
+            let dims = param.val().dims();
+            if shape.as_slice() != dims.as_slice() {
+                self.problems
+                    .mismatched
+                    .push((path, dims.to_vec(), shape.clone()));
+                return param;
+            }
+            param.map(|t| {
+                let new =
+                    Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &t.device());
+                if t.is_require_grad() {
+                    new.require_grad()
+                } else {
+                    new
+                }
+            })
+        }
+    }
+    let mut m = Mp {
+        stack: PathStack::default(),
+        tensors,
+        required,
+        used: Vec::new(),
+        problems: ParamMismatch::default(),
+    };
+    let module = module.map(&mut m);
+    m.problems.unexpected = tensors
+        .keys()
+        .filter(|k| !m.used.contains(k))
+        .cloned()
+        .collect();
+    if m.problems.is_empty() {
+        Ok(module)
+    } else {
+        Err(m.problems)
+    }
+}
+
 /// Named f32 tensors as safetensors bytes (little-endian F32), with `meta` as metadata.
 pub fn safetensors_bytes(
     tensors: &NamedTensors,

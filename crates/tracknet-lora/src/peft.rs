@@ -268,13 +268,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LoraError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
-/// Save an adapter folder as PEFT does.
+/// Save an adapter folder as PEFT does. `extra` holds what PEFT saves besides the LoRA
+/// factors, by module path with PEFT's names and PyTorch layout: the trained biases of
+/// `bias: all | lora_only` (`….q_proj.base_layer.bias` on an adapted layer) and the weights of
+/// `modules_to_save` (`norm.weight`); see `HeatmapModel::adapter_extras` in tracknet-vit.
 pub fn save_adapter(
     dir: &Path,
     config: &AdapterConfig,
     adapters: &[AdapterTensors],
+    extra: &crate::params::NamedTensors,
 ) -> Result<(), LoraError> {
     let mut named = crate::params::NamedTensors::new();
+    for (k, v) in extra {
+        named.insert(format!("{KEY_PREFIX}{k}"), v.clone());
+    }
     for t in adapters {
         named.insert(
             format!("{KEY_PREFIX}{}.lora_A.weight", t.path),
@@ -312,6 +319,23 @@ pub struct LoadedAdapter {
     pub config: AdapterConfig,
     /// Tensors by module path (prefix removed).
     pub tensors: BTreeMap<String, AdapterTensors>,
+    /// Everything else PEFT saved (trained biases, `modules_to_save` weights), by the module
+    /// path of the parameter in the base model (PyTorch layout): PEFT's wrapper segments
+    /// (`base_layer.`, `modules_to_save.[default.]`) removed, `original_module` copies dropped.
+    pub extra: crate::params::NamedTensors,
+}
+
+/// The base model's parameter name for a key PEFT saved outside the LoRA factors, or `None`
+/// for the untrained `original_module` copy PEFT also writes.
+pub fn peft_extra_key(key: &str) -> Option<String> {
+    if key.contains(".original_module.") {
+        return None;
+    }
+    Some(
+        key.replace(".modules_to_save.default.", ".")
+            .replace(".modules_to_save.", ".")
+            .replace(".base_layer.", "."),
+    )
 }
 
 /// Read an adapter folder. Keys may carry PEFT's `base_model.model.` prefix or not.
@@ -336,21 +360,41 @@ pub fn load_adapter(dir: &Path) -> Result<LoadedAdapter, LoraError> {
     })?;
     let mut halves: BTreeMap<String, [Option<HostTensor>; 2]> = BTreeMap::new();
     let mut unexpected = Vec::new();
+    let mut extra = crate::params::NamedTensors::new();
+    // Besides LoRA factors PEFT saves only trained biases (`bias` not `none`) and the
+    // `modules_to_save` weights; anything else does not belong in an adapter of this config.
+    let saves_biases = config.bias != "none";
+    let to_save = config.modules_to_save.clone().unwrap_or_default();
+    let expected_extra = |name: &str| {
+        (saves_biases && name.ends_with(".bias"))
+            || to_save
+                .iter()
+                .any(|m| crate::target::saved_module_match(name, m))
+    };
     for (key, view) in st.tensors() {
         let stripped = key.strip_prefix(KEY_PREFIX).unwrap_or(&key);
+        let values = || {
+            to_f32(view.dtype(), view.data()).ok_or_else(|| LoraError::Format {
+                path: w_path.clone(),
+                message: format!("{key}: unsupported dtype {:?}", view.dtype()),
+            })
+        };
         let (path, which) = if let Some(p) = stripped.strip_suffix(".lora_A.weight") {
             (p, 0)
         } else if let Some(p) = stripped.strip_suffix(".lora_B.weight") {
             (p, 1)
         } else {
-            unexpected.push(key.clone());
+            match peft_extra_key(stripped) {
+                Some(name) if expected_extra(&name) => {
+                    extra.insert(name, (view.shape().to_vec(), values()?));
+                }
+                Some(_) => unexpected.push(key.clone()),
+                None => {}
+            }
             continue;
         };
-        let values = to_f32(view.dtype(), view.data()).ok_or_else(|| LoraError::Format {
-            path: w_path.clone(),
-            message: format!("{key}: unsupported dtype {:?}", view.dtype()),
-        })?;
-        halves.entry(path.to_string()).or_default()[which] = Some((view.shape().to_vec(), values));
+        halves.entry(path.to_string()).or_default()[which] =
+            Some((view.shape().to_vec(), values()?));
     }
     let mut tensors = BTreeMap::new();
     let mut missing = Vec::new();
@@ -393,6 +437,7 @@ pub fn load_adapter(dir: &Path) -> Result<LoadedAdapter, LoraError> {
         dir: dir.to_path_buf(),
         config,
         tensors,
+        extra,
     })
 }
 

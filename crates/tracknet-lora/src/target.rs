@@ -32,6 +32,26 @@ pub fn list_match(path: &str, name: &str) -> bool {
             .is_some_and(|rest| rest.ends_with('.'))
 }
 
+/// PEFT's `modules_to_save` rule: a parameter `param_path` belongs to a saved module when its
+/// module path, or one of its parents, ends with `name` (a plain string suffix, as PEFT's
+/// `key.endswith(target_key)`).
+pub fn saved_module_match(param_path: &str, name: &str) -> bool {
+    if name.is_empty() {
+        return false;
+    }
+    let module = param_path.rsplit_once('.').map_or("", |(m, _)| m);
+    let mut end = module.len();
+    loop {
+        if module[..end].ends_with(name) {
+            return true;
+        }
+        match module[..end].rfind('.') {
+            Some(i) => end = i,
+            None => return false,
+        }
+    }
+}
+
 /// The auto-detected target list for these linear-layer paths.
 pub fn auto_targets(paths: &[String]) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();

@@ -97,7 +97,7 @@ fn save_sample(dir: &Path) -> (AdapterConfig, Vec<AdapterTensors>) {
     let adapters = sample_adapters();
     let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
     let config = AdapterConfig::from_settings(&sample_settings(), &paths, Some("../dinov3".into()));
-    save_adapter(dir, &config, &adapters).unwrap();
+    save_adapter(dir, &config, &adapters, &Default::default()).unwrap();
     (config, adapters)
 }
 
@@ -450,12 +450,18 @@ fn extra_tensor_is_named() {
                 "base_model.model.model.layer.0.attention.q_proj.lora_B.weight",
                 vec![64, 4],
             ),
+            // The config saves `norm` (modules_to_save) and LoRA-layer biases: this is neither.
+            (
+                "base_model.model.model.layer.0.mlp.up_proj.weight",
+                vec![64],
+            ),
             ("base_model.model.norm.weight", vec![64]),
         ],
     );
     let msg = load_adapter(&tmp.0).unwrap_err().to_string();
     assert!(
-        msg.contains("unexpected tensor base_model.model.norm.weight"),
+        msg.contains("unexpected tensor base_model.model.model.layer.0.mlp.up_proj.weight")
+            && !msg.contains("norm.weight"),
         "{msg}"
     );
 

@@ -11,11 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use tracknet_lora::params::PathStack;
 
 use crate::error::TrainError;
 use crate::optim::{OptimKind, Optimizer, ParamState};
@@ -62,84 +60,24 @@ pub struct QuantRecord {
     pub seed: u64,
 }
 
-/// Replace parameters by path from `tensors`; every tensor must land on a parameter of the
-/// same shape, and every parameter `required(path)` selects must be in `tensors`, else one
-/// error lists what is unexpected, mis-shaped or missing.
+/// Replace parameters by path from `tensors` ([`tracknet_lora::params::load_params`]): every
+/// tensor must land on a parameter of the same shape, and every parameter `required(path)`
+/// selects must be in `tensors`, else one error lists what is unexpected, mis-shaped or missing.
 pub fn load_params<B: Backend, M: Module<B>>(
     module: M,
     tensors: &NamedTensors,
     required: &dyn Fn(&str) -> bool,
     file: &Path,
 ) -> Result<M, TrainError> {
-    struct Mp<'a, B> {
-        stack: PathStack,
-        tensors: &'a NamedTensors,
-        required: &'a dyn Fn(&str) -> bool,
-        used: Vec<String>,
-        mismatched: Vec<String>,
-        missing: Vec<String>,
-        _b: std::marker::PhantomData<B>,
-    }
-    impl<B: Backend> ModuleMapper<B> for Mp<'_, B> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.exit();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let path = self.stack.path();
-            let Some((shape, values)) = self.tensors.get(&path) else {
-                if (self.required)(&path) {
-                    self.missing.push(format!(
-                        "{path}: missing (the model trains it, so the checkpoint must hold it)"
-                    ));
-                }
-                return param;
-            };
-            self.used.push(path.clone());
-            let dims = param.val().dims();
-            if shape.as_slice() != dims.as_slice() {
-                self.mismatched
-                    .push(format!("{path}: expected shape {dims:?}, found {shape:?}"));
-                return param;
-            }
-            param.map(|t| {
-                let new =
-                    Tensor::<B, D>::from_data(TensorData::new(values.clone(), dims), &t.device());
-                if t.is_require_grad() {
-                    new.require_grad()
-                } else {
-                    new
-                }
-            })
-        }
-    }
-    let mut m = Mp {
-        stack: PathStack::default(),
-        tensors,
-        required,
-        used: Vec::new(),
-        mismatched: Vec::new(),
-        missing: Vec::new(),
-        _b: std::marker::PhantomData::<B>,
-    };
-    let module = module.map(&mut m);
-    let unexpected: Vec<String> = tensors
-        .keys()
-        .filter(|k| !m.used.contains(k))
-        .map(|k| format!("{k}: no such parameter in the model"))
-        .collect();
-    if !m.mismatched.is_empty() || !unexpected.is_empty() || !m.missing.is_empty() {
-        return Err(TrainError::Checkpoint {
+    tracknet_lora::params::load_params(module, tensors, required).map_err(|m| {
+        TrainError::Checkpoint {
             path: file.to_path_buf(),
             message: format!(
                 "weights do not fit the model:\n  {}",
-                [m.mismatched, unexpected, m.missing].concat().join("\n  ")
+                m.lines().join("\n  ")
             ),
-        });
-    }
-    Ok(module)
+        }
+    })
 }
 
 /// Initialise a model from another run's checkpoint: every parameter whose path `keep`

@@ -633,12 +633,14 @@ where
                 .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
                 .collect();
             let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+            let settings = lora_settings(&cfg.model);
             let ac = AdapterConfig::from_settings(
-                &lora_settings(&cfg.model),
+                &settings,
                 &paths,
                 cfg.model.pretrained_model_name.clone(),
             );
-            save_adapter(&dir.join("adapter"), &ac, &adapters)?;
+            let extra = model.adapter_extras(&settings);
+            save_adapter(&dir.join("adapter"), &ac, &adapters, &extra)?;
         }
         let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
             path: dir.to_path_buf(),

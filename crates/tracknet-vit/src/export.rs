@@ -10,6 +10,32 @@ use tracknet_lora::params::{NamedTensors, collect_params, safetensors_bytes};
 use crate::backbone::Backbone;
 use crate::error::VitError;
 
+/// The Hugging Face name of a parameter path (`….base.weight` → `….weight`, LayerNorm's
+/// `gamma`/`beta` → `weight`/`bias`) and whether its values are stored transposed there
+/// (Burn's `Linear` is `[in, out]`, PyTorch's `[out, in]`).
+pub fn hf_name(path: &str) -> (String, bool) {
+    if let Some(p) = path.strip_suffix(".base.weight") {
+        (format!("{p}.weight"), true)
+    } else if let Some(p) = path.strip_suffix(".base.bias") {
+        (format!("{p}.bias"), false)
+    } else if let Some(p) = path.strip_suffix(".gamma") {
+        (format!("{p}.weight"), false)
+    } else if let Some(p) = path.strip_suffix(".beta") {
+        (format!("{p}.bias"), false)
+    } else {
+        (path.to_string(), false)
+    }
+}
+
+/// `[d0, d1]` row-major → `[d1, d0]` row-major.
+pub fn transpose2(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (d0, d1) = (shape[0], shape[1]);
+    let t = (0..d0 * d1)
+        .map(|k| values[(k % d0) * d1 + k / d0])
+        .collect();
+    (vec![d1, d0], t)
+}
+
 /// HF key and PyTorch-layout values of every backbone parameter. LoRA adapters are left out;
 /// a 4-bit base cannot be exported (its projection has no dense weight parameter).
 pub fn backbone_state_dict<B: Backend>(backbone: &Backbone<B>) -> NamedTensors {
@@ -18,21 +44,11 @@ pub fn backbone_state_dict<B: Backend>(backbone: &Backbone<B>) -> NamedTensors {
     })
     .into_iter()
     .map(|(path, (shape, values))| {
-        if let Some(p) = path.strip_suffix(".base.weight") {
-            // Burn `[in, out]` → PyTorch `[out, in]`.
-            let (d_in, d_out) = (shape[0], shape[1]);
-            let t: Vec<f32> = (0..d_out * d_in)
-                .map(|k| values[(k % d_in) * d_out + k / d_in])
-                .collect();
-            (format!("{p}.weight"), (vec![d_out, d_in], t))
-        } else if let Some(p) = path.strip_suffix(".base.bias") {
-            (format!("{p}.bias"), (shape, values))
-        } else if let Some(p) = path.strip_suffix(".gamma") {
-            (format!("{p}.weight"), (shape, values))
-        } else if let Some(p) = path.strip_suffix(".beta") {
-            (format!("{p}.bias"), (shape, values))
+        let (key, transposed) = hf_name(&path);
+        if transposed {
+            (key, transpose2(&shape, &values))
         } else {
-            (path, (shape, values))
+            (key, (shape, values))
         }
     })
     .collect()

@@ -9,11 +9,11 @@ use tracknet_config::{
 };
 use tracknet_lora::{
     BiasMode, LoraError, LoraInit, LoraLinear, LoraSettings, ParamReport, TargetSpec, param_report,
-    select_targets, set_trainable,
+    saved_module_match, select_targets, set_trainable,
 };
 use tracknet_quant::{
     CodeBooks, ComputeDtype, LayerMemory, LinearInfo, MemoryReport, QuantBackend, QuantError,
-    QuantPlan, QuantSpec, QuantType, segment_match,
+    QuantPlan, QuantSpec, QuantType,
 };
 
 use crate::backbone::{Backbone, BackboneArch};
@@ -227,6 +227,26 @@ impl<B: QuantBackend> HeatmapModel<B> {
             })?;
         let adapted = targets.clone();
         let to_save = settings.modules_to_save.clone();
+        // Every `modules_to_save` entry must name a module of this model (backbone paths as in
+        // the HF model; `decoder`, `head`): one that names nothing would silently save nothing.
+        let mut all_params = Vec::new();
+        self.visit(&mut tracknet_lora::PathVisitor::new(
+            |p: &str, _: usize, _: bool| all_params.push(p.to_string()),
+        ));
+        let unmatched: Vec<&String> = to_save
+            .iter()
+            .filter(|m| !all_params.iter().any(|p| is_saved_module(p, m)))
+            .collect();
+        if !unmatched.is_empty() {
+            return Err(ModelError::Config {
+                key: "model.lora.modules_to_save".into(),
+                message: format!(
+                    "{unmatched:?} name no module of the model (PEFT's rule: a module path ending \
+                     with the name; backbone paths as in the Hugging Face model, e.g. `norm`; \
+                     ours from the model root: `decoder`, `head`)"
+                ),
+            });
+        }
         let bias = settings.bias;
         let patch = self
             .multi_frame()
@@ -239,7 +259,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
                 return Some(true);
             }
             let module = param.rsplit_once('.').map_or("", |(m, _)| m);
-            if to_save.iter().any(|m| segment_match(module, m)) {
+            if to_save.iter().any(|m| saved_module_match(param, m)) {
                 return Some(true);
             }
             // PEFT's bias="all" trains every parameter named like a bias, LayerNorm's
@@ -308,6 +328,106 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
             Ok(p)
         });
         out
+    }
+
+    /// What PEFT saves in the adapter besides the LoRA factors, keyed as PEFT keys them (without
+    /// `base_model.model.`), PyTorch layout: biases trained by `bias: all | lora_only`
+    /// (`….q_proj.base_layer.bias` on an adapted layer, as PEFT's wrapper names it) and every
+    /// parameter of a `modules_to_save` module (`norm.weight`; `decoder.…`, `head.…` for ours).
+    pub fn adapter_extras(&self, settings: &LoraSettings) -> tracknet_lora::params::NamedTensors {
+        let adapted: Vec<String> = self.adapters().into_iter().map(|(p, _, _)| p).collect();
+        let params = tracknet_lora::params::collect_params::<B, _>(self, |p, _| {
+            !(p.contains(".lora_a.") || p.contains(".lora_b."))
+        });
+        let mut out = tracknet_lora::params::NamedTensors::new();
+        for (path, (shape, values)) in params {
+            let rel = path.strip_prefix("backbone.");
+            let in_backbone = rel.is_some();
+            let rel = rel.unwrap_or(&path);
+            let module = rel.rsplit_once('.').map_or("", |(m, _)| m);
+            let owner = module.strip_suffix(".base").unwrap_or(module);
+            let is_adapted = adapted.iter().any(|t| t == owner);
+            let is_bias = rel.ends_with(".bias") || rel.ends_with(".beta");
+            let bias_saved = in_backbone
+                && is_bias
+                && match settings.bias {
+                    BiasMode::None => false,
+                    BiasMode::All => true,
+                    BiasMode::LoraOnly => is_adapted,
+                };
+            let module_saved = settings
+                .modules_to_save
+                .iter()
+                .any(|m| is_saved_module(&path, m));
+            if !(bias_saved || module_saved) {
+                continue;
+            }
+            let (mut key, transposed) = crate::export::hf_name(rel);
+            if is_adapted && let Some(p) = key.strip_suffix(".bias") {
+                key = format!("{p}.base_layer.bias");
+            }
+            let tensor = if transposed {
+                crate::export::transpose2(&shape, &values)
+            } else {
+                (shape, values)
+            };
+            out.insert(key, tensor);
+        }
+        out
+    }
+
+    /// Load what [`Self::adapter_extras`] (or PEFT) saved: keys as PEFT writes them or as
+    /// [`tracknet_lora::peft::LoadedAdapter::extra`] holds them. Every key must name a
+    /// parameter of this model with its shape, else one error lists the problems.
+    pub fn set_adapter_extras(
+        self,
+        extra: &tracknet_lora::params::NamedTensors,
+        file: &Path,
+    ) -> Result<Self, ModelError> {
+        // HF name → (model path, transposed) for every parameter.
+        let mut by_name = std::collections::BTreeMap::new();
+        self.visit(&mut tracknet_lora::PathVisitor::new(
+            |p: &str, _: usize, _: bool| {
+                let rel = p.strip_prefix("backbone.").unwrap_or(p);
+                let (name, transposed) = crate::export::hf_name(rel);
+                by_name.insert(name, (p.to_string(), transposed));
+            },
+        ));
+        let mut tensors = tracknet_lora::params::NamedTensors::new();
+        let mut unexpected = Vec::new();
+        for (key, (shape, values)) in extra {
+            // PEFT's wrapper names (`base_layer.`, `modules_to_save.`) name the base parameter.
+            let Some(key) = tracknet_lora::peft::peft_extra_key(key) else {
+                continue;
+            };
+            match by_name.get(&key) {
+                Some((path, true)) if shape.len() == 2 => {
+                    tensors.insert(path.clone(), crate::export::transpose2(shape, values));
+                }
+                Some((path, _)) => {
+                    tensors.insert(path.clone(), (shape.clone(), values.clone()));
+                }
+                None => unexpected.push(format!("base_model.model.{key}")),
+            }
+        }
+        let result = tracknet_lora::load_params(self, &tensors, &|_| false);
+        match result {
+            Ok(model) if unexpected.is_empty() => Ok(model),
+            Ok(_) => Err(LoraError::Mismatch {
+                path: file.to_path_buf(),
+                missing: Vec::new(),
+                unexpected,
+                mismatched: Vec::new(),
+            }
+            .into()),
+            Err(m) => Err(LoraError::Mismatch {
+                path: file.to_path_buf(),
+                missing: m.missing,
+                unexpected: [unexpected, m.unexpected].concat(),
+                mismatched: m.mismatched,
+            }
+            .into()),
+        }
     }
 
     /// Load PEFT adapter tensors by path (after [`tracknet_lora::peft::LoadedAdapter::assign`]).
@@ -388,6 +508,21 @@ fn load_backbone<B: QuantBackend>(
         Backbone::random(&arch, device)?,
         "random init (model.backbone architecture fields)".into(),
     ))
+}
+
+/// Whether the model parameter `path` (`backbone.…`, `decoder.…`, `head.…`) belongs to the
+/// `modules_to_save` entry `name`: inside the backbone by PEFT's rule on the Hugging Face path
+/// (as PEFT applied to the backbone model would match), in the decoder and head only for names
+/// given from the model root (`decoder`, `head`, `decoder.stages.1`), so that a backbone name
+/// like `norm` never reaches the decoder's norms.
+fn is_saved_module(path: &str, name: &str) -> bool {
+    match path.strip_prefix("backbone.") {
+        Some(rel) => saved_module_match(rel, name),
+        None => {
+            let root = name.split('.').next().unwrap_or("");
+            (root == "decoder" || root == "head") && is_under(path, name)
+        }
+    }
 }
 
 /// `param` is `prefix` itself or a parameter below it (`prefix.weight`).

@@ -271,7 +271,7 @@ fn modules_to_save_makes_the_final_norm_trainable() {
         .into_iter()
         .map(String::from)
         .collect();
-    // Only the final norm: `norm1` / `norm2` are other modules (whole-segment match).
+    // Only the final norm: `norm1` / `norm2` are other modules (PEFT's suffix rule).
     assert_eq!(trainable_backbone_non_adapter(&model), want);
     // The report counts them: adapters + what trains outside the backbone + the final norm
     // (the decoder/head accounting itself is checked in the test above).
@@ -319,6 +319,7 @@ fn gated_mlp_qlora_adapter_survives_save_and_load() {
         &dir,
         &AdapterConfig::from_settings(&settings, &paths, None),
         &adapters,
+        &Default::default(),
     )
     .unwrap();
     let loaded = load_adapter(&dir).unwrap();
@@ -446,4 +447,80 @@ fn sequence_patch_embedding_trains_while_the_base_backbone_stays_frozen() {
     assert!(trainable_backbone_non_adapter(&m).len() > 2);
     let m = m.set_backbone_base_trainable(false);
     assert_eq!(trainable_backbone_non_adapter(&m), embedding);
+}
+
+#[test]
+fn modules_to_save_reach_the_decoder_and_head_and_go_into_the_adapter() {
+    // `[norm, head]`: the backbone's final norm by PEFT's rule, our head by its model-root name;
+    // both are written with the adapter (PEFT names, PyTorch layout) and read back.
+    let model = build(&[
+        "model.lora.target_modules=null",
+        "model.lora.modules_to_save=[norm,head]",
+        "model.lora.bias=lora_only",
+    ]);
+    let cfg = small(&[
+        "model.lora.target_modules=null",
+        "model.lora.modules_to_save=[norm,head]",
+        "model.lora.bias=lora_only",
+    ]);
+    let settings = tracknet_vit::model::lora_settings(&cfg.model);
+    let extra = model.adapter_extras(&settings);
+    let keys: BTreeSet<&str> = extra.keys().map(String::as_str).collect();
+    assert!(
+        keys.contains("norm.weight") && keys.contains("norm.bias"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains("head.conv.weight") && keys.contains("head.conv.bias"),
+        "{keys:?}"
+    );
+    // lora_only: the adapted projections' biases, under PEFT's wrapper name.
+    assert!(
+        keys.contains("model.layer.0.attention.q_proj.base_layer.bias"),
+        "{keys:?}"
+    );
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("norm1") || k.starts_with("decoder.")),
+        "{keys:?}"
+    );
+    // Read back into a model with other values: the saved ones come back exactly.
+    let other = build(&[
+        "model.lora.target_modules=null",
+        "model.lora.modules_to_save=[norm,head]",
+        "model.lora.bias=lora_only",
+        "training.seed=99",
+    ]);
+    let mut changed = extra.clone();
+    for (_, v) in changed.values_mut() {
+        v.iter_mut().for_each(|x| *x += 0.5);
+    }
+    let reloaded = other
+        .set_adapter_extras(&changed, std::path::Path::new("adapter_model.safetensors"))
+        .unwrap();
+    let back = reloaded.adapter_extras(&settings);
+    assert_eq!(back, changed);
+    // A name that matches no module is refused, naming the key.
+    let cfg = small(&[
+        "model.lora.target_modules=null",
+        "model.lora.modules_to_save=[classifier]",
+    ]);
+    let err = HeatmapModel::<AD>::from_config(&cfg.model, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("model.lora.modules_to_save")
+            && err.to_string().contains("classifier"),
+        "{err}"
+    );
+    // An extra tensor the model has no parameter for is named.
+    let mut bad = extra.clone();
+    bad.insert(
+        "model.layer.9.norm1.bias".into(),
+        (vec![HIDDEN], vec![0.0; HIDDEN]),
+    );
+    let err = model
+        .set_adapter_extras(&bad, std::path::Path::new("adapter_model.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.layer.9.norm1.bias"), "{err}");
 }

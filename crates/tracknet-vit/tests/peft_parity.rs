@@ -197,7 +197,7 @@ fn peft_adapter_save_and_reload_gives_identical_output() {
         &targets,
         Some(base_abs.to_string_lossy().into_owned()),
     );
-    save_adapter(&out_dir, &config, &adapters).unwrap();
+    save_adapter(&out_dir, &config, &adapters, &Default::default()).unwrap();
 
     // The saved tensors are exactly PEFT's.
     let ours = load_adapter(&out_dir).unwrap();
@@ -284,11 +284,127 @@ fn gated_mlp_adapter_save_then_load_gives_identical_output() {
         &targets,
         Some(base_dir.to_string_lossy().into_owned()),
     );
-    save_adapter(&out_dir, &config, &adapters).unwrap();
+    save_adapter(&out_dir, &config, &adapters, &Default::default()).unwrap();
 
     let (reloaded, _, targets2) = backbone_with_adapter(&out_dir);
     let _ = std::fs::remove_dir_all(&out_dir);
     assert_eq!(targets2, targets);
     let after = reloaded.forward(pixels).last_hidden_state;
     assert_eq!(max_abs(before, after), 0.0);
+}
+
+/// The tiny fixture backbone in a heatmap model (decoder sized to its width), LoRA off.
+fn fixture_model(base: &Path) -> tracknet_vit::model::HeatmapModel<B> {
+    let cfg = tracknet_config::RunConfig::default()
+        .with_overrides(&[
+            format!("model.backbone.weights={}", base.display()),
+            "model.pretrained_model_name=null".into(),
+            "model.decoder.channels=[64,16]".into(),
+            "model.decoder.upsample=[2]".into(),
+            "model.heatmap.size=[24,16]".into(),
+            "data.preprocess.resize=[96,64]".into(),
+        ])
+        .unwrap();
+    tracknet_vit::model::HeatmapModel::<B>::from_config(&cfg.model, &Default::default())
+        .unwrap()
+        .0
+}
+
+#[test]
+fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
+    // Made by PEFT with `bias="all"`, `modules_to_save=["norm"]` and every trainable tensor
+    // perturbed: the file holds the LoRA factors, every backbone bias (`base_layer.bias` on
+    // adapted layers) and the saved norm (plus PEFT's `original_module` copy, ignored).
+    let root = fixtures().join("peft_extras");
+    let adapter_dir = root.join("adapter");
+    let loaded = load_adapter(need(&adapter_dir)).unwrap();
+    assert!(
+        loaded.extra.contains_key("norm.weight"),
+        "{:?}",
+        loaded.extra.keys()
+    );
+    assert!(
+        loaded
+            .extra
+            .contains_key("model.layer.0.attention.q_proj.bias")
+    );
+    let settings = loaded.config.to_settings(&adapter_dir).unwrap();
+    let base = resolve_base(
+        &adapter_dir,
+        loaded.config.base_model_name_or_path.as_deref().unwrap(),
+    );
+    let device = Default::default();
+    let (model, targets) = fixture_model(need(&base))
+        .add_lora(&settings, &device)
+        .unwrap();
+    let infos = model.projection_infos();
+    let dims = |p: &str| {
+        infos
+            .iter()
+            .find(|i| i.path == p)
+            .map(|i| (i.in_features, i.out_features))
+    };
+    let assigned = loaded.assign(&targets, &dims).unwrap();
+    let tensors: BTreeMap<String, _> = assigned
+        .iter()
+        .map(|(p, t)| (p.clone(), t.to_tensors::<B>(&device)))
+        .collect();
+    let weights = adapter_dir.join(WEIGHTS_FILE);
+    let model = model
+        .set_adapters(&tensors)
+        .unwrap()
+        .set_adapter_extras(&loaded.extra, &weights)
+        .unwrap();
+    let io = read_safetensors(need(&root.join("io.safetensors"))).unwrap();
+    let x: Tensor<B, 4> = io["pixel_values"].to_tensor(&device).unwrap();
+    let want: Tensor<B, 3> = io["last_hidden_state"].to_tensor(&device).unwrap();
+    let got = model.backbone.forward(x.clone()).last_hidden_state;
+    let max = max_abs(got, want.clone());
+    assert!(max < 1e-4, "max |ours - PEFT| = {max}");
+    // Without the biases and the saved norm the output is not PEFT's: they matter.
+    let bare = fixture_model(&base)
+        .add_lora(&settings, &device)
+        .unwrap()
+        .0
+        .set_adapters(&tensors)
+        .unwrap();
+    let off = max_abs(bare.backbone.forward(x).last_hidden_state, want);
+    assert!(off > 1e-2, "the extras changed nothing: {off}");
+
+    // What we write is what PEFT wrote (less its `original_module` / `modules_to_save.` copies).
+    let ours = model.adapter_extras(&settings);
+    let raw = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&raw).unwrap();
+    let peft: std::collections::BTreeSet<String> = st
+        .names()
+        .into_iter()
+        .filter(|k| {
+            !k.contains("lora_") && !k.contains("original_module") && !k.contains("modules_to_save")
+        })
+        .map(|k| k.strip_prefix("base_model.model.").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ours.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        peft
+    );
+    for (k, (_, v)) in &ours {
+        let norm = tracknet_lora::peft::peft_extra_key(k).unwrap();
+        let (_, want) = &loaded.extra[&norm];
+        assert_eq!(v, want, "{k}");
+    }
+    // And it reloads to the same model.
+    let out_dir = std::env::temp_dir().join(format!("tracknet-peft-extras-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let adapters: Vec<AdapterTensors> = model
+        .adapters()
+        .into_iter()
+        .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
+        .collect();
+    let config = AdapterConfig::from_settings(&settings, &targets, Some("../dinov3".into()));
+    save_adapter(&out_dir, &config, &adapters, &ours).unwrap();
+    let again = load_adapter(&out_dir).unwrap();
+    let _ = std::fs::remove_dir_all(&out_dir);
+    assert_eq!(again.extra, loaded.extra);
 }
