@@ -59,6 +59,14 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// Whether the backbone comes from a snapshot (`weights`, or `pretrained` with
+    /// `pretrained_model_name`): its `config.json`, not the architecture fields, then decides
+    /// the patch size and widths.
+    pub fn loads_snapshot(&self) -> bool {
+        self.backbone.weights.is_some()
+            || (self.backbone.pretrained && self.pretrained_model_name.is_some())
+    }
+
     /// Whether pretrained weights are to be loaded: `backbone.pretrained` and either
     /// `backbone.weights` or `pretrained_model_name` is set.
     pub fn uses_pretrained(&self) -> bool {

@@ -329,7 +329,11 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
             "data.preprocess.resize",
             format!("expected [W, H] with both ≥ 1, got {r:?}"),
         );
-    } else if patch > 0 && (!r[0].is_multiple_of(patch) || !r[1].is_multiple_of(patch)) {
+    } else if patch > 0
+        && !cfg.model.loads_snapshot()
+        && (!r[0].is_multiple_of(patch) || !r[1].is_multiple_of(patch))
+    {
+        // With a snapshot the snapshot's own patch size decides; the model build checks it.
         c.push(
             "data.preprocess.resize",
             format!(

@@ -23,6 +23,8 @@ pub enum IssueKind {
     BlankCoordinates,
     /// An image that could not be decoded (found at load time).
     Decode,
+    /// A `Label.csv` that is neither UTF-8 nor BOM-marked UTF-16.
+    BadEncoding,
 }
 
 impl IssueKind {
@@ -36,6 +38,7 @@ impl IssueKind {
             IssueKind::DuplicateRow => "duplicate row",
             IssueKind::BlankCoordinates => "visible with blank coordinates",
             IssueKind::Decode => "undecodable image",
+            IssueKind::BadEncoding => "undecodable Label.csv text",
         }
     }
 }

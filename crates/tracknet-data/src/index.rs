@@ -252,7 +252,22 @@ fn scan_clip(
             &mut rep.skipped,
         );
     }
-    let text = std::fs::read_to_string(&csv).map_err(|e| DataError::io(&csv, "read", e))?;
+    let bytes = std::fs::read(&csv).map_err(|e| DataError::io(&csv, "read", e))?;
+    let text = match decode_text(&bytes) {
+        Ok(text) => text,
+        Err(message) => {
+            return report(
+                Issue {
+                    file: csv,
+                    line: None,
+                    kind: IssueKind::BadEncoding,
+                    message: format!("{message}; clip skipped"),
+                },
+                strict,
+                &mut rep.skipped,
+            );
+        }
+    };
     let mut lines = text.lines().enumerate();
     let header_ok = lines.next().is_some_and(|(_, h)| {
         let fields: Vec<String> = h
@@ -334,6 +349,40 @@ fn scan_clip(
     clip_frames.sort_by_key(|f| natural_key(&f.frame_name));
     index.frames.extend(clip_frames);
     Ok(())
+}
+
+/// `Label.csv` text: UTF-8 (a BOM is dropped), or UTF-16 LE/BE when it starts with that BOM
+/// (what spreadsheet tools on Windows write as "Unicode text").
+fn decode_text(bytes: &[u8]) -> Result<String, String> {
+    let utf16 = |big_endian: bool| {
+        let units: Vec<u16> = bytes[2..]
+            .chunks(2)
+            .map(|c| match c {
+                [a, b] if big_endian => u16::from_be_bytes([*a, *b]),
+                [a, b] => u16::from_le_bytes([*a, *b]),
+                _ => 0xFFFD,
+            })
+            .collect();
+        let order = if big_endian { "BE" } else { "LE" };
+        String::from_utf16(&units).map_err(|_| {
+            format!(
+                "expected UTF-16 {order} text after its byte-order mark, found invalid code units"
+            )
+        })
+    };
+    match bytes {
+        [0xFF, 0xFE, ..] => utf16(false),
+        [0xFE, 0xFF, ..] => utf16(true),
+        _ => {
+            let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+            String::from_utf8(body.to_vec()).map_err(|e| {
+                let at = e.utf8_error().valid_up_to() + (bytes.len() - body.len());
+                format!(
+                    "expected UTF-8 text (or UTF-16 with a byte-order mark), found an invalid byte at offset {at}"
+                )
+            })
+        }
+    }
 }
 
 struct Row {

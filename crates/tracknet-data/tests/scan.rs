@@ -221,3 +221,43 @@ fn corrupt_jpeg_is_skipped_at_load_time_or_fails_when_strict() {
     let err = results.into_iter().next().unwrap().unwrap_err();
     assert!(err.to_string().contains("0003.jpg"), "{err}");
 }
+
+#[test]
+fn utf16_label_csv_is_decoded_and_undecodable_text_skips_only_its_clip() {
+    let dir = TempDir::new("scan-encoding");
+    let csv = "file name,visibility,x-coordinate,y-coordinate,status\r\n0000.jpg,1,3,4,0\r\n";
+    let utf16le: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(csv.encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let utf16be: Vec<u8> = [0xFE, 0xFF]
+        .into_iter()
+        .chain(csv.encode_utf16().flat_map(u16::to_be_bytes))
+        .collect();
+    let utf8bom: Vec<u8> = [0xEF, 0xBB, 0xBF].into_iter().chain(csv.bytes()).collect();
+    // A lone 0xE9 (Latin-1 "é") is not UTF-8.
+    let mut broken = csv.as_bytes().to_vec();
+    broken.insert(60, 0xE9);
+    for (clip, bytes) in [
+        ("Clip1", utf16le),
+        ("Clip2", utf16be),
+        ("Clip3", utf8bom),
+        ("Clip4", broken),
+    ] {
+        let dir = dir.path().join("game1").join(clip);
+        std::fs::create_dir_all(&dir).unwrap();
+        write_jpeg(&dir.join("0000.jpg"), 8, 8);
+        std::fs::write(dir.join("Label.csv"), bytes).unwrap();
+    }
+    let (index, report) = DatasetIndex::scan(dir.path(), &games(&["game1"]), false).unwrap();
+    // The three readable encodings give the same row; the fourth clip is reported, not fatal.
+    assert_eq!(index.len(), 3, "{report}");
+    assert!(index.frames.iter().all(|f| f.xy == Some((3.0, 4.0))));
+    assert_eq!(report.count(IssueKind::BadEncoding), 1, "{report}");
+    let issue = &report.skipped[0];
+    assert!(issue.file.ends_with("game1/Clip4/Label.csv"), "{issue}");
+    assert!(issue.message.contains("offset 60"), "{issue}");
+    // Strict: the same clip is an error naming the file.
+    let err = DatasetIndex::scan(dir.path(), &games(&["game1"]), true).unwrap_err();
+    assert!(err.to_string().contains("Clip4/Label.csv"), "{err}");
+}

@@ -416,6 +416,9 @@ fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
         }
         DeviceSpec::Cuda(_) => return Err(cuda_missing_or_todo()),
     };
+    if let Some(line) = crate::eval::skip_report("evaluation", &result.skipped) {
+        eprintln!("{line}");
+    }
     println!("{} ({})", summary_line(&result), ckpt.display());
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),

@@ -59,6 +59,8 @@ pub struct EvalResult {
     pub previews: Vec<Preview>,
     /// Heatmap `(H, W)`.
     pub heatmap_hw: (usize, usize),
+    /// Frames the loader skipped (undecodable images), with path and reason.
+    pub skipped: Vec<tracknet_data::Issue>,
 }
 
 /// Evaluate `model` on `index` (no autodiff: pass `model.valid()` during training).
@@ -71,7 +73,7 @@ pub fn evaluate<B: QuantBackend>(
     device: &B::Device,
 ) -> Result<EvalResult, TrainError> {
     let loss_fn = loss_from_config(cfg);
-    let loader = BatchLoader::new(
+    let mut loader = BatchLoader::new(
         index,
         loader_options(cfg, 0, false, cfg.training.batch_size),
     )?;
@@ -79,7 +81,7 @@ pub fn evaluate<B: QuantBackend>(
     let (mut loss_sum, mut batches) = (0.0, 0usize);
     let mut previews = Vec::new();
     let mut heatmap_hw = (0, 0);
-    for batch in loader.take(max_batches.unwrap_or(usize::MAX)) {
+    for batch in loader.by_ref().take(max_batches.unwrap_or(usize::MAX)) {
         let batch = batch?;
         let (x, y, m) = batch_tensors::<B>(&batch, 0..batch.batch_size, device);
         let pred = model.try_forward(x)?;
@@ -111,7 +113,25 @@ pub fn evaluate<B: QuantBackend>(
         metrics: acc.finish(),
         previews,
         heatmap_hw,
+        skipped: loader.report().skipped.clone(),
     })
+}
+
+/// The loader's skip report as printed after an epoch or an evaluation: one line with the
+/// count, then each frame with its reason (as the scan reports Label.csv problems). `None`
+/// when nothing was skipped.
+pub fn skip_report(what: &str, skipped: &[tracknet_data::Issue]) -> Option<String> {
+    if skipped.is_empty() {
+        return None;
+    }
+    let mut s = format!("{what}: skipped {} undecodable frame(s)", skipped.len());
+    for issue in skipped.iter().take(20) {
+        s.push_str(&format!("\n  {issue}"));
+    }
+    if skipped.len() > 20 {
+        s.push_str(&format!("\n  ... and {} more", skipped.len() - 20));
+    }
+    Some(s)
 }
 
 /// Write one overlay PNG per preview into `dir` as `<prefix>-<i>.png`.

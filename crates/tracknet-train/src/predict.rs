@@ -57,6 +57,7 @@ pub fn load_run_model<B: QuantBackend>(
     B::seed(device, cfg.training.seed);
     let (model, _) =
         HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
+    model.check_input_size(cfg.data.preprocess.resize)?;
     load_trainable(ckpt, cfg, model)
 }
 

@@ -25,7 +25,7 @@ use crate::checkpoint::{
 };
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
-use crate::eval::{evaluate, loss_from_config, summary_line, write_previews};
+use crate::eval::{evaluate, loss_from_config, skip_report, summary_line, write_previews};
 use crate::optim::{OptimKind, Optimizer, accumulate, clip_grads, grad_norm, params_finite};
 use crate::progress::{Progress, fmt_secs};
 use crate::schedule::LrSchedule;
@@ -123,6 +123,7 @@ where
     B::seed(device, t.seed);
     let (model, build) =
         HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
+    model.check_input_size(cfg.data.preprocess.resize)?;
     say(&format!("backbone: {}", build.backbone_source));
     if let Some(note) = &build.input_note {
         say(note);
@@ -248,13 +249,13 @@ where
             let trains = epoch > t.backbone_freeze_epochs;
             model = model.set_backbone_base_trainable(trains);
         }
-        let loader = BatchLoader::new(
+        let mut loader = BatchLoader::new(
             splits.train.clone(),
             loader_options(cfg, epoch, true, batch_size),
         )?;
         let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every, opts.quiet);
         let (mut loss_sum, mut steps) = (0.0, 0usize);
-        for (i, batch) in loader.take(steps_per_epoch).enumerate() {
+        for (i, batch) in loader.by_ref().take(steps_per_epoch).enumerate() {
             let batch = batch?;
             // Per-step seed: dropout masks are a function of the step, so a resumed run draws
             // the same ones as an uninterrupted run.
@@ -323,6 +324,12 @@ where
             progress.step(i + 1, loss_sum / steps as f64, lr);
         }
 
+        if let Some(line) =
+            skip_report(&format!("epoch {epoch} training"), &loader.report().skipped)
+        {
+            say(&line);
+        }
+        drop(loader);
         let r = evaluate(
             &model.valid(),
             splits.val.clone(),
@@ -331,6 +338,9 @@ where
             t.preview_frames,
             device,
         )?;
+        if let Some(line) = skip_report(&format!("epoch {epoch} validation"), &r.skipped) {
+            say(&line);
+        }
         if t.preview_frames > 0 {
             fs::create_dir_all(&preview_dir).map_err(io_err(&preview_dir))?;
             write_previews(&preview_dir, &format!("epoch-{epoch:03}"), &r)?;

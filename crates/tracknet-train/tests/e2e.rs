@@ -420,6 +420,11 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
     cfg.save(&cfg_path).unwrap();
     let run = root.join("run");
     let tracknet = || Command::new(env!("CARGO_BIN_EXE_tracknet"));
+    // A corrupt training frame (non-strict): its samples are skipped and each epoch says so,
+    // naming the file, instead of skipping silently.
+    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    let corrupt = root.join("data/game1/Clip1/0003.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8 not a jpeg").unwrap();
     let out = tracknet()
         .args(["train", "--config"])
         .arg(&cfg_path)
@@ -433,6 +438,10 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
         log.contains("input: 3 frames stacked on the channel axis (9 channels)")
             && log.contains("backbone.embeddings.patch_embeddings.weight [32, 9, 16, 16]"),
         "the parameter report shows the 9-channel patch embedding:\n{log}"
+    );
+    assert!(
+        log.contains("epoch 1 training: skipped") && log.contains("game1/Clip1/0003.jpg"),
+        "the epoch reports the undecodable frame:\n{log}"
     );
     // The embedding trained and was saved with the run.
     let (saved, _) = read_safetensors(

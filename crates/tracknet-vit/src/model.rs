@@ -284,6 +284,22 @@ impl<B: QuantBackend> HeatmapModel<B> {
         self.head.forward(self.decoder.forward(x))
     }
 
+    /// Checks the input size `[W, H]` (`data.preprocess.resize`) against the backbone as built
+    /// — a snapshot's own patch size, not `model.backbone.patch_size` — before any step runs.
+    pub fn check_input_size(&self, resize: [usize; 2]) -> Result<(), ModelError> {
+        let patch = self.backbone.patch_size();
+        if resize.iter().any(|&v| v == 0 || !v.is_multiple_of(patch)) {
+            return Err(ModelError::Config {
+                key: "data.preprocess.resize".into(),
+                message: format!(
+                    "expected [W, H] both positive multiples of the backbone's patch size \
+                     {patch}, got {resize:?}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// As [`Self::forward`], with the input shape checked first (a clear error, not a panic).
     pub fn try_forward(&self, images: Tensor<B, 4>) -> Result<Tensor<B, 4>, ModelError> {
         self.backbone.check_input(images.dims())?;

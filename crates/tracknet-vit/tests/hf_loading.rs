@@ -623,3 +623,53 @@ fn invalid_random_configs_are_errors_not_panics() {
         assert!(matches!(err, VitError::Config { .. }), "{err}");
     }
 }
+
+#[test]
+fn input_size_is_checked_against_the_snapshots_patch_size_not_the_configs() {
+    // The fixture snapshot uses 16-pixel patches; the config says 12.
+    let snapshot = fixtures().join("dinov3");
+    let cfg = |resize: &str| {
+        tracknet_config::RunConfig::default()
+            .with_overrides(&[
+                format!("model.backbone.weights={}", snapshot.display()),
+                "model.pretrained_model_name=null".into(),
+                "model.backbone.patch_size=12".into(),
+                "model.decoder.channels=[64,16]".into(),
+                "model.decoder.upsample=[2]".into(),
+                "model.heatmap.size=[12,8]".into(),
+                format!("data.preprocess.resize={resize}"),
+            ])
+            .unwrap()
+    };
+    let device = Default::default();
+    // 96×64 fits 16-pixel patches (not 12): valid, and the built model agrees.
+    let ok = cfg("[96,64]");
+    ok.validate()
+        .expect("the snapshot's patch size decides, not the config's");
+    let (model, _) =
+        tracknet_vit::model::HeatmapModel::<NdArray>::from_config(&ok.model, &device).unwrap();
+    model.check_input_size(ok.data.preprocess.resize).unwrap();
+    // 72×48 fits 12 but not 16: refused by the model check, naming the key and the size.
+    let bad = cfg("[72,48]");
+    bad.validate().unwrap();
+    let err = model
+        .check_input_size(bad.data.preprocess.resize)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.preprocess.resize") && err.contains("patch size 16"),
+        "{err}"
+    );
+    // Without a snapshot the config's patch size is the model's, checked at validation.
+    let random = tracknet_config::RunConfig::default().with_overrides(&[
+        "model.backbone.pretrained=false".into(),
+        "model.pretrained_model_name=null".into(),
+        "model.heatmap.size=[12,8]".into(),
+        "data.preprocess.resize=[72,48]".into(),
+    ]);
+    let err = match random.and_then(|c| c.validate().map(|_| c)) {
+        Ok(_) => panic!("72×48 does not fit 16-pixel patches"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("data.preprocess.resize"), "{err}");
+}
