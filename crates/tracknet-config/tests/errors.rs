@@ -298,7 +298,9 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
         Some("model.backbone"),
     ),
     (
-        "data: {preprocess: {resize: [500, 288]}}",
+        // Random init: the config's patch size is the model's (a snapshot's own is checked when
+        // the model is built: `hf_loading::input_size_is_checked_against_the_snapshots_patch_size_not_the_configs`).
+        "{model: {backbone: {pretrained: false}}, data: {preprocess: {resize: [500, 288]}}}",
         "data.preprocess.resize",
         "divisible by model.backbone.patch_size (16)",
         None,

@@ -211,4 +211,30 @@ mod tests {
         assert!(!foreign.join("game1/Clip1").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn max_frames_per_split_caps_each_split_and_prefetch_follows_the_loader_keys() {
+        let dir = std::env::temp_dir().join(format!("tracknet-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cfg = config(&dir.join("set"), 4);
+        if let Some(s) = cfg.data.synthetic.as_mut() {
+            (s.games, s.frames) = (2, 6);
+        }
+        cfg.data.split.train_games = vec!["game1".into()];
+        cfg.data.split.val_games = vec!["game2".into()];
+        ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+        let all = scan_splits(&cfg).unwrap();
+        assert_eq!((all.train.len(), all.val.len()), (6, 6));
+        cfg.data.max_frames_per_split = Some(4);
+        let capped = scan_splits(&cfg).unwrap();
+        assert_eq!((capped.train.len(), capped.val.len()), (4, 4));
+        // The first frames in index order are kept.
+        assert_eq!(capped.train.frames[..], all.train.frames[..4]);
+        // `prefetch_factor` batches per worker in flight; `num_workers` threads.
+        cfg.training.data_loader.prefetch_factor = 3;
+        cfg.training.data_loader.num_workers = 2;
+        let o = loader_options(&cfg, 1, true, 4);
+        assert_eq!((o.prefetch, o.num_workers), (6, 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -167,3 +167,74 @@ pub fn summary_line(r: &EvalResult) -> String {
         r.loss, m.precision, m.recall, m.f1, m.accuracy, m.pck, m.mean_l2, m.frames, m.visible
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    fn cfg(yaml: &str) -> RunConfig {
+        RunConfig::from_yaml_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn focal_alpha_and_beta_from_the_config_shape_the_loss() {
+        // α = 1, β = 2 on a positive pixel and a soft (shoulder) pixel, by hand.
+        let loss = loss_from_config(&cfg(
+            "training: {loss: {name: focal, focal_alpha: 1.0, focal_beta: 2.0}}",
+        ));
+        let t = |v: &[f32]| {
+            Tensor::<NdArray, 1>::from_floats(v, &Default::default()).reshape([v.len(), 1, 1, 1])
+        };
+        let (logits, target) = ([0.3f32, -1.2], [1.0f32, 0.25]);
+        let got = loss
+            .forward(t(&logits), t(&target), t(&[1.0, 1.0]))
+            .into_scalar() as f64;
+        let (alpha, beta) = (1.0, 2.0);
+        let mut want = 0.0;
+        for (x, y) in logits.iter().zip(target) {
+            let p = 1.0 / (1.0 + (-f64::from(*x)).exp());
+            let y = f64::from(y);
+            want -= y * (1.0 - p).powf(alpha) * p.ln()
+                + (1.0 - y).powf(beta) * p.powf(alpha) * (1.0 - p).ln();
+        }
+        want /= 1.25; // normalised by the positive mass, as the default-α test
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        let default = loss_from_config(&cfg("training: {loss: {name: focal}}"))
+            .forward(t(&logits), t(&target), t(&[1.0, 1.0]))
+            .into_scalar() as f64;
+        assert!((default - got).abs() > 1e-3);
+    }
+
+    #[test]
+    fn eval_threshold_and_pck_radius_from_the_config_decide_the_metrics() {
+        // One visible ball at (10, 5); the heatmap peaks at 0.8, two pixels to the right.
+        let (w, h) = (32usize, 16usize);
+        let mut heat = vec![0.0f32; w * h];
+        heat[5 * w + 12] = 0.8;
+        let meta = SampleMeta {
+            index: 0,
+            path: "x.jpg".into(),
+            inputs: vec!["x.jpg".into()],
+            visibility: 1,
+            xy_orig: Some((10.0, 5.0)),
+            xy_heatmap: Some((10.0, 5.0)),
+            orig_size: (w as u32, h as u32),
+            flipped: false,
+        };
+        let run = |yaml: &str| {
+            let mut acc = MetricsAccumulator::new(metric_options(&cfg(yaml)));
+            acc.update(&heat, std::slice::from_ref(&meta), (h, w)).unwrap();
+            acc.finish()
+        };
+        let loose = run("training: {eval: {threshold: 0.5, pck_radius: 3.0, tolerance_px: 64.0}}");
+        assert_eq!((loose.tp, loose.fn_), (1, 0));
+        assert_eq!(loose.pck, 1.0);
+        // A threshold above the peak: the same heatmap is a miss.
+        let strict = run("training: {eval: {threshold: 0.85, tolerance_px: 64.0}}");
+        assert_eq!((strict.tp, strict.fn_), (0, 1));
+        // A radius below the 2-pixel error: not within PCK.
+        let tight = run("training: {eval: {threshold: 0.5, pck_radius: 1.0, tolerance_px: 64.0}}");
+        assert_eq!(tight.pck, 0.0);
+    }
+}

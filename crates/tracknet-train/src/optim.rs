@@ -367,4 +367,75 @@ mod tests {
             "{steps:?}"
         );
     }
+
+    /// `training.optimizer` from YAML, two steps with gradients 0.5 then 2.0 on every element of
+    /// a 2×3 Linear (initialised to known values), against torch's update rules in f64.
+    fn two_steps(yaml: &str) -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let cfg = tracknet_config::RunConfig::from_yaml_str(&format!(
+            "training: {{optimizer: {yaml}}}"
+        ))
+        .unwrap();
+        let kind = OptimKind::from_config(&cfg.training.optimizer);
+        let mut lin = LinearConfig::new(2, 3).init::<AD>(&device);
+        lin.weight = Param::from_tensor(
+            Tensor::<AD, 2>::from_floats([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], &device)
+                .require_grad(),
+        );
+        let w0 = values(&lin.weight);
+        let mut opt = Optimizer::<IB>::new(kind);
+        for g in [0.5f32, 2.0] {
+            let mut grads = GradientsParams::new();
+            grads.register::<IB, 2>(lin.weight.id, Tensor::full([2, 3], g, &device));
+            lin = opt.step(lin, grads, 0.1);
+        }
+        (w0, values(&lin.weight))
+    }
+
+    #[test]
+    fn optimizer_keys_give_torchs_update_rules() {
+        let lr = 0.1f64;
+        let grads = [0.5f64, 2.0];
+        // AdamW with non-default betas, eps and weight decay (torch.optim.AdamW).
+        let (b1, b2, eps, wd) = (0.5f64, 0.6f64, 0.3f64, 0.2f64);
+        let (w0, got) = two_steps("{name: adamw, betas: [0.5, 0.6], eps: 0.3, weight_decay: 0.2}");
+        for (p0, got) in w0.iter().zip(&got) {
+            let (mut p, mut m, mut v) = (f64::from(*p0), 0.0, 0.0);
+            for (t, g) in grads.iter().enumerate() {
+                let t = (t + 1) as i32;
+                p *= 1.0 - lr * wd;
+                m = b1 * m + (1.0 - b1) * g;
+                v = b2 * v + (1.0 - b2) * g * g;
+                let denom = (v.sqrt() / (1.0 - b2.powi(t)).sqrt()) + eps;
+                p -= lr / (1.0 - b1.powi(t)) * m / denom;
+            }
+            assert!((p - f64::from(*got)).abs() < 1e-5, "adamw {p0}: {p} vs {got}");
+        }
+        // The defaults give another result: each of the keys above matters.
+        let (_, default) = two_steps("{name: adamw}");
+        for other in [
+            "{name: adamw, betas: [0.5, 0.6], eps: 0.3}",
+            "{name: adamw, betas: [0.5, 0.6], weight_decay: 0.2}",
+            "{name: adamw, eps: 0.3, weight_decay: 0.2}",
+        ] {
+            let (_, o) = two_steps(other);
+            assert_ne!(o, got, "{other}");
+        }
+        assert_ne!(default, got);
+        // SGD with momentum and L2 weight decay (torch.optim.SGD, dampening 0).
+        let (mom, wd) = (0.8f64, 0.2f64);
+        let (w0, got) = two_steps("{name: sgd, momentum: 0.8, weight_decay: 0.2}");
+        for (p0, got) in w0.iter().zip(&got) {
+            let (mut p, mut buf) = (f64::from(*p0), None::<f64>);
+            for g in grads {
+                let d = g + wd * p;
+                let b = buf.map_or(d, |b| mom * b + d);
+                buf = Some(b);
+                p -= lr * b;
+            }
+            assert!((p - f64::from(*got)).abs() < 1e-5, "sgd {p0}: {p} vs {got}");
+        }
+        let (_, no_momentum) = two_steps("{name: sgd, momentum: 0.0, weight_decay: 0.2}");
+        assert_ne!(no_momentum, got);
+    }
 }

@@ -19,6 +19,18 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// `training.optimizer.lr` and `training.scheduler` over `epochs × steps_per_epoch` steps.
+    pub fn from_config(t: &tracknet_config::TrainingConfig, steps_per_epoch: usize) -> Self {
+        LrSchedule {
+            base_lr: t.optimizer.lr,
+            min_lr: t.scheduler.min_lr,
+            warmup_steps: t.scheduler.warmup_epochs * steps_per_epoch,
+            warmup_start_factor: t.scheduler.warmup_start_factor,
+            total_steps: t.epochs * steps_per_epoch,
+            cosine: t.scheduler.name == tracknet_config::SchedulerName::Cosine,
+        }
+    }
+
     /// Learning rate of step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
@@ -56,5 +68,27 @@ mod tests {
         assert!(s.lr(110).abs() < 1e-12);
         let c = LrSchedule { cosine: false, ..s };
         assert_eq!(c.lr(100), 1.0);
+    }
+
+    #[test]
+    fn scheduler_keys_from_the_config() {
+        let t = tracknet_config::RunConfig::from_yaml_str(
+            "training: {epochs: 5, optimizer: {lr: 2.0}, scheduler: {name: cosine, warmup_epochs: 1, \
+             warmup_start_factor: 0.5, min_lr: 0.25}}",
+        )
+        .unwrap()
+        .training;
+        let s = LrSchedule::from_config(&t, 10);
+        assert_eq!(s.lr(0), 1.0, "warmup starts at lr × warmup_start_factor");
+        assert_eq!(s.lr(10), 2.0, "the peak after warmup_epochs × steps");
+        assert!((s.lr(50) - 0.25).abs() < 1e-12, "the cosine ends at min_lr");
+        assert!(s.lr(30) > 0.25 && s.lr(30) < 2.0);
+        let constant = LrSchedule::from_config(
+            &tracknet_config::RunConfig::from_yaml_str("training: {scheduler: {name: constant}}")
+                .unwrap()
+                .training,
+            10,
+        );
+        assert_eq!(constant.lr(150), constant.base_lr);
     }
 }

@@ -12,7 +12,7 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use tracknet_config::{RunConfig, SchedulerName};
+use tracknet_config::RunConfig;
 use tracknet_data::{Batch, BatchLoader};
 use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
 use tracknet_quant::QuantBackend;
@@ -158,14 +158,7 @@ where
         };
         t.steps_per_epoch.map_or(n, |cap| cap.min(n)).max(1)
     };
-    let schedule = LrSchedule {
-        base_lr: t.optimizer.lr,
-        min_lr: t.scheduler.min_lr,
-        warmup_steps: t.scheduler.warmup_epochs * steps_per_epoch,
-        warmup_start_factor: t.scheduler.warmup_start_factor,
-        total_steps: t.epochs * steps_per_epoch,
-        cosine: t.scheduler.name == SchedulerName::Cosine,
-    };
+    let schedule = LrSchedule::from_config(t, steps_per_epoch);
     let kind = OptimKind::from_config(&t.optimizer);
 
     let mut model = with_head_bias_init(model, &loss_fn);
@@ -761,5 +754,9 @@ mod tests {
         assert!(e.contains("micro_batch_size = 8 fixes"), "{e}");
         let t = training("{batch_size: 32, adaptive_micro_batch: false}");
         assert!(next_micro_batch(&t, 32, 0).is_err());
+        // `mb_backoff_factor` divides by itself, not by 2.
+        let t = training("{batch_size: 32, min_micro_batch_size: 1, mb_backoff_factor: 4}");
+        assert_eq!(next_micro_batch(&t, 32, 0).unwrap(), 8);
+        assert_eq!(next_micro_batch(&t, 8, 1).unwrap(), 2);
     }
 }
