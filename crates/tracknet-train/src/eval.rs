@@ -224,7 +224,8 @@ mod tests {
         };
         let run = |yaml: &str| {
             let mut acc = MetricsAccumulator::new(metric_options(&cfg(yaml)));
-            acc.update(&heat, std::slice::from_ref(&meta), (h, w)).unwrap();
+            acc.update(&heat, std::slice::from_ref(&meta), (h, w))
+                .unwrap();
             acc.finish()
         };
         let loose = run("training: {eval: {threshold: 0.5, pck_radius: 3.0, tolerance_px: 64.0}}");

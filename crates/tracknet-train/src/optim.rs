@@ -372,10 +372,9 @@ mod tests {
     /// a 2×3 Linear (initialised to known values), against torch's update rules in f64.
     fn two_steps(yaml: &str) -> (Vec<f32>, Vec<f32>) {
         let device = Default::default();
-        let cfg = tracknet_config::RunConfig::from_yaml_str(&format!(
-            "training: {{optimizer: {yaml}}}"
-        ))
-        .unwrap();
+        let cfg =
+            tracknet_config::RunConfig::from_yaml_str(&format!("training: {{optimizer: {yaml}}}"))
+                .unwrap();
         let kind = OptimKind::from_config(&cfg.training.optimizer);
         let mut lin = LinearConfig::new(2, 3).init::<AD>(&device);
         lin.weight = Param::from_tensor(
@@ -409,7 +408,10 @@ mod tests {
                 let denom = (v.sqrt() / (1.0 - b2.powi(t)).sqrt()) + eps;
                 p -= lr / (1.0 - b1.powi(t)) * m / denom;
             }
-            assert!((p - f64::from(*got)).abs() < 1e-5, "adamw {p0}: {p} vs {got}");
+            assert!(
+                (p - f64::from(*got)).abs() < 1e-5,
+                "adamw {p0}: {p} vs {got}"
+            );
         }
         // The defaults give another result: each of the keys above matters.
         let (_, default) = two_steps("{name: adamw}");

@@ -1,0 +1,193 @@
+//! Each architecture / decoder / LoRA key of `model:` reaches the model it builds: the value
+//! changes the built shapes, initial values or — with identical weights copied in — the output.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::prelude::*;
+use tracknet_config::RunConfig;
+use tracknet_lora::params::{collect_params, load_params};
+use tracknet_vit::backbone::Backbone;
+use tracknet_vit::model::HeatmapModel;
+
+type B = NdArray<f32>;
+type AD = Autodiff<B>;
+
+/// A tiny random-init DINOv3 heatmap model, LoRA and quantization off, with `extra` overrides.
+fn cfg(extra: &[&str]) -> RunConfig {
+    let mut ov: Vec<String> = [
+        "model.backbone.pretrained=false",
+        "model.pretrained_model_name=null",
+        "model.backbone.hidden_size=32",
+        "model.backbone.num_hidden_layers=1",
+        "model.backbone.num_attention_heads=2",
+        "model.backbone.intermediate_size=64",
+        "model.backbone.num_register_tokens=2",
+        "model.decoder.channels=[32,16]",
+        "model.decoder.upsample=[2]",
+        "model.heatmap.size=[8,4]",
+        "data.preprocess.resize=[64,32]",
+    ]
+    .map(String::from)
+    .to_vec();
+    ov.extend(extra.iter().map(|s| s.to_string()));
+    RunConfig::default().with_overrides(&ov).unwrap()
+}
+
+fn build<Bk: tracknet_quant::QuantBackend>(extra: &[&str]) -> HeatmapModel<Bk> {
+    HeatmapModel::<Bk>::from_config(&cfg(extra).model, &Default::default())
+        .unwrap()
+        .0
+}
+
+/// `dst` with every parameter of `src` copied in (same shapes required).
+fn with_weights_of(dst: HeatmapModel<B>, src: &HeatmapModel<B>) -> HeatmapModel<B> {
+    let all = collect_params::<B, _>(src, |_, _| true);
+    load_params(dst, &all, &|_| false).unwrap()
+}
+
+fn input<Bk: Backend>() -> Tensor<Bk, 4> {
+    let v: Vec<f32> = (0..3 * 32 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    Tensor::<Bk, 1>::from_floats(v.as_slice(), &Default::default()).reshape([1, 3, 32, 64])
+}
+
+fn heat<Bk: tracknet_quant::QuantBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
+    m.forward(input())
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap()
+}
+
+fn tokens<Bk: tracknet_quant::QuantBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
+    m.backbone
+        .forward(input())
+        .last_hidden_state
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn shape_of(m: &HeatmapModel<B>, path: &str) -> Vec<usize> {
+    collect_params::<B, _>(m, |p, _| p == path)
+        .remove(path)
+        .unwrap_or_else(|| panic!("no parameter {path}"))
+        .0
+}
+
+#[test]
+fn attention_heads_rope_theta_and_layer_norm_eps_change_the_output_with_the_same_weights() {
+    let base = build::<B>(&[]);
+    let same = with_weights_of(build(&[]), &base);
+    assert_eq!(
+        max_diff(&tokens(&base), &tokens(&same)),
+        0.0,
+        "copying is exact"
+    );
+    for key in [
+        "model.backbone.num_attention_heads=4",
+        "model.backbone.rope_theta=10000.0",
+        "model.backbone.layer_norm_eps=1.0",
+    ] {
+        let other = with_weights_of(build(&[key]), &base);
+        let d = max_diff(&tokens(&base), &tokens(&other));
+        assert!(d > 1e-4, "{key}: output unchanged ({d})");
+    }
+}
+
+#[test]
+fn decoder_activation_changes_the_heatmap_with_the_same_weights() {
+    let gelu = build::<B>(&[]);
+    let relu = with_weights_of(build(&["model.decoder.activation=relu"]), &gelu);
+    assert!(max_diff(&heat(&gelu), &heat(&relu)) > 1e-6);
+}
+
+#[test]
+fn architecture_sizes_and_initial_values_follow_the_keys() {
+    // intermediate_size: the MLP widths.
+    let m = build::<B>(&["model.backbone.intermediate_size=48"]);
+    assert_eq!(
+        shape_of(&m, "backbone.model.layer.0.mlp.up_proj.base.weight"),
+        [32, 48]
+    );
+    // num_register_tokens: 1 CLS + R registers + patches in the token sequence.
+    let m = build::<B>(&["model.backbone.num_register_tokens=3"]);
+    let grid = (32 / 16) * (64 / 16);
+    assert_eq!(tokens(&m).len(), (1 + 3 + grid) * 32);
+    // patch_size: the patch kernel and the grid.
+    let m = build::<B>(&["model.backbone.patch_size=8"]);
+    assert_eq!(
+        shape_of(&m, "backbone.embeddings.patch_embeddings.weight"),
+        [32, 3, 8, 8]
+    );
+    assert_eq!(tokens(&m).len(), (1 + 2 + 4 * 8) * 32);
+    // layerscale_value: LayerScale's initial value.
+    let m = build::<B>(&["model.backbone.layerscale_value=0.25"]);
+    let ls = collect_params::<B, _>(&m, |p, _| p.ends_with("layer_scale1.lambda1"));
+    let (_, values) = ls.values().next().unwrap();
+    assert!(values.iter().all(|&v| v == 0.25), "{values:?}");
+    // family: classic ViT.
+    let m = build::<B>(&[
+        "model.backbone.family=vit",
+        "model.backbone.num_register_tokens=0",
+    ]);
+    assert!(matches!(m.backbone, Backbone::Vit(_)));
+}
+
+#[test]
+fn backbone_freeze_decides_whether_a_full_fine_tuning_trains_the_backbone() {
+    let trainable = |freeze: &str| {
+        let m = build::<AD>(&[freeze]);
+        collect_params::<AD, _>(&m, |p, t| t && p.starts_with("backbone.")).len()
+    };
+    assert_eq!(trainable("model.backbone.freeze=true"), 0);
+    assert!(trainable("model.backbone.freeze=false") > 10);
+}
+
+#[test]
+fn decoder_dropout_and_lora_dropout_act_in_training_only() {
+    // Autodiff (training): two forwards draw two masks; without dropout they agree.
+    // Classic ViT: DINOv3's RoPE coordinate rescaling (transformers' train-mode augmentation)
+    // would make any two training forwards differ.
+    let vit = [
+        "model.backbone.family=vit",
+        "model.backbone.num_register_tokens=0",
+    ];
+    let differs = |extra: &[&str]| {
+        let m = build::<AD>(&[&vit[..], extra].concat());
+        let (a, b) = (tokens(&m), tokens(&m));
+        let (ha, hb) = (heat(&m), heat(&m));
+        max_diff(&a, &b) > 1e-3 || max_diff(&ha, &hb) > 1e-4
+    };
+    assert!(!differs(&[]));
+    assert!(differs(&["model.decoder.dropout=0.5"]));
+    let lora = [
+        "model.lora.enabled=true",
+        "model.lora.target_modules=null",
+        "model.lora.init_lora_weights=false",
+    ];
+    assert!(!differs(
+        &[&lora[..], &["model.lora.lora_dropout=0.0"]].concat()
+    ));
+    assert!(differs(
+        &[&lora[..], &["model.lora.lora_dropout=0.5"]].concat()
+    ));
+    // Inference backend: deterministic whatever the rate.
+    let m = build::<B>(
+        &[
+            &lora[..],
+            &["model.lora.lora_dropout=0.5", "model.decoder.dropout=0.5"],
+        ]
+        .concat(),
+    );
+    assert!(max_diff(&heat(&m), &heat(&m)) < 1e-5);
+}
