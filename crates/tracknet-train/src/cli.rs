@@ -362,6 +362,12 @@ fn train_on_device(
     opts: &TrainOptions,
     device: Option<&str>,
 ) -> Result<crate::TrainSummary, TrainError> {
+    if cfg.training.gradient_checkpointing && !opts.quiet {
+        eprintln!(
+            "training.gradient_checkpointing: on (Burn's BalancedCheckpointing: memory-bound \
+             activations are recomputed in the backward pass)"
+        );
+    }
     Ok(match device_of(device, cfg)? {
         DeviceSpec::Cpu => {
             let device = Default::default();

@@ -505,3 +505,178 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("patch_embeddings"), "{err}");
 }
+
+#[test]
+fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
+    let _serial = serial();
+    let root = tmp("loop-keys");
+    let cfg = tiny_config(&root, 2)
+        .with_overrides(&[
+            "training.steps_per_epoch=1".into(),
+            "training.val_steps=1".into(),
+            "training.preview_frames=1".into(),
+            "training.best_metric=l2".into(),
+        ])
+        .unwrap();
+    let run = root.join("run");
+    let device = Default::default();
+    let summary = train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
+    // steps_per_epoch: one optimizer step per epoch (the split has 4 batches).
+    let last = checkpoint_dir(&run, "last").unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(last.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["global_step"], 2);
+    // preview_frames: one overlay per epoch.
+    assert_eq!(std::fs::read_dir(run.join("previews")).unwrap().count(), 2);
+    // best_metric l2 (lower is better): `best` is the epoch with the smallest L2.
+    let best = checkpoint_dir(&run, "best").unwrap();
+    let best_state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(best.join("state.json")).unwrap()).unwrap();
+    let l2: Vec<f64> = summary.history.iter().map(|r| r["l2"]).collect();
+    let want = 1
+        + (0..l2.len())
+            .min_by(|&a, &b| l2[a].total_cmp(&l2[b]))
+            .unwrap();
+    assert_eq!(best_state["best_epoch"], want, "l2 per epoch {l2:?}");
+    assert_eq!(best_state["best_metric"], "l2");
+    // val_steps: validation stops after that many batches (4 frames, not the split's 8).
+    let model = load_run_model::<NdArray>(&cfg, &last, &device).unwrap();
+    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
+    let capped = evaluate(
+        &model,
+        splits.val.clone(),
+        &cfg,
+        cfg.training.val_steps,
+        0,
+        &device,
+    )
+    .unwrap();
+    let all = evaluate(&model, splits.val, &cfg, None, 0, &device).unwrap();
+    assert_eq!((capped.metrics.frames, all.metrics.frames), (4, 8));
+
+    // micro_batch_size: a batch split into micro-batches gives the batch's loss and gradients.
+    B::seed(&device, 1);
+    let (model, _) =
+        tracknet_vit::model::HeatmapModel::<AD>::from_config(&cfg.model, &device).unwrap();
+    let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
+    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
+    let batch = tracknet_data::BatchLoader::new(
+        splits.train,
+        tracknet_train::data::loader_options(&cfg, 1, false, 4),
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    let step =
+        |micro| tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, micro, &device);
+    let (loss4, g4) = step(4);
+    let (loss2, g2) = step(2);
+    let n4 = tracknet_train::optim::grad_norm::<AD, _>(&model, &g4);
+    let n2 = tracknet_train::optim::grad_norm::<AD, _>(&model, &g2);
+    assert!(
+        (loss4 - loss2).abs() < 1e-6 * loss4.abs().max(1.0),
+        "{loss4} vs {loss2}"
+    );
+    assert!((n4 - n2).abs() < 1e-4 * n4, "{n4} vs {n2}");
+    // grad_clip (used when grad_clip_norm is null): the clipped gradients have that norm.
+    let clip_cfg = cfg
+        .with_overrides(&[
+            "training.grad_clip_norm=null".into(),
+            "training.grad_clip=0.001".into(),
+        ])
+        .unwrap();
+    let limit = clip_cfg.training.effective_grad_clip_norm();
+    assert_eq!(limit, Some(0.001));
+    assert!(
+        n4 > 0.001,
+        "the test needs a gradient above the limit: {n4}"
+    );
+    let clipped = tracknet_train::optim::clip_grads::<AD, _>(&model, g4, n4, limit);
+    let n = tracknet_train::optim::grad_norm::<AD, _>(&model, &clipped);
+    assert!((n - 0.001).abs() < 1e-6, "clipped norm {n}");
+}
+
+#[test]
+fn backbone_freeze_epochs_hold_the_base_back_then_release_it() {
+    // Full fine-tuning with `backbone_freeze_epochs: 1`: after epoch 1 the checkpoint holds
+    // no backbone tensor (it did not train); after epoch 2 it does, moved from the init.
+    let _serial = serial();
+    let root = tmp("freeze-epochs");
+    let cfg = tiny_config(&root, 2)
+        .with_overrides(&[
+            "model.lora.enabled=false".into(),
+            "model.quantization.enabled=false".into(),
+            "model.backbone.freeze=false".into(),
+            "training.backbone_freeze_epochs=1".into(),
+            "training.steps_per_epoch=1".into(),
+            "training.val_steps=1".into(),
+        ])
+        .unwrap();
+    let run = root.join("run");
+    let device = Default::default();
+    let mut o = opts(run.clone());
+    o.stop_after_epoch = Some(1);
+    train::<AD>(&cfg, &o, &device).unwrap();
+    let after1 = last_weights(&run);
+    assert!(
+        after1.iter().all(|(k, _)| !k.starts_with("backbone.")),
+        "epoch 1 saved the backbone"
+    );
+    let mut o = opts(run.clone());
+    o.resume = true;
+    train::<AD>(&cfg, &o, &device).unwrap();
+    let after2 = last_weights(&run);
+    let backbone: Vec<_> = after2
+        .iter()
+        .filter(|(k, _)| k.starts_with("backbone."))
+        .collect();
+    assert!(!backbone.is_empty(), "epoch 2 trains the backbone");
+    B::seed(&device, cfg.training.seed);
+    let (fresh, _) =
+        tracknet_vit::model::HeatmapModel::<NdArray>::from_config(&cfg.model, &device).unwrap();
+    let init = tracknet_lora::params::collect_params::<NdArray, _>(&fresh, |p, _| {
+        p.starts_with("backbone.")
+    });
+    let moved = backbone
+        .iter()
+        .filter(|(k, v)| init.get(k.as_str()).is_some_and(|(_, i)| i != v))
+        .count();
+    assert!(moved > 0, "the released backbone moved");
+}
+
+#[test]
+fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpointing_and_logs_every_n()
+ {
+    let _serial = serial();
+    let root = tmp("cli-keys");
+    let cfg = tiny_config(&root, 1)
+        .with_overrides(&[
+            format!("training.output_dir={}", root.join("out").display()),
+            "training.gradient_checkpointing=true".into(),
+            "training.log_every=2".into(),
+            "training.val_steps=1".into(),
+        ])
+        .unwrap();
+    let cfg_path = root.join("cfg.yaml");
+    cfg.save(&cfg_path).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    // No --run-dir: <output_dir>/<model_name>-NNN.
+    assert!(root.join("out/tiny-001/metrics.csv").exists(), "{log}");
+    assert!(log.contains("training.gradient_checkpointing: on"), "{log}");
+    // log_every 2 of 4 steps (not a terminal): steps 2 and 4 are logged, 1 and 3 not.
+    let steps: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("epoch 1/1 step "))
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps[0].starts_with("epoch 1/1 step 2/4") && steps[1].starts_with("epoch 1/1 step 4/4")
+    );
+}
