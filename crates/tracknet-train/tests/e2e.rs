@@ -679,4 +679,37 @@ fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpoint
     assert!(
         steps[0].starts_with("epoch 1/1 step 2/4") && steps[1].starts_with("epoch 1/1 step 4/4")
     );
+
+    // compute_dtype bfloat16 on a CPU build: one note that the 4-bit matmuls run in f32.
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+        .args(["quantize-report", "--config"])
+        .arg(&cfg_path)
+        .arg("model.quantization.compute_dtype=bfloat16")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.matches(
+            "note: this backend runs 4-bit matmuls in f32; compute_dtype BF16 applies on CUDA only"
+        )
+        .count(),
+        1,
+        "{log}"
+    );
+    // training.device=cuda in a build without the CUDA backend: a clear error, nothing trained.
+    if !cfg!(feature = "cuda") {
+        let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+            .args(["train", "--config"])
+            .arg(&cfg_path)
+            .arg("--run-dir")
+            .arg(root.join("cuda-run"))
+            .arg("training.device=cuda:0")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(log.contains("--features cuda"), "{log}");
+        assert!(!root.join("cuda-run/metrics.csv").exists());
+    }
 }
