@@ -614,6 +614,17 @@ training: {grad_clip: 0.5, grad_clip_norm: 2.0, amp: true, precision: fp32}
         w.contains("model.backbone.freeze is false but model.lora is enabled"),
         "{w}"
     );
+    // A sequence length without `enabled`: single frames, and the run says so.
+    let cfg = RunConfig::from_yaml_str("data: {sequence: {length: 3}}").unwrap();
+    assert_eq!(cfg.data.sequence.frames(), 1);
+    let w = cfg.warnings().join("\n");
+    assert!(
+        w.contains("data.sequence.length (3) / stride (1) have no effect while data.sequence.enabled is false"),
+        "{w}"
+    );
+    let on = RunConfig::from_yaml_str("data: {sequence: {enabled: true, length: 3}}").unwrap();
+    assert_eq!(on.data.sequence.frames(), 3);
+    assert!(!on.warnings().iter().any(|l| l.contains("data.sequence")));
 }
 
 #[test]
