@@ -21,6 +21,15 @@ use crate::trainer::{load_trainable, read_state};
 pub fn export_backbone(cfg: &RunConfig, ckpt: &Path, out: &Path) -> Result<(), TrainError> {
     let device = Default::default();
     let model = load_run_model::<burn::backend::NdArray>(cfg, ckpt, &device)?;
+    if model.quantized_weights() > 0 {
+        return Err(tracknet_vit::model::ModelError::Config {
+            key: "model.quantization.enabled".into(),
+            message: "a 4-bit backbone has no dense projection weights to write as an f32 \
+                      snapshot; export a run trained without quantization"
+                .into(),
+        }
+        .into());
+    }
     tracknet_vit::export::save_snapshot(
         &model.backbone,
         &tracknet_vit::model::arch_json(&cfg.model),

@@ -452,6 +452,17 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
     .unwrap();
     let (shape, _) = &saved["backbone.embeddings.patch_embeddings.weight"];
     assert_eq!(shape, &vec![32, 9, 16, 16]);
+    // A 4-bit backbone has no dense projection weights to export: refused by name, rather
+    // than a snapshot that lacks them.
+    let err = tracknet_train::predict::export_backbone(
+        &cfg,
+        &checkpoint_dir(&run, "last").unwrap(),
+        &root.join("exported"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("model.quantization.enabled"), "{err}");
+    assert!(!root.join("exported/model.safetensors").exists());
 
     let out = tracknet()
         .args(["eval", "--checkpoint", "last", "--run"])

@@ -416,8 +416,29 @@ fn sequence_input_inflates_the_patch_embedding_so_a_still_sequence_gives_the_sin
     // An already 9-channel backbone is kept as it is; any other width is refused.
     let kept = three.backbone.clone().with_input_frames(3).unwrap();
     assert_eq!(kept.num_channels(), 9);
-    let err = three.backbone.with_input_frames(2).unwrap_err();
+    let err = three.backbone.clone().with_input_frames(2).unwrap_err();
     assert!(err.to_string().contains("data.sequence.length"), "{err}");
+    // The HF export of a multi-frame backbone records `num_channels: 9` and loads back as one.
+    let dir = std::env::temp_dir().join(format!("tracknet-seq-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let full = small(&[
+        "model.lora.enabled=false",
+        "model.quantization.enabled=false",
+    ]);
+    let (dense, _) = HeatmapModel::<B>::from_config_frames(&full.model, 3, &device).unwrap();
+    tracknet_vit::export::save_snapshot(
+        &dense.backbone,
+        &tracknet_vit::model::arch_json(&full.model),
+        &dir,
+    )
+    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(json["num_channels"], 9);
+    let back = tracknet_vit::backbone::Backbone::<B>::from_snapshot(&dir, &device).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(back.num_channels(), 9);
+    assert_eq!(back.with_input_frames(3).unwrap().num_channels(), 9);
 }
 
 #[test]
