@@ -59,6 +59,14 @@ training:
     RunConfig::from_yaml_str(&yaml).unwrap()
 }
 
+/// [`tiny_config`] with `key=value` overrides.
+fn tiny(root: &Path, epochs: usize, overrides: &[&str]) -> RunConfig {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    tiny_config(root, epochs)
+        .with_overrides(&overrides)
+        .unwrap()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tracknet-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -341,12 +349,14 @@ fn lora_adapters_train_during_backbone_freeze_epochs() {
     // `backbone_freeze_epochs` holds back the base backbone only: adapters train from step 0.
     let _serial = serial();
     let root = tmp("freeze-lora");
-    let cfg = tiny_config(&root, 1)
-        .with_overrides(&[
-            "training.backbone_freeze_epochs=1".into(),
-            "training.steps_per_epoch=2".into(),
-        ])
-        .unwrap();
+    let cfg = tiny(
+        &root,
+        1,
+        &[
+            "training.backbone_freeze_epochs=1",
+            "training.steps_per_epoch=2",
+        ],
+    );
     let run = root.join("run");
     train::<AD>(&cfg, &opts(run.clone()), &Default::default()).unwrap();
     let weights = last_weights(&run);
@@ -371,12 +381,11 @@ fn batchnorm_running_stats_are_saved_and_eval_reproduces_the_run() {
     // without them evaluates another model.
     let _serial = serial();
     let root = tmp("bn");
-    let cfg = tiny_config(&root, 1)
-        .with_overrides(&[
-            "model.decoder.norm=bn".into(),
-            "training.steps_per_epoch=3".into(),
-        ])
-        .unwrap();
+    let cfg = tiny(
+        &root,
+        1,
+        &["model.decoder.norm=bn", "training.steps_per_epoch=3"],
+    );
     let run = root.join("run");
     let device = Default::default();
     let summary = train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
@@ -410,12 +419,11 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
     // `data.sequence`: 3 frames stacked → a 9-channel (inflated, trainable) patch embedding.
     let _serial = serial();
     let root = tmp("sequence");
-    let cfg = tiny_config(&root, 1)
-        .with_overrides(&[
-            "data.sequence.enabled=true".into(),
-            "data.sequence.length=3".into(),
-        ])
-        .unwrap();
+    let cfg = tiny(
+        &root,
+        1,
+        &["data.sequence.enabled=true", "data.sequence.length=3"],
+    );
     let cfg_path = root.join("cfg.yaml");
     cfg.save(&cfg_path).unwrap();
     let run = root.join("run");
@@ -521,14 +529,16 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
 fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
     let _serial = serial();
     let root = tmp("loop-keys");
-    let cfg = tiny_config(&root, 2)
-        .with_overrides(&[
-            "training.steps_per_epoch=1".into(),
-            "training.val_steps=1".into(),
-            "training.preview_frames=1".into(),
-            "training.best_metric=l2".into(),
-        ])
-        .unwrap();
+    let cfg = tiny(
+        &root,
+        2,
+        &[
+            "training.steps_per_epoch=1",
+            "training.val_steps=1",
+            "training.preview_frames=1",
+            "training.best_metric=l2",
+        ],
+    );
     let run = root.join("run");
     let device = Default::default();
     let summary = train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
@@ -614,16 +624,18 @@ fn backbone_freeze_epochs_hold_the_base_back_then_release_it() {
     // no backbone tensor (it did not train); after epoch 2 it does, moved from the init.
     let _serial = serial();
     let root = tmp("freeze-epochs");
-    let cfg = tiny_config(&root, 2)
-        .with_overrides(&[
-            "model.lora.enabled=false".into(),
-            "model.quantization.enabled=false".into(),
-            "model.backbone.freeze=false".into(),
-            "training.backbone_freeze_epochs=1".into(),
-            "training.steps_per_epoch=1".into(),
-            "training.val_steps=1".into(),
-        ])
-        .unwrap();
+    let cfg = tiny(
+        &root,
+        2,
+        &[
+            "model.lora.enabled=false",
+            "model.quantization.enabled=false",
+            "model.backbone.freeze=false",
+            "training.backbone_freeze_epochs=1",
+            "training.steps_per_epoch=1",
+            "training.val_steps=1",
+        ],
+    );
     let run = root.join("run");
     let device = Default::default();
     let mut o = opts(run.clone());
@@ -661,14 +673,17 @@ fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpoint
  {
     let _serial = serial();
     let root = tmp("cli-keys");
-    let cfg = tiny_config(&root, 1)
-        .with_overrides(&[
-            format!("training.output_dir={}", root.join("out").display()),
-            "training.gradient_checkpointing=true".into(),
-            "training.log_every=2".into(),
-            "training.val_steps=1".into(),
-        ])
-        .unwrap();
+    let out_dir = format!("training.output_dir={}", root.join("out").display());
+    let cfg = tiny(
+        &root,
+        1,
+        &[
+            out_dir.as_str(),
+            "training.gradient_checkpointing=true",
+            "training.log_every=2",
+            "training.val_steps=1",
+        ],
+    );
     let cfg_path = root.join("cfg.yaml");
     cfg.save(&cfg_path).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
