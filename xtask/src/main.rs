@@ -64,17 +64,11 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 }
 
 /// Run the `tracknet` binary (built in the dev profile, whose dependencies are optimised, so
-/// tests and training share one build).
+/// tests and training share one build). Cargo's own progress is shown: a cold build takes
+/// minutes, and a silent one looks hung.
 fn tracknet(task: &str, rest: &[String]) -> Result<(), String> {
     let mut c = cargo();
-    c.args([
-        "run",
-        "--quiet",
-        "-p",
-        "tracknet-train",
-        "--bin",
-        "tracknet",
-    ]);
+    c.args(["run", "-p", "tracknet-train", "--bin", "tracknet"]);
     if cuda_requested(rest) {
         c.args(["--features", "cuda"]);
     }
