@@ -251,6 +251,11 @@ pub fn load_params<B: Backend, M: Module<B>>(
 }
 
 /// Named f32 tensors as safetensors bytes (little-endian F32), with `meta` as metadata.
+///
+/// The bytes are a function of the contents alone: the safetensors crate writes the
+/// `__metadata__` map in `HashMap` order, which differs between runs, so the JSON header is
+/// rewritten with every key sorted (same tensors, same offsets). A checkpoint written twice
+/// from the same state is then byte-identical.
 pub fn safetensors_bytes(
     tensors: &NamedTensors,
     meta: HashMap<String, String>,
@@ -266,7 +271,50 @@ pub fn safetensors_bytes(
                 .map(|v| (k.to_string(), v))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    safetensors::serialize(views, &Some(meta))
+    let raw = safetensors::serialize(views, &Some(meta))?;
+    Ok(sorted_header(raw))
+}
+
+/// `raw` with its JSON header re-serialised with sorted keys (padded with spaces to a multiple
+/// of 8 bytes, as safetensors pads); returned unchanged if the header does not parse.
+fn sorted_header(raw: Vec<u8>) -> Vec<u8> {
+    fn sort(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<String, serde_json::Value> =
+                    m.into_iter().map(|(k, v)| (k, sort(v))).collect();
+                serde_json::to_value(sorted).unwrap_or(serde_json::Value::Null)
+            }
+            other => other,
+        }
+    }
+    let Some(len) = raw
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return raw;
+    };
+    let Some(header) = raw.get(8..8 + len) else {
+        return raw;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return raw;
+    };
+    // A BTreeMap serialises in key order whatever serde_json's map type is.
+    let sorted: BTreeMap<String, serde_json::Value> = match sort(value) {
+        serde_json::Value::Object(m) => m.into_iter().collect(),
+        _ => return raw,
+    };
+    let Ok(mut json) = serde_json::to_vec(&sorted) else {
+        return raw;
+    };
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + raw.len() - 8 - len);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&raw[8 + len..]);
+    out
 }
 
 /// PEFT's `print_trainable_parameters`.
@@ -334,6 +382,36 @@ pub fn param_report<B: Backend, M: Module<B>>(module: &M, frozen_constants: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safetensors_bytes_are_a_function_of_the_contents() {
+        // Ten metadata keys: HashMap order differs between maps, the bytes must not.
+        let mut tensors = NamedTensors::new();
+        tensors.insert("b.weight".into(), (vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+        tensors.insert("a.bias".into(), (vec![3], vec![0.5, -1.0, 2.0]));
+        let meta = || -> HashMap<String, String> {
+            (0..10)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect()
+        };
+        let first = safetensors_bytes(&tensors, meta()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(safetensors_bytes(&tensors, meta()).unwrap(), first);
+        }
+        // Still a valid file with the same contents.
+        let (n, read_meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        assert_eq!((n + 8) % 8, 0);
+        assert_eq!(read_meta.metadata().clone().unwrap(), meta());
+        let st = safetensors::SafeTensors::deserialize(&first).unwrap();
+        let a = st.tensor("a.bias").unwrap();
+        let vals: Vec<f32> = a
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(vals, vec![0.5, -1.0, 2.0]);
+        assert_eq!(st.tensor("b.weight").unwrap().shape(), &[2, 2]);
+    }
 
     #[test]
     fn peft_wording() {
