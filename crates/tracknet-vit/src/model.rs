@@ -351,7 +351,16 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
     /// (`….q_proj.base_layer.bias` on an adapted layer, as PEFT's wrapper names it) and every
     /// parameter of a `modules_to_save` module (`norm.weight`; `decoder.…`, `head.…` for ours).
     pub fn adapter_extras(&self, settings: &LoraSettings) -> tracknet_lora::params::NamedTensors {
-        let adapted: Vec<String> = self.adapters().into_iter().map(|(p, _, _)| p).collect();
+        // Paths only: `adapters()` would copy every LoRA factor to the host for nothing.
+        let mut adapted = Vec::new();
+        let _ = self.backbone.clone().map_projections(&mut |path: &str,
+                                                            p: LoraLinear<B>|
+         -> Result<_, ()> {
+            if p.has_adapter() {
+                adapted.push(path.to_string());
+            }
+            Ok(p)
+        });
         let params = tracknet_lora::params::collect_params::<B, _>(self, |p, _| {
             !(p.contains(".lora_a.") || p.contains(".lora_b."))
         });
