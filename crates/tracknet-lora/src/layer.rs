@@ -91,6 +91,18 @@ impl<B: Backend> LoraLinear<B> {
         }
     }
 
+    /// Wrap a 4-bit layer (e.g. one read from a bitsandbytes snapshot), no adapter.
+    pub fn quantized(layer: QuantizedLinear<B>) -> Self {
+        Self {
+            base: BaseLinear::Quant(layer),
+            lora_a: None,
+            lora_b: None,
+            lora_dropout: None,
+            scaling: 0.0,
+            merged: false,
+        }
+    }
+
     /// Random dense init (as `torch.nn.Linear`: Kaiming-uniform a = √5, so U(±1/√in)).
     pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
         let bound = 1.0 / (d_in as f64).sqrt();

@@ -73,6 +73,16 @@ pub enum QuantError {
         actual: usize,
     },
 
+    /// A bitsandbytes-serialized tensor (or `quantization_config` entry) that does not fit
+    /// bitsandbytes' 4-bit format.
+    #[error("{key}: {message}")]
+    Serialized {
+        /// The tensor or config key.
+        key: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+
     /// A tensor handed to the quantized layer has the wrong shape (added by the layer code).
     #[error("{what}: expected {expected}, found {found}")]
     Shape {

@@ -5,9 +5,11 @@
 //! - [`codebook`], [`blockwise`]: the formats, on host slices, byte-identical to bitsandbytes.
 //! - [`ops`]: `QuantBackend`, the 4-bit matmul with its own backward.
 //! - [`linear`]: `QuantizedLinear`, holding codes on the device eight per 32-bit word.
+//! - [`bnb`]: bitsandbytes' serialization of 4-bit layers (what transformers saves).
 //! - [`model`]: which layers of a model to quantize, and a measured memory report.
 
 pub mod blockwise;
+pub mod bnb;
 pub mod codebook;
 pub mod error;
 pub mod linear;
@@ -17,6 +19,7 @@ pub mod ops;
 pub use blockwise::{
     Absmax, Quantized4, aten_sum_f32, dequantize_4bit, quantize_4bit, torch_mean_f32,
 };
+pub use bnb::{BnbConfig, BnbLayer, StoredTensor};
 pub use codebook::QuantType;
 pub use error::QuantError;
 pub use linear::{CodeBooks, QuantSpec, QuantizedLinear};

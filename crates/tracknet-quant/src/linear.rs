@@ -182,16 +182,7 @@ impl<B: QuantBackend> QuantizedLinear<B> {
                 found: format!("{:?}", b.dims()),
             });
         }
-        let compute = if compute != ComputeDtype::F32 && !B::q4_supports_half() {
-            if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "note: this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
-                );
-            }
-            ComputeDtype::F32
-        } else {
-            compute
-        };
+        let compute = resolve_compute::<B>(compute);
         let layout = Q4Layout {
             in_features,
             out_features,
@@ -243,6 +234,60 @@ impl<B: QuantBackend> QuantizedLinear<B> {
             spec,
             nested_blocksize,
         })
+    }
+
+    /// The same layer with its matmul in `compute` (a layer read from a 4-bit snapshot takes
+    /// the run's `compute_dtype`, not the one the snapshot was saved with).
+    pub fn with_compute(mut self, compute: ComputeDtype) -> Self {
+        let compute = resolve_compute::<B>(compute);
+        self.layout.compute = compute;
+        self.spec.compute = compute;
+        self
+    }
+
+    /// The codes and scales as bitsandbytes stores them (the inverse of
+    /// [`Self::from_quantized`]; a host copy).
+    pub fn to_quantized(&self) -> Quantized4 {
+        let ints = |t: &Tensor<B, 1, Int>| -> Vec<i32> {
+            t.clone()
+                .into_data()
+                .convert::<i32>()
+                .into_vec::<i32>()
+                .unwrap_or_default()
+        };
+        let bytes_of = |words: Vec<i32>, n: usize| -> Vec<u8> {
+            // Inverse of `pack_words`: big-endian bytes of each word, first byte highest.
+            words.iter().flat_map(|w| w.to_be_bytes()).take(n).collect()
+        };
+        let numel = self.layout.numel();
+        let packed = bytes_of(ints(&self.packed), numel.div_ceil(2));
+        let nb = self.layout.num_blocks();
+        let absmax = match (
+            &self.absmax,
+            &self.absmax_q,
+            &self.nested_absmax,
+            &self.offset,
+        ) {
+            (Some(a), ..) => Absmax::Plain(host_f32(a.clone().into_data())),
+            (None, Some(q), Some(nested), Some(offset)) => Absmax::Double {
+                absmax_u8: bytes_of(ints(q), nb),
+                nested_absmax: host_f32(nested.clone().into_data()),
+                offset: host_f32(offset.clone().into_data())
+                    .first()
+                    .copied()
+                    .unwrap_or(0.0),
+                nested_blocksize: self.nested_blocksize,
+            },
+            // Construction guarantees one of the two forms.
+            _ => Absmax::Plain(vec![0.0; nb]),
+        };
+        Quantized4 {
+            quant_type: self.spec.quant_type,
+            blocksize: self.layout.blocksize,
+            numel,
+            packed,
+            absmax,
+        }
     }
 
     /// `x [..., in] → [..., out]`.
@@ -325,6 +370,20 @@ impl<B: Backend> QuantizedLinear<B> {
     /// Bits of storage per weight.
     pub fn bits_per_weight(&self) -> f64 {
         self.stored_weight_bytes() as f64 * 8.0 / self.num_weights() as f64
+    }
+}
+
+/// `compute` where the backend has half-precision 4-bit matmuls, else f32 (said once).
+fn resolve_compute<B: QuantBackend>(compute: ComputeDtype) -> ComputeDtype {
+    if compute != ComputeDtype::F32 && !B::q4_supports_half() {
+        if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "note: this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
+            );
+        }
+        ComputeDtype::F32
+    } else {
+        compute
     }
 }
 

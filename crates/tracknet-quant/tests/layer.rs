@@ -193,3 +193,19 @@ fn from_linear_reads_burn_layout_and_rejects_bad_shapes() {
     .unwrap_err();
     assert!(e.to_string().contains("bias"), "{e}");
 }
+
+#[test]
+fn to_quantized_gives_back_the_bytes_the_layer_was_built_from() {
+    let device = Default::default();
+    let books = CodeBooks::<B>::new(&device);
+    // 7 × 75 = 525 weights: an odd count, a partial last block and a partial last word.
+    let (out, inp) = (7, 75);
+    let w = weights(out, inp, 11);
+    for spec in specs() {
+        let q = quantize_4bit(&w, spec.quant_type, 64, spec.double_quant).unwrap();
+        let layer =
+            QuantizedLinear::<B>::from_quantized(&q, inp, out, None, spec.compute, &books, &device)
+                .unwrap();
+        assert_eq!(layer.to_quantized(), q, "{spec:?}");
+    }
+}

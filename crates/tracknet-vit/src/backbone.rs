@@ -86,6 +86,17 @@ impl BackboneArch {
     }
 }
 
+/// A backbone read from a snapshot, with what a 4-bit snapshot brings besides.
+#[derive(Debug)]
+pub struct LoadedSnapshot<B: Backend> {
+    /// The backbone; 4-bit layers of the snapshot are 4-bit projections.
+    pub backbone: Backbone<B>,
+    /// The snapshot's `quantization_config` (bitsandbytes), if any.
+    pub bnb: Option<tracknet_quant::BnbConfig>,
+    /// The code books shared by the 4-bit layers, when there are any.
+    pub code_books: Option<tracknet_quant::CodeBooks<B>>,
+}
+
 /// A DINOv3 or classic ViT backbone.
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
@@ -106,14 +117,26 @@ impl<B: tracknet_quant::QuantBackend> Backbone<B> {
     /// Load `config.json` and the safetensors weights of a local snapshot directory (see
     /// [`hf::resolve_snapshot`] to turn a model id into a directory).
     pub fn from_snapshot(dir: &Path, device: &B::Device) -> Result<Self, VitError> {
+        Ok(Self::load_snapshot(dir, device)?.backbone)
+    }
+
+    /// As [`Self::from_snapshot`], also handing out what a 4-bit (bitsandbytes) snapshot
+    /// brings: its `quantization_config` and the code books its 4-bit layers share. Those
+    /// layers keep the stored codes; nothing is dequantized.
+    pub fn load_snapshot(dir: &Path, device: &B::Device) -> Result<LoadedSnapshot<B>, VitError> {
         let arch = BackboneArch::from_config_file(&dir.join("config.json"))?;
         let mut store = hf::WeightStore::<B>::open(dir, &arch, device)?;
-        let model = match &arch {
+        let backbone = match &arch {
             BackboneArch::Dinov3(c) => Backbone::Dinov3(Dinov3Model::build(c, &mut store)?),
             BackboneArch::Vit(c) => Backbone::Vit(VitModel::build(c, &mut store)?),
         };
+        let (bnb, code_books) = (store.bnb.clone(), store.books.clone());
         store.finish()?;
-        Ok(model)
+        Ok(LoadedSnapshot {
+            backbone,
+            bnb,
+            code_books,
+        })
     }
 
     /// `pixel_values [batch, channels, H, W]` → tokens and patch grid. H and W should be

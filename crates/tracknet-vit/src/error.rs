@@ -65,6 +65,14 @@ pub enum VitError {
         mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
 
+    /// A bitsandbytes 4-bit tensor or `quantization_config` that cannot be read.
+    #[error("{path}: {source}")]
+    Bnb {
+        path: PathBuf,
+        #[source]
+        source: tracknet_quant::QuantError,
+    },
+
     /// The input tensor cannot be processed by the backbone.
     #[error("invalid backbone input of shape {shape:?}: {message}")]
     Input { shape: Vec<usize>, message: String },

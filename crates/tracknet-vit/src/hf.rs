@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
+use tracknet_quant::bnb::{self, BnbConfig, BnbLayer, StoredTensor};
+use tracknet_quant::{CodeBooks, Quantized4};
 
 use crate::backbone::BackboneArch;
 use crate::backbone::params::{Init, ParamSource};
@@ -175,8 +177,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, VitError> {
     Ok(files.into_iter().collect())
 }
 
-/// Read every tensor of one safetensors file, converted to f32.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, VitError> {
+/// Read every tensor of one safetensors file as stored (dtype, shape, bytes).
+pub fn read_stored(path: &Path) -> Result<BTreeMap<String, StoredTensor>, VitError> {
     let bytes = std::fs::read(path).map_err(|source| VitError::Io {
         path: path.to_path_buf(),
         source,
@@ -185,43 +187,38 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, Vit
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut out = BTreeMap::new();
-    for (key, view) in file.tensors() {
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| VitError::Dtype {
-            path: path.to_path_buf(),
-            key: key.clone(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        out.insert(
-            key,
-            HostTensor {
+    Ok(file
+        .tensors()
+        .into_iter()
+        .map(|(key, view)| {
+            let t = StoredTensor {
+                dtype: view.dtype(),
                 shape: view.shape().to_vec(),
-                data,
-            },
-        );
-    }
-    Ok(out)
+                data: view.data().to_vec(),
+            };
+            (key, t)
+        })
+        .collect())
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-        _ => return None,
+/// Read every tensor of one safetensors file, converted to f32.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, VitError> {
+    read_stored(path)?
+        .into_iter()
+        .map(|(key, t)| Ok((key.clone(), to_host(path, &key, t)?)))
+        .collect()
+}
+
+/// A stored float tensor as f32 (F32, F16, BF16, F64), else a dtype error naming `key`.
+fn to_host(path: &Path, key: &str, t: StoredTensor) -> Result<HostTensor, VitError> {
+    let data = t.to_f32().ok_or_else(|| VitError::Dtype {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        dtype: format!("{:?}", t.dtype),
+    })?;
+    Ok(HostTensor {
+        shape: t.shape,
+        data,
     })
 }
 
@@ -287,51 +284,116 @@ pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
 /// which also reports every tensor that was never asked for.
 pub(crate) struct WeightStore<B: Backend> {
     snapshot: PathBuf,
-    /// canonical name → (checkpoint name, tensor)
-    tensors: BTreeMap<String, (String, HostTensor)>,
+    /// canonical name → (checkpoint name, file, tensor as stored)
+    tensors: BTreeMap<String, (String, PathBuf, StoredTensor)>,
+    /// canonical weight name → (checkpoint name, 4-bit layer as stored)
+    quantized: BTreeMap<String, (String, BnbLayer)>,
+    /// The snapshot's `quantization_config`, if any.
+    pub(crate) bnb: Option<BnbConfig>,
+    /// Shared code books of the 4-bit layers (present when the snapshot has any).
+    pub(crate) books: Option<CodeBooks<B>>,
     missing: Vec<String>,
     mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+    problems: Vec<VitError>,
     device: B::Device,
     _backend: PhantomData<B>,
 }
 
 impl<B: Backend> WeightStore<B> {
-    /// Read all weight files of the snapshot `dir`, mapping names for `arch`.
+    /// Read all weight files of the snapshot `dir`, mapping names for `arch`. bitsandbytes
+    /// 4-bit layers (a `….weight.quant_state.bitsandbytes__*` entry) are kept as their codes.
     pub(crate) fn open(
         dir: &Path,
         arch: &BackboneArch,
         device: &B::Device,
     ) -> Result<Self, VitError> {
-        let mut tensors: BTreeMap<String, (String, HostTensor)> = BTreeMap::new();
+        let config_path = dir.join("config.json");
+        let bnb = match std::fs::read_to_string(&config_path) {
+            Ok(text) => {
+                let json: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| VitError::Json {
+                        path: config_path.clone(),
+                        message: e.to_string(),
+                    })?;
+                BnbConfig::from_model_config(&json).map_err(|source| VitError::Bnb {
+                    path: config_path.clone(),
+                    source,
+                })?
+            }
+            Err(_) => None,
+        };
+        let mut tensors: BTreeMap<String, (String, PathBuf, StoredTensor)> = BTreeMap::new();
+        let mut quantized: BTreeMap<String, (String, BnbLayer)> = BTreeMap::new();
+        let duplicate = |file: &Path, canonical: String, first: &str, second: String| {
+            VitError::DuplicateTensor {
+                path: file.to_path_buf(),
+                key: canonical,
+                first: first.to_string(),
+                second,
+            }
+        };
         for file in weight_files(dir)? {
-            for (key, tensor) in read_safetensors(&file)? {
+            let mut raw = read_stored(&file)?;
+            // 4-bit layers first: they own several entries each (`.absmax`, `.quant_map`, …).
+            let weights: Vec<String> = raw
+                .keys()
+                .filter(|k| k.ends_with(".weight") && bnb::quant_state_key(&raw, k).is_some())
+                .cloned()
+                .collect();
+            for key in weights {
+                let layer = bnb::take_layer(&mut raw, &key)
+                    .map_err(|source| VitError::Bnb {
+                        path: file.clone(),
+                        source,
+                    })?
+                    .ok_or_else(|| VitError::Safetensors {
+                        path: file.clone(),
+                        message: format!("`{key}`: quant state vanished while reading"),
+                    })?;
                 let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
                     continue;
                 };
-                if let Some((first, _)) = tensors.get(&canonical) {
-                    return Err(VitError::DuplicateTensor {
-                        path: file.clone(),
-                        key: canonical,
-                        first: first.clone(),
-                        second: key,
-                    });
+                if let Some((first, _)) = quantized.get(&canonical) {
+                    return Err(duplicate(&file, canonical, first, key));
                 }
-                tensors.insert(canonical, (key, tensor));
+                quantized.insert(canonical, (key, layer));
+            }
+            for (key, tensor) in raw {
+                let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
+                    continue;
+                };
+                if let Some((first, _, _)) = tensors.get(&canonical) {
+                    return Err(duplicate(&file, canonical, first, key));
+                }
+                tensors.insert(canonical, (key, file.clone(), tensor));
             }
         }
+        let books = (!quantized.is_empty()).then(|| CodeBooks::new(device));
         Ok(Self {
             snapshot: dir.to_path_buf(),
             tensors,
+            quantized,
+            bnb,
+            books,
             missing: Vec::new(),
             mismatched: Vec::new(),
+            problems: Vec::new(),
             device: device.clone(),
             _backend: PhantomData,
         })
     }
 
     /// Ok when every requested tensor was present with the right shape and none is left over.
-    pub(crate) fn finish(self) -> Result<(), VitError> {
-        let unexpected: Vec<String> = self.tensors.into_values().map(|(name, _)| name).collect();
+    pub(crate) fn finish(mut self) -> Result<(), VitError> {
+        if !self.problems.is_empty() {
+            return Err(self.problems.remove(0));
+        }
+        let unexpected: Vec<String> = self
+            .tensors
+            .into_values()
+            .map(|(name, _, _)| name)
+            .chain(self.quantized.into_values().map(|(name, _)| name))
+            .collect();
         if self.missing.is_empty() && self.mismatched.is_empty() && unexpected.is_empty() {
             return Ok(());
         }
@@ -358,11 +420,25 @@ impl<B: Backend> ParamSource<B> for WeightStore<B> {
         _init: Init,
     ) -> Tensor<B, D> {
         match self.tensors.remove(key) {
-            Some((_, t)) if t.shape == shape => {
-                Tensor::from_data(TensorData::new(t.data, shape), &self.device)
-            }
-            Some((name, t)) => {
+            Some((name, file, t)) if t.shape == shape => match to_host(&file, &name, t) {
+                Ok(t) => Tensor::from_data(TensorData::new(t.data, shape), &self.device),
+                Err(e) => {
+                    self.problems.push(e);
+                    Tensor::zeros(shape, &self.device)
+                }
+            },
+            Some((name, _, t)) => {
                 self.mismatched.push((name, shape.to_vec(), t.shape));
+                Tensor::zeros(shape, &self.device)
+            }
+            None if self.quantized.contains_key(key) => {
+                let (name, _) = &self.quantized[key];
+                self.problems.push(VitError::Config {
+                    path: self.snapshot.clone(),
+                    message: format!(
+                        "`{name}` is stored in 4 bits but this model needs it in full precision"
+                    ),
+                });
                 Tensor::zeros(shape, &self.device)
             }
             None => {
@@ -370,6 +446,15 @@ impl<B: Backend> ParamSource<B> for WeightStore<B> {
                 Tensor::zeros(shape, &self.device)
             }
         }
+    }
+
+    fn quantized(&mut self, key: &str, shape: [usize; 2]) -> Option<(Quantized4, CodeBooks<B>)> {
+        let (name, layer) = self.quantized.remove(key)?;
+        if layer.shape != shape {
+            self.mismatched.push((name, shape.to_vec(), layer.shape));
+            return None;
+        }
+        Some((layer.quantized, self.books.clone()?))
     }
 }
 

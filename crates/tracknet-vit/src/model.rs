@@ -16,7 +16,7 @@ use tracknet_quant::{
     QuantPlan, QuantSpec, QuantType,
 };
 
-use crate::backbone::{Backbone, BackboneArch};
+use crate::backbone::{Backbone, BackboneArch, LoadedSnapshot};
 use crate::decoder::{
     DecoderActivation, DecoderError, DecoderNormKind, HeatmapDecoder, HeatmapDecoderConfig,
 };
@@ -96,7 +96,9 @@ impl<B: QuantBackend> HeatmapModel<B> {
         device: &B::Device,
     ) -> Result<(Self, BuildReport), ModelError> {
         let mut report = BuildReport::default();
-        let (backbone, source) = load_backbone::<B>(cfg, device)?;
+        let (loaded, source) = load_backbone::<B>(cfg, device)?;
+        check_stored_quantization(cfg, &loaded)?;
+        let backbone = loaded.backbone;
         report.backbone_source = source;
         let channels_before = backbone.num_channels();
         let backbone = backbone.with_input_frames(frames)?;
@@ -131,7 +133,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
             backbone,
             decoder,
             head,
-            code_books: None,
+            code_books: loaded.code_books,
         };
 
         // The backbone trains only when not frozen and not adapted (LoRA trains adapters instead).
@@ -191,17 +193,26 @@ impl<B: QuantBackend> HeatmapModel<B> {
     ) -> Result<(Self, QuantPlan), ModelError> {
         let infos = self.projection_infos();
         let plan = QuantPlan::new(&infos, skip_modules, &[], spec.blocksize);
-        let books = CodeBooks::<B>::new(device);
+        // A backbone read from a 4-bit snapshot already has code books: its layers share them.
+        let books = self
+            .code_books
+            .clone()
+            .unwrap_or_else(|| CodeBooks::<B>::new(device));
         let selected = plan.quantize.clone();
-        self.backbone = self
-            .backbone
-            .map_projections(&mut |path: &str, p: LoraLinear<B>| {
-                if selected.iter().any(|s| s == path) {
-                    p.quantize(*spec, &books)
-                } else {
-                    Ok(p)
-                }
-            })?;
+        self.backbone =
+            self.backbone
+                .map_projections(&mut |path: &str, mut p: LoraLinear<B>| {
+                    // Layers stored in 4 bits keep their codes and take the run's compute dtype.
+                    if let tracknet_lora::BaseLinear::Quant(q) = p.base {
+                        p.base = tracknet_lora::BaseLinear::Quant(q.with_compute(spec.compute));
+                        return Ok(p);
+                    }
+                    if selected.iter().any(|s| s == path) {
+                        p.quantize(*spec, &books)
+                    } else {
+                        Ok(p)
+                    }
+                })?;
         self.code_books = Some(books);
         Ok((self, plan))
     }
@@ -511,28 +522,131 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
 fn load_backbone<B: QuantBackend>(
     cfg: &ModelConfig,
     device: &B::Device,
-) -> Result<(Backbone<B>, String), ModelError> {
+) -> Result<(LoadedSnapshot<B>, String), ModelError> {
+    let described = |loaded: &LoadedSnapshot<B>, what: String| match &loaded.bnb {
+        Some(q) => format!(
+            "{what} (bitsandbytes 4-bit {}{}: {} layers read as stored)",
+            q.quant_type,
+            if q.double_quant { ", double quant" } else { "" },
+            quantized_paths(&loaded.backbone).len()
+        ),
+        None => what,
+    };
     if let Some(dir) = &cfg.backbone.weights {
         let dir = hf::resolve_snapshot(&dir.to_string_lossy(), true)?;
-        return Ok((
-            Backbone::from_snapshot(&dir, device)?,
-            format!("snapshot {}", dir.display()),
-        ));
+        let loaded = Backbone::load_snapshot(&dir, device)?;
+        let source = described(&loaded, format!("snapshot {}", dir.display()));
+        return Ok((loaded, source));
     }
     if cfg.backbone.pretrained
         && let Some(name) = &cfg.pretrained_model_name
     {
         let dir = hf::resolve_snapshot(name, cfg.backbone.local_files_only)?;
-        return Ok((
-            Backbone::from_snapshot(&dir, device)?,
-            format!("{name} ({})", dir.display()),
-        ));
+        let loaded = Backbone::load_snapshot(&dir, device)?;
+        let source = described(&loaded, format!("{name} ({})", dir.display()));
+        return Ok((loaded, source));
     }
     let arch = arch_from_config(cfg)?;
     Ok((
-        Backbone::random(&arch, device)?,
+        LoadedSnapshot {
+            backbone: Backbone::random(&arch, device)?,
+            bnb: None,
+            code_books: None,
+        },
         "random init (model.backbone architecture fields)".into(),
     ))
+}
+
+/// Paths of the projections whose base is 4-bit.
+fn quantized_paths<B: QuantBackend>(backbone: &Backbone<B>) -> Vec<(String, QuantSpec)> {
+    let mut out = Vec::new();
+    let _ = backbone.clone().map_projections(&mut |path: &str,
+                                                   p: LoraLinear<B>|
+     -> Result<_, ()> {
+        if let tracknet_lora::BaseLinear::Quant(q) = &p.base {
+            out.push((path.to_string(), q.spec));
+        }
+        Ok(p)
+    });
+    out
+}
+
+/// A snapshot stored in 4 bits fixes the format of its layers: the `model.quantization`
+/// section must say the same (enabled, code book, block size, double quantization) and must
+/// not ask to keep one of them in full precision. An error names the key that disagrees.
+fn check_stored_quantization<B: QuantBackend>(
+    cfg: &ModelConfig,
+    loaded: &LoadedSnapshot<B>,
+) -> Result<(), ModelError> {
+    let stored = quantized_paths(&loaded.backbone);
+    let Some((_, spec)) = stored.first() else {
+        return Ok(());
+    };
+    let q = &cfg.quantization;
+    let err = |key: &str, message: String| ModelError::Config {
+        key: format!("model.quantization.{key}"),
+        message,
+    };
+    let fmt = format!(
+        "the backbone snapshot stores {} layers in 4 bits ({}, blocksize {}, double quant {})",
+        stored.len(),
+        spec.quant_type,
+        spec.blocksize,
+        spec.double_quant
+    );
+    if !q.enabled {
+        return Err(err(
+            "enabled",
+            format!("{fmt}; set enabled: true (the codes are used as stored, LoRA trains on them)"),
+        ));
+    }
+    let want_type = match q.quant_type {
+        QuantKind::Nf4 => QuantType::Nf4,
+        QuantKind::Fp4 => QuantType::Fp4,
+    };
+    for (path, s) in &stored {
+        if s.quant_type != want_type {
+            return Err(err(
+                "quant_type",
+                format!(
+                    "{fmt}; `{path}` is {}, the config says {want_type}",
+                    s.quant_type
+                ),
+            ));
+        }
+        if s.blocksize != q.blocksize {
+            return Err(err(
+                "blocksize",
+                format!(
+                    "{fmt}; `{path}` uses {}, the config says {}",
+                    s.blocksize, q.blocksize
+                ),
+            ));
+        }
+        if s.double_quant != q.double_quant() {
+            return Err(err(
+                "use_double_quant",
+                format!(
+                    "{fmt}; `{path}` has double quant {}, the config says {}",
+                    s.double_quant,
+                    q.double_quant()
+                ),
+            ));
+        }
+        if let Some(name) = q
+            .skip_modules
+            .iter()
+            .find(|n| tracknet_quant::segment_match(path, n))
+        {
+            return Err(err(
+                "skip_modules",
+                format!(
+                    "`{name}` names `{path}`, which the snapshot stores in 4 bits (its full-precision weights are not in the snapshot)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the model parameter `path` (`backbone.…`, `decoder.…`, `head.…`) belongs to the

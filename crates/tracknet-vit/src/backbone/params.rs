@@ -9,6 +9,9 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
+use tracknet_lora::LoraLinear;
+use tracknet_quant::{CodeBooks, ComputeDtype, QuantBackend, Quantized4, QuantizedLinear};
+
 use crate::proj::{Proj, proj_from_torch};
 
 /// How a tensor is initialised when no checkpoint provides it (transformers' `_init_weights`).
@@ -26,6 +29,11 @@ pub(crate) trait ParamSource<B: Backend> {
     fn device(&self) -> B::Device;
     /// The tensor `key` of shape `shape` (PyTorch layout).
     fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D], init: Init) -> Tensor<B, D>;
+    /// The 4-bit layer stored for the weight `key` (`[out, in]` = `shape`) with the shared code
+    /// books, when the source holds it quantized (a bitsandbytes snapshot).
+    fn quantized(&mut self, _key: &str, _shape: [usize; 2]) -> Option<(Quantized4, CodeBooks<B>)> {
+        None
+    }
 }
 
 /// Random initialisation as transformers does it for a fresh model.
@@ -55,8 +63,9 @@ impl<B: Backend> ParamSource<B> for RandomInit<B> {
     }
 }
 
-/// A projection `key` (`key.weight` `[d_out, d_in]`, optional `key.bias` `[d_out]`).
-pub(crate) fn linear<B: Backend>(
+/// A projection `key` (`key.weight` `[d_out, d_in]`, optional `key.bias` `[d_out]`). A weight
+/// the source holds in 4 bits becomes a 4-bit base as stored (no dequantization).
+pub(crate) fn linear<B: QuantBackend>(
     src: &mut impl ParamSource<B>,
     key: &str,
     d_in: usize,
@@ -64,6 +73,16 @@ pub(crate) fn linear<B: Backend>(
     bias: bool,
     std: f64,
 ) -> Proj<B> {
+    if let Some((q, books)) = src.quantized(&format!("{key}.weight"), [d_out, d_in]) {
+        let b = bias.then(|| src.tensor(&format!("{key}.bias"), [d_out], Init::Zeros));
+        let device = src.device();
+        // The shape was checked by the source, so this cannot fail.
+        if let Ok(layer) =
+            QuantizedLinear::from_quantized(&q, d_in, d_out, b, ComputeDtype::F32, &books, &device)
+        {
+            return LoraLinear::quantized(layer);
+        }
+    }
     let weight = src.tensor(
         &format!("{key}.weight"),
         [d_out, d_in],
