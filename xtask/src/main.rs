@@ -22,7 +22,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = match task.as_str() {
-        "train" | "eval" | "predict" | "synth" | "quantize-report" => tracknet(task, rest),
+        "train" | "eval" | "predict" | "synth" | "quantize-report" | "export" => {
+            tracknet(task, rest)
+        }
         "bench" => bench::run(rest),
         "test" | "ci" => test(),
         other => Err(format!(

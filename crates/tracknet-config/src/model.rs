@@ -321,6 +321,9 @@ pub struct LoraConfig {
     pub modules_to_save: Vec<String>,
     /// `true`: PEFT default init (B = 0, so a fresh adapter is a no-op); `false`: random B.
     pub init_lora_weights: bool,
+    /// A PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`, e.g. saved
+    /// by Python) to start from: its settings replace the ones above, its weights the init.
+    pub adapter_path: Option<PathBuf>,
 }
 
 impl Default for LoraConfig {
@@ -336,6 +339,7 @@ impl Default for LoraConfig {
             use_rslora: false,
             modules_to_save: Vec::new(),
             init_lora_weights: true,
+            adapter_path: None,
         }
     }
 }

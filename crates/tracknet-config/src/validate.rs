@@ -280,6 +280,16 @@ fn model(cfg: &RunConfig, c: &mut Checker) {
     c.int_at_least("model.lora.r", l.r, 1);
     c.positive("model.lora.lora_alpha", l.lora_alpha);
     c.unit_half_open("model.lora.lora_dropout", l.lora_dropout);
+    if let Some(dir) = &l.adapter_path {
+        if !l.enabled {
+            c.push(
+                "model.lora.adapter_path",
+                "starts LoRA from an adapter: needs model.lora.enabled: true",
+            );
+        } else if dir.as_os_str().is_empty() {
+            c.push("model.lora.adapter_path", "expected a PEFT adapter folder");
+        }
+    }
     match &l.target_modules {
         TargetModules::List(names) => c.names(
             "model.lora.target_modules",

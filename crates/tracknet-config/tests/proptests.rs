@@ -24,6 +24,7 @@ prop_compose! {
         use_rslora in any::<bool>(),
         modules_to_save in prop::collection::vec("[a-z][a-z0-9_.]{0,15}", 0..3),
         init_lora_weights in any::<bool>(),
+        adapter_path in prop::option::of("[a-z][a-z0-9_/]{0,12}"),
     ) -> LoraConfig {
         LoraConfig {
             enabled,
@@ -36,6 +37,8 @@ prop_compose! {
             use_rslora,
             modules_to_save,
             init_lora_weights,
+            // Only valid with LoRA on (validated on load).
+            adapter_path: adapter_path.filter(|_| enabled).map(std::path::PathBuf::from),
         }
     }
 }

@@ -260,61 +260,16 @@ pub fn safetensors_bytes(
     tensors: &NamedTensors,
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-    let bytes: Vec<(&String, &Vec<usize>, Vec<u8>)> = tensors
+    let stored: BTreeMap<String, tracknet_quant::StoredTensor> = tensors
         .iter()
-        .map(|(k, (s, v))| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.to_vec(), b)
-                .map(|v| (k.to_string(), v))
+        .map(|(k, (s, v))| {
+            (
+                k.clone(),
+                tracknet_quant::StoredTensor::from_f32(s.clone(), v),
+            )
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let raw = safetensors::serialize(views, &Some(meta))?;
-    Ok(sorted_header(raw))
-}
-
-/// `raw` with its JSON header re-serialised with sorted keys (padded with spaces to a multiple
-/// of 8 bytes, as safetensors pads); returned unchanged if the header does not parse.
-fn sorted_header(raw: Vec<u8>) -> Vec<u8> {
-    fn sort(v: serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let sorted: BTreeMap<String, serde_json::Value> =
-                    m.into_iter().map(|(k, v)| (k, sort(v))).collect();
-                serde_json::to_value(sorted).unwrap_or(serde_json::Value::Null)
-            }
-            other => other,
-        }
-    }
-    let Some(len) = raw
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(|b| u64::from_le_bytes(b) as usize)
-    else {
-        return raw;
-    };
-    let Some(header) = raw.get(8..8 + len) else {
-        return raw;
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
-        return raw;
-    };
-    // A BTreeMap serialises in key order whatever serde_json's map type is.
-    let sorted: BTreeMap<String, serde_json::Value> = match sort(value) {
-        serde_json::Value::Object(m) => m.into_iter().collect(),
-        _ => return raw,
-    };
-    let Ok(mut json) = serde_json::to_vec(&sorted) else {
-        return raw;
-    };
-    json.resize(json.len().div_ceil(8) * 8, b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + raw.len() - 8 - len);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&raw[8 + len..]);
-    out
+        .collect();
+    tracknet_quant::bnb::safetensors_bytes(&stored, meta)
 }
 
 /// PEFT's `print_trainable_parameters`.

@@ -63,6 +63,49 @@ pub struct AdapterConfig {
     /// `true` (PEFT default init) or `false` (random B); PEFT also allows strings.
     #[serde(default = "default_init")]
     pub init_lora_weights: Value,
+    /// PEFT keys that change the math of a saved adapter. Read so that an adapter using them
+    /// is refused by name ([`AdapterConfig::to_settings`]) instead of loaded with wrong scaling;
+    /// not written by [`AdapterConfig::to_peft_json`] other than as PEFT's defaults.
+    #[serde(default, skip_serializing)]
+    pub rank_pattern: Value,
+    /// Per-module `lora_alpha`.
+    #[serde(default, skip_serializing)]
+    pub alpha_pattern: Value,
+    /// Layer indices the adapter is restricted to.
+    #[serde(default, skip_serializing)]
+    pub layers_to_transform: Value,
+    /// The module-list name `layers_to_transform` indexes.
+    #[serde(default, skip_serializing)]
+    pub layers_pattern: Value,
+    /// Modules excluded from `target_modules`.
+    #[serde(default, skip_serializing)]
+    pub exclude_modules: Value,
+    /// A bias on `lora_B`.
+    #[serde(default, skip_serializing)]
+    pub lora_bias: bool,
+    /// QALoRA pooling.
+    #[serde(default, skip_serializing)]
+    pub use_qalora: bool,
+    /// LoRA on parameters instead of modules.
+    #[serde(default, skip_serializing)]
+    pub target_parameters: Value,
+    /// Trainable embedding rows.
+    #[serde(default, skip_serializing)]
+    pub trainable_token_indices: Value,
+    /// Layer duplication before adapting.
+    #[serde(default, skip_serializing)]
+    pub layer_replication: Value,
+}
+
+/// Whether a PEFT config value is unset: `null`, `{}`, `[]` or `""`.
+fn unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
 }
 
 fn default_bias() -> String {
@@ -95,6 +138,17 @@ impl AdapterConfig {
             base_model_name_or_path: base_model,
             task_type: s.task_type.clone(),
             init_lora_weights: Value::Bool(s.init == LoraInit::PeftDefault),
+            // PEFT's defaults, as `to_peft_json` writes them (and a load reads them back).
+            rank_pattern: json!({}),
+            alpha_pattern: json!({}),
+            layers_to_transform: Value::Null,
+            layers_pattern: Value::Null,
+            exclude_modules: Value::Null,
+            lora_bias: false,
+            use_qalora: false,
+            target_parameters: Value::Null,
+            trainable_token_indices: Value::Null,
+            layer_replication: Value::Null,
         }
     }
 
@@ -117,6 +171,75 @@ impl AdapterConfig {
             return Err(fmt_err(
                 "fan_in_fan_out: true is not supported (weights are [out, in])".into(),
             ));
+        }
+        // Keys that change which layers are adapted or how they are scaled: refused by name,
+        // never loaded with the wrong math.
+        let refused: [(&str, &Value, &str); 8] = [
+            (
+                "rank_pattern",
+                &self.rank_pattern,
+                "per-module ranks are not supported; save the adapter with one `r`",
+            ),
+            (
+                "alpha_pattern",
+                &self.alpha_pattern,
+                "per-module lora_alpha is not supported; save the adapter with one `lora_alpha`",
+            ),
+            (
+                "layers_to_transform",
+                &self.layers_to_transform,
+                "restricting LoRA to some layers is not supported; list the modules in target_modules instead",
+            ),
+            (
+                "layers_pattern",
+                &self.layers_pattern,
+                "is only used with layers_to_transform, which is not supported",
+            ),
+            (
+                "exclude_modules",
+                &self.exclude_modules,
+                "is not supported; list the modules to adapt in target_modules instead",
+            ),
+            (
+                "target_parameters",
+                &self.target_parameters,
+                "LoRA on parameters is not supported",
+            ),
+            (
+                "trainable_token_indices",
+                &self.trainable_token_indices,
+                "trainable tokens are not supported",
+            ),
+            (
+                "layer_replication",
+                &self.layer_replication,
+                "layer replication is not supported",
+            ),
+        ];
+        if let Some((key, value, why)) = refused.iter().find(|(_, v, _)| !unset(v)) {
+            return Err(fmt_err(format!("{key}: {value} — {why}")));
+        }
+        if self.lora_bias {
+            return Err(fmt_err(
+                "lora_bias: true (a bias on lora_B) is not supported".into(),
+            ));
+        }
+        if self.use_qalora {
+            return Err(fmt_err("use_qalora: true is not supported".into()));
+        }
+        // Initialisations that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ): the
+        // adapter only fits the modified base, which is not what a base snapshot holds.
+        if let Value::String(init) = &self.init_lora_weights {
+            let base_changing = ["pissa", "olora", "corda", "loftq"];
+            if base_changing
+                .iter()
+                .any(|p| init.to_ascii_lowercase().starts_with(p))
+            {
+                return Err(fmt_err(format!(
+                    "init_lora_weights: `{init}` changes the base weights along with the adapter; \
+                     convert the adapter to plain LoRA in PEFT first"
+                )));
+            }
         }
         let targets = match &self.target_modules {
             Value::String(s) => TargetSpec::Regex(s.clone()),

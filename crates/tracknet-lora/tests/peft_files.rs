@@ -565,3 +565,52 @@ fn unsupported_peft_features_are_refused() {
         assert!(msg.contains(key), "{msg}");
     }
 }
+
+#[test]
+fn peft_keys_that_change_the_math_are_refused_by_name_and_their_defaults_accepted() {
+    let tmp = TempDir::new("math-keys");
+    let (config, _) = save_sample(&tmp.0);
+    let set = |key: &str, value: Value| {
+        let mut json = config.to_peft_json();
+        json[key] = value;
+        std::fs::write(tmp.0.join(CONFIG_FILE), serde_json::to_vec(&json).unwrap()).unwrap();
+        load_adapter(&tmp.0).unwrap().config.to_settings(&tmp.0)
+    };
+    let refused = [
+        ("rank_pattern", serde_json::json!({"q_proj": 8})),
+        ("alpha_pattern", serde_json::json!({"v_proj": 64})),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("layers_pattern", serde_json::json!("layer")),
+        ("exclude_modules", serde_json::json!(["k_proj"])),
+        ("target_parameters", serde_json::json!(["mlp.experts"])),
+        ("trainable_token_indices", serde_json::json!([1, 2])),
+        ("layer_replication", serde_json::json!([[0, 2]])),
+        ("lora_bias", Value::Bool(true)),
+        ("use_qalora", Value::Bool(true)),
+        ("init_lora_weights", Value::String("pissa_niter_4".into())),
+    ];
+    for (key, value) in refused {
+        let msg = match set(key, value.clone()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{key} = {value} was accepted"),
+        };
+        assert!(msg.contains(key), "{key}: {msg}");
+    }
+    // PEFT's defaults for the same keys (what `save_pretrained` writes) load.
+    for (key, value) in [
+        ("rank_pattern", serde_json::json!({})),
+        ("alpha_pattern", serde_json::json!({})),
+        ("layers_to_transform", Value::Null),
+        ("exclude_modules", Value::Null),
+        ("lora_bias", Value::Bool(false)),
+        ("init_lora_weights", Value::String("gaussian".into())),
+    ] {
+        assert!(
+            set(key, value.clone()).is_ok(),
+            "{key} = {value} was refused"
+        );
+    }
+    // rsLoRA is honoured: scaling alpha / sqrt(r).
+    let s = set("use_rslora", Value::Bool(true)).unwrap();
+    assert!((s.scaling() - s.alpha / (s.r as f64).sqrt()).abs() < 1e-12);
+}

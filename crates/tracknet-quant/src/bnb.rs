@@ -14,7 +14,7 @@
 //! Reading keeps the codes as stored (no dequantize / re-quantize round trip); the code books
 //! must be bitsandbytes' own, so a file with a custom map is refused rather than misread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use safetensors::Dtype;
 use serde_json::{Value, json};
@@ -86,6 +86,68 @@ impl StoredTensor {
             _ => return None,
         })
     }
+}
+
+/// Tensors of any dtype as safetensors bytes, with `meta` as metadata.
+///
+/// The bytes are a function of the contents alone: the safetensors crate writes the
+/// `__metadata__` map in `HashMap` order, which differs between runs, so the JSON header is
+/// rewritten with every key sorted (same tensors, same offsets).
+pub fn safetensors_bytes(
+    tensors: &BTreeMap<String, StoredTensor>,
+    meta: HashMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let views = tensors
+        .iter()
+        .map(|(k, t)| {
+            safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let raw = safetensors::serialize(views, &Some(meta))?;
+    Ok(sorted_header(raw))
+}
+
+/// `raw` with its JSON header re-serialised with sorted keys (padded with spaces to a multiple
+/// of 8 bytes, as safetensors pads); returned unchanged if the header does not parse.
+fn sorted_header(raw: Vec<u8>) -> Vec<u8> {
+    fn sort(v: Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let sorted: BTreeMap<String, Value> =
+                    m.into_iter().map(|(k, v)| (k, sort(v))).collect();
+                serde_json::to_value(sorted).unwrap_or(Value::Null)
+            }
+            other => other,
+        }
+    }
+    let Some(len) = raw
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return raw;
+    };
+    let Some(header) = raw.get(8..8 + len) else {
+        return raw;
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(header) else {
+        return raw;
+    };
+    // A BTreeMap serialises in key order whatever serde_json's map type is.
+    let sorted: BTreeMap<String, Value> = match sort(value) {
+        Value::Object(m) => m.into_iter().collect(),
+        _ => return raw,
+    };
+    let Ok(mut json) = serde_json::to_vec(&sorted) else {
+        return raw;
+    };
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + raw.len() - 8 - len);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&raw[8 + len..]);
+    out
 }
 
 /// A 4-bit layer read from a bitsandbytes serialization.

@@ -35,6 +35,23 @@ pub enum Command {
     Synth(SynthArgs),
     /// Show which layers would be quantized, why others not, and the measured memory.
     QuantizeReport(ConfigArgs),
+    /// Write a run's model for the Python stack: 4-bit (bitsandbytes) and merged f32 backbone
+    /// snapshots, the PEFT adapter, decoder and head.
+    Export(ExportArgs),
+}
+
+/// `export` arguments.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The run folder.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// `best` or `last`.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// Output folder (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Which configuration: one combined file, or model + data + training files (as the
@@ -117,6 +134,10 @@ pub struct PredictArgs {
     /// `best` or `last`.
     #[arg(long, default_value = "best")]
     pub checkpoint: String,
+    /// A PEFT adapter folder (e.g. trained in Python) to predict with instead of the run's
+    /// adapter; it must fit the run's backbone.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Peak value above which the ball counts as visible (default: training.eval.threshold).
     #[arg(long)]
     pub threshold: Option<f32>,
@@ -187,6 +208,7 @@ pub fn run(cli: Cli) -> Result<(), TrainError> {
         Command::Predict(a) => cmd_predict(a),
         Command::Synth(a) => cmd_synth(a),
         Command::QuantizeReport(a) => cmd_quantize_report(a),
+        Command::Export(a) => cmd_export(a),
     }
 }
 
@@ -455,7 +477,11 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
         return Err(cuda_missing_or_todo());
     }
     let device = Default::default();
-    let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+    let mut model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+    if let Some(dir) = &a.adapter {
+        model = crate::predict::with_adapter(model, &cfg, dir, &device)?;
+        eprintln!("LoRA weights from the adapter {}", dir.display());
+    }
     let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
     let s = predict(&model, &cfg, &a.input, &a.out, threshold, &device)?;
     println!(
@@ -465,6 +491,12 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
         s.csv.display(),
         a.out.display()
     );
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<(), TrainError> {
+    let s = crate::export::export_run(&a.run, &a.checkpoint, &a.out)?;
+    println!("wrote {}: {}", s.dir.display(), s.entries.join(", "));
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use tracknet_config::RunConfig;
 use tracknet_data::{PredictionRow, PreprocessOptions, preprocess_image};
 use tracknet_quant::QuantBackend;
-use tracknet_vit::model::HeatmapModel;
+use tracknet_vit::model::{HeatmapModel, ModelError};
 
 use crate::checkpoint::read_pointer;
 use crate::error::{TrainError, io_err};
@@ -30,13 +30,55 @@ pub fn export_backbone(cfg: &RunConfig, ckpt: &Path, out: &Path) -> Result<(), T
         }
         .into());
     }
+    let snapshot = tracknet_vit::model::snapshot_dir(&cfg.model)?;
+    let extra = tracknet_vit::export::passthrough(snapshot.as_deref(), &model.backbone)
+        .map_err(tracknet_vit::model::ModelError::from)?;
     tracknet_vit::export::save_snapshot(
         &model.backbone,
-        &tracknet_vit::model::arch_json(&cfg.model),
+        &tracknet_vit::model::backbone_hf_config(&cfg.model)?,
+        &extra,
         out,
     )
     .map_err(tracknet_vit::model::ModelError::from)?;
     Ok(())
+}
+
+/// `model` (a run's) with its LoRA weights replaced by the PEFT adapter in `dir`. A run
+/// without LoRA gets the adapter's layers; a LoRA run's adapters must have the adapter's
+/// settings (rank, scaling, targets), else an error names the one that differs.
+pub fn with_adapter<B: QuantBackend>(
+    model: HeatmapModel<B>,
+    cfg: &RunConfig,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<HeatmapModel<B>, TrainError> {
+    let loaded = tracknet_lora::peft::load_adapter(dir).map_err(ModelError::from)?;
+    let theirs = loaded.config.to_settings(dir).map_err(ModelError::from)?;
+    let model = if cfg.model.lora.enabled {
+        let ours = tracknet_vit::model::lora_settings(&cfg.model);
+        let differs = [
+            ("r", ours.r.to_string(), theirs.r.to_string()),
+            (
+                "scaling (lora_alpha, use_rslora)",
+                ours.scaling().to_string(),
+                theirs.scaling().to_string(),
+            ),
+        ];
+        if let Some((key, run, adapter)) = differs.iter().find(|(_, a, b)| a != b) {
+            return Err(ModelError::Config {
+                key: "predict --adapter".into(),
+                message: format!(
+                    "{}: {key} is {adapter} in the adapter but {run} in the run; predict with a                      run trained with the adapter's settings (or train from it with                      model.lora.adapter_path)",
+                    dir.display()
+                ),
+            }
+            .into());
+        }
+        model
+    } else {
+        model.add_lora(&theirs, device)?.0
+    };
+    Ok(model.load_peft_weights(dir, device)?)
 }
 
 /// The config a run was trained with (`RUN/config.yaml`), with `overrides` applied.

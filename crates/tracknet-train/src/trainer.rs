@@ -14,7 +14,6 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::RunConfig;
 use tracknet_data::{Batch, BatchLoader};
-use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
 use tracknet_quant::QuantBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
 
@@ -92,6 +91,13 @@ where
         }
     };
     cfg.validate()?;
+    // An adapter to start from brings its own LoRA settings: the run (and its config.yaml,
+    // checkpoints, saved adapters) uses those.
+    let (model_cfg, _) = tracknet_vit::model::with_adapter_config(&cfg.model)?;
+    let cfg = &RunConfig {
+        model: model_cfg,
+        ..cfg.clone()
+    };
     for w in cfg.warnings() {
         say(&format!("warning: {w}"));
     }
@@ -630,20 +636,11 @@ where
         fs::write(dir.join("optimizer.safetensors"), to_safetensors(&ot, om)?)
             .map_err(io_err(dir))?;
         if cfg.model.lora.enabled {
-            let adapters: Vec<AdapterTensors> = model
-                .adapters()
-                .into_iter()
-                .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
-                .collect();
-            let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
-            let settings = lora_settings(&cfg.model);
-            let ac = AdapterConfig::from_settings(
-                &settings,
-                &paths,
+            model.save_peft_adapter(
+                &dir.join("adapter"),
+                &lora_settings(&cfg.model),
                 cfg.model.pretrained_model_name.clone(),
-            );
-            let extra = model.adapter_extras(&settings);
-            save_adapter(&dir.join("adapter"), &ac, &adapters, &extra)?;
+            )?;
         }
         let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
             path: dir.to_path_buf(),

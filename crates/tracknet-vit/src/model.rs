@@ -96,6 +96,9 @@ impl<B: QuantBackend> HeatmapModel<B> {
         device: &B::Device,
     ) -> Result<(Self, BuildReport), ModelError> {
         let mut report = BuildReport::default();
+        let (effective, notes) = with_adapter_config(cfg)?;
+        let cfg = &effective;
+        report.warnings.extend(notes);
         let (loaded, source) = load_backbone::<B>(cfg, device)?;
         check_stored_quantization(cfg, &loaded)?;
         let backbone = loaded.backbone;
@@ -155,6 +158,9 @@ impl<B: QuantBackend> HeatmapModel<B> {
             let (m, targets) = model.add_lora(&settings, device)?;
             model = m;
             report.lora_targets = targets;
+            if let Some(dir) = &cfg.lora.adapter_path {
+                model = model.load_peft_weights(dir, device)?;
+            }
         }
         Ok((model.map(&mut Materialize), report))
     }
@@ -466,6 +472,52 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
         }
     }
 
+    /// Load the weights of a PEFT adapter folder (LoRA factors, trained biases,
+    /// `modules_to_save`) into this model's adapters: every adapted layer must get its factors
+    /// with its rank, and every tensor of the file must land, else one error lists the problems.
+    /// The adapter's settings are not changed here (see [`with_adapter_config`]).
+    pub fn load_peft_weights(self, dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
+        let loaded = tracknet_lora::peft::load_adapter(dir)?;
+        loaded.config.to_settings(dir)?;
+        let mut dims = std::collections::BTreeMap::new();
+        let _ = self.backbone.clone().map_projections(&mut |path: &str,
+                                                            p: LoraLinear<B>|
+         -> Result<_, ()> {
+            if p.has_adapter() {
+                dims.insert(path.to_string(), p.dims());
+            }
+            Ok(p)
+        });
+        let targets: Vec<String> = dims.keys().cloned().collect();
+        let assigned = loaded.assign(&targets, &|p: &str| dims.get(p).copied())?;
+        let tensors = assigned
+            .into_iter()
+            .map(|(p, t)| (p, t.to_tensors::<B>(device)))
+            .collect();
+        let model = self.set_adapters(&tensors)?;
+        model.set_adapter_extras(&loaded.extra, &dir.join(tracknet_lora::peft::WEIGHTS_FILE))
+    }
+
+    /// Write this model's adapters as a PEFT adapter folder (`adapter_config.json` +
+    /// `adapter_model.safetensors`, with the biases and `modules_to_save` of `settings`).
+    pub fn save_peft_adapter(
+        &self,
+        dir: &Path,
+        settings: &LoraSettings,
+        base_model: Option<String>,
+    ) -> Result<(), ModelError> {
+        use tracknet_lora::peft::{AdapterConfig, AdapterTensors, save_adapter};
+        let adapters: Vec<AdapterTensors> = self
+            .adapters()
+            .into_iter()
+            .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
+            .collect();
+        let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+        let config = AdapterConfig::from_settings(settings, &paths, base_model);
+        let extra = self.adapter_extras(settings);
+        Ok(save_adapter(dir, &config, &adapters, &extra)?)
+    }
+
     /// Load PEFT adapter tensors by path (after [`tracknet_lora::peft::LoadedAdapter::assign`]).
     pub fn set_adapters(
         mut self,
@@ -532,18 +584,13 @@ fn load_backbone<B: QuantBackend>(
         ),
         None => what,
     };
-    if let Some(dir) = &cfg.backbone.weights {
-        let dir = hf::resolve_snapshot(&dir.to_string_lossy(), true)?;
+    if let Some(dir) = snapshot_dir(cfg)? {
         let loaded = Backbone::load_snapshot(&dir, device)?;
-        let source = described(&loaded, format!("snapshot {}", dir.display()));
-        return Ok((loaded, source));
-    }
-    if cfg.backbone.pretrained
-        && let Some(name) = &cfg.pretrained_model_name
-    {
-        let dir = hf::resolve_snapshot(name, cfg.backbone.local_files_only)?;
-        let loaded = Backbone::load_snapshot(&dir, device)?;
-        let source = described(&loaded, format!("{name} ({})", dir.display()));
+        let what = match (&cfg.backbone.weights, &cfg.pretrained_model_name) {
+            (None, Some(name)) => format!("{name} ({})", dir.display()),
+            _ => format!("snapshot {}", dir.display()),
+        };
+        let source = described(&loaded, what);
         return Ok((loaded, source));
     }
     let arch = arch_from_config(cfg)?;
@@ -555,6 +602,107 @@ fn load_backbone<B: QuantBackend>(
         },
         "random init (model.backbone architecture fields)".into(),
     ))
+}
+
+/// `cfg` with `model.lora` taken from the adapter at `model.lora.adapter_path` (rank, alpha,
+/// rsLoRA, dropout, targets, bias, `modules_to_save`: the adapter's weights only fit its own
+/// settings), and one note per value that differs from what the config said. Unchanged when no
+/// adapter is given. An adapter using PEFT features that change the math is refused by key.
+pub fn with_adapter_config(cfg: &ModelConfig) -> Result<(ModelConfig, Vec<String>), ModelError> {
+    let mut out = cfg.clone();
+    let Some(dir) = &cfg.lora.adapter_path else {
+        return Ok((out, Vec::new()));
+    };
+    let loaded = tracknet_lora::peft::load_adapter(dir)?;
+    let s = loaded.config.to_settings(dir)?;
+    let l = &mut out.lora;
+    let mut notes = Vec::new();
+    let mut note = |key: &str, was: String, now: String| {
+        if was != now {
+            notes.push(format!(
+                "model.lora.{key}: {now} from the adapter {} (the config said {was})",
+                dir.display()
+            ));
+        }
+    };
+    note("r", l.r.to_string(), s.r.to_string());
+    note("lora_alpha", l.lora_alpha.to_string(), s.alpha.to_string());
+    note(
+        "lora_dropout",
+        l.lora_dropout.to_string(),
+        s.dropout.to_string(),
+    );
+    note(
+        "use_rslora",
+        l.use_rslora.to_string(),
+        s.use_rslora.to_string(),
+    );
+    let targets = match &s.targets {
+        TargetSpec::List(v) => TargetModules::List(v.clone()),
+        TargetSpec::Regex(r) => TargetModules::Regex(r.clone()),
+        TargetSpec::Auto => TargetModules::Auto,
+    };
+    note(
+        "target_modules",
+        format!("{:?}", l.target_modules),
+        format!("{targets:?}"),
+    );
+    let bias = match s.bias {
+        BiasMode::None => LoraBias::None,
+        BiasMode::All => LoraBias::All,
+        BiasMode::LoraOnly => LoraBias::LoraOnly,
+    };
+    note("bias", l.bias.as_str().into(), bias.as_str().into());
+    note(
+        "modules_to_save",
+        format!("{:?}", l.modules_to_save),
+        format!("{:?}", s.modules_to_save),
+    );
+    l.r = s.r;
+    l.lora_alpha = s.alpha;
+    l.lora_dropout = s.dropout;
+    l.use_rslora = s.use_rslora;
+    l.target_modules = targets;
+    l.bias = bias;
+    l.modules_to_save = s.modules_to_save;
+    if s.task_type.is_some() {
+        l.task_type = s.task_type;
+    }
+    Ok((out, notes))
+}
+
+/// The snapshot folder the backbone is read from: `model.backbone.weights`, else (with
+/// `pretrained`) `pretrained_model_name` from the local hub cache; `None` for a random init.
+pub fn snapshot_dir(cfg: &ModelConfig) -> Result<Option<PathBuf>, ModelError> {
+    if let Some(dir) = &cfg.backbone.weights {
+        return Ok(Some(hf::resolve_snapshot(&dir.to_string_lossy(), true)?));
+    }
+    if cfg.backbone.pretrained
+        && let Some(name) = &cfg.pretrained_model_name
+    {
+        return Ok(Some(hf::resolve_snapshot(
+            name,
+            cfg.backbone.local_files_only,
+        )?));
+    }
+    Ok(None)
+}
+
+/// The transformers `config.json` of the backbone: the snapshot's own (every key it had), else
+/// the one `model.backbone` describes ([`arch_json`]).
+pub fn backbone_hf_config(cfg: &ModelConfig) -> Result<serde_json::Value, ModelError> {
+    let Some(dir) = snapshot_dir(cfg)? else {
+        return Ok(arch_json(cfg));
+    };
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| VitError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(serde_json::from_str(&text).map_err(|e| VitError::Json {
+        path,
+        message: e.to_string(),
+    })?)
 }
 
 /// Paths of the projections whose base is 4-bit.

@@ -17,7 +17,7 @@ fn exported_snapshot_round_trips() {
         BackboneArch::from_config_str(&cfg.to_string(), std::path::Path::new("test")).unwrap();
     let a = Backbone::<NdArray>::random(&arch, &device).unwrap();
     let dir = std::env::temp_dir().join(format!("tracknet-export-{}", std::process::id()));
-    save_snapshot(&a, &cfg, &dir).unwrap();
+    save_snapshot(&a, &cfg, &Default::default(), &dir).unwrap();
     let b = Backbone::<NdArray>::from_snapshot(&dir, &device).unwrap();
     let x = Tensor::<NdArray, 4>::random([1, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
     let err: f32 = (a.forward(x.clone()).last_hidden_state - b.forward(x).last_hidden_state)
@@ -25,4 +25,235 @@ fn exported_snapshot_round_trips() {
         .max()
         .into_scalar();
     assert!(err < 1e-6, "{err}");
+}
+
+fn fixtures() -> std::path::PathBuf {
+    std::env::var_os("TRACKNET_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+        })
+}
+
+fn need(path: &std::path::Path) -> &std::path::Path {
+    assert!(path.exists(), "fixture file missing: {}", path.display());
+    path
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tracknet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config_of(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(need(&dir.join("config.json"))).unwrap()).unwrap()
+}
+
+/// `key → (dtype, shape, bytes)` of a snapshot, keys in transformers' canonical scheme.
+fn canonical_tensors(
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, tracknet_quant::StoredTensor> {
+    let arch = BackboneArch::from_config_file(&dir.join("config.json")).unwrap();
+    tracknet_vit::hf::read_stored(&dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| match tracknet_vit::hf::canonical_key(&arch, &k) {
+            tracknet_vit::hf::KeyMapping::Canonical(c) => (c, t),
+            tracknet_vit::hf::KeyMapping::Ignored => (k, t),
+        })
+        .collect()
+}
+
+#[test]
+fn an_export_of_a_fixture_snapshot_keeps_every_key_it_had_with_its_values() {
+    let device = Default::default();
+    for name in ["dinov3", "dinov3_gated", "vit"] {
+        let src = fixtures().join(name);
+        let b = Backbone::<NdArray>::from_snapshot(need(&src), &device).unwrap();
+        let extra = tracknet_vit::export::passthrough(Some(&src), &b).unwrap();
+        let out = tmp(&format!("keys-{name}"));
+        save_snapshot(&b, &config_of(&src), &extra, &out).unwrap();
+        let (a, w) = (canonical_tensors(&src), canonical_tensors(&out));
+        let _ = std::fs::remove_dir_all(&out);
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            w.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (k, t) in &a {
+            assert_eq!(t.to_f32(), w[k].to_f32(), "{name}: {k}");
+        }
+    }
+    // Without a snapshot, DINOv3's mask token is written as transformers initialises it.
+    let cfg = serde_json::json!({"model_type": "dinov3_vit", "hidden_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64});
+    let arch = BackboneArch::from_config_str(&cfg.to_string(), std::path::Path::new("t")).unwrap();
+    let b = Backbone::<NdArray>::random(&arch, &device).unwrap();
+    let extra = tracknet_vit::export::passthrough(None, &b).unwrap();
+    assert_eq!(extra["embeddings.mask_token"].shape, vec![1, 1, 32]);
+}
+
+#[test]
+fn bnb_serialized_snapshot_written_back_holds_the_same_4bit_bytes_and_runs_the_same() {
+    let device = Default::default();
+    let root = fixtures().join("bnb_serialized");
+    let mut dirs: Vec<_> = std::fs::read_dir(need(&root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty());
+    for src in dirs {
+        let loaded = Backbone::<NdArray>::load_snapshot(&src, &device).unwrap();
+        let bnb = loaded.bnb.clone().unwrap();
+        let extra = tracknet_vit::export::passthrough(Some(&src), &loaded.backbone).unwrap();
+        let out = tmp("bnb-back");
+        tracknet_vit::export::save_4bit_snapshot(
+            &loaded.backbone,
+            &config_of(&src),
+            &bnb,
+            &extra,
+            &out,
+        )
+        .unwrap();
+        let (a, w) = (canonical_tensors(&src), canonical_tensors(&out));
+        assert_eq!(a.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
+        for (k, t) in &a {
+            let (t2, what) = (&w[k], k.as_str());
+            if k.contains("quant_state.") {
+                let j = |t: &tracknet_quant::StoredTensor| -> serde_json::Value {
+                    serde_json::from_slice(&t.data).unwrap()
+                };
+                assert_eq!(j(t), j(t2), "{what}");
+            } else if t.dtype == safetensors::Dtype::U8 {
+                assert_eq!(t, t2, "{what}: bytes");
+            } else {
+                // bf16 absmax (as transformers saved it) is written back as the same f32 values.
+                assert_eq!(t.to_f32(), t2.to_f32(), "{what}");
+            }
+        }
+        let written = config_of(&out);
+        assert_eq!(
+            written["quantization_config"],
+            config_of(&src)["quantization_config"]
+        );
+        let back = Backbone::<NdArray>::load_snapshot(&out, &device).unwrap();
+        let _ = std::fs::remove_dir_all(&out);
+        let x =
+            Tensor::<NdArray, 4>::random([1, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        let d: f32 = (loaded.backbone.forward(x.clone()).last_hidden_state
+            - back.backbone.forward(x).last_hidden_state)
+            .abs()
+            .max()
+            .into_scalar();
+        assert_eq!(d, 0.0, "{}", src.display());
+    }
+}
+
+/// A QLoRA model on the dinov3 fixture: NF4 + double quant, LoRA r 4 with random B (so the
+/// adapter changes the output), `bias: all`.
+fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
+    let src = fixtures().join("dinov3");
+    let mut o = vec![
+        format!("model.backbone.weights={}", need(&src).display()),
+        "model.pretrained_model_name=null".into(),
+        "model.decoder.channels=[64,16]".into(),
+        "model.decoder.upsample=[2]".into(),
+        "model.heatmap.size=[12,8]".into(),
+        "data.preprocess.resize=[96,64]".into(),
+        "model.quantization.enabled=true".into(),
+        "model.quantization.compute_dtype=float32".into(),
+        "model.lora.enabled=true".into(),
+        "model.lora.r=4".into(),
+        "model.lora.lora_alpha=8".into(),
+        "model.lora.lora_dropout=0".into(),
+        "model.lora.bias=all".into(),
+        "model.lora.init_lora_weights=false".into(),
+    ];
+    o.extend(extra.iter().cloned());
+    tracknet_config::RunConfig::default()
+        .with_overrides(&o)
+        .unwrap()
+}
+
+#[test]
+fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_model() {
+    use tracknet_vit::model::HeatmapModel;
+    let device = Default::default();
+    let cfg = qlora_on_fixture(&[]);
+    let (model, _) = HeatmapModel::<NdArray>::from_config(&cfg.model, &device).unwrap();
+    let out = tmp("qlora-export");
+    let src = fixtures().join("dinov3");
+    let extra = tracknet_vit::export::passthrough(Some(&src), &model.backbone).unwrap();
+    let bnb = tracknet_quant::BnbConfig {
+        quant_type: tracknet_quant::QuantType::Nf4,
+        double_quant: true,
+        compute_dtype: "float32".into(),
+        skip_modules: Vec::new(),
+    };
+    tracknet_vit::export::save_4bit_snapshot(
+        &model.backbone,
+        &config_of(&src),
+        &bnb,
+        &extra,
+        &out.join("backbone-4bit"),
+    )
+    .unwrap();
+    let merged = tracknet_vit::export::merged(model.backbone.clone());
+    save_snapshot(
+        &merged,
+        &config_of(&src),
+        &extra,
+        &out.join("backbone-merged"),
+    )
+    .unwrap();
+    model
+        .save_peft_adapter(
+            &out.join("adapter"),
+            &tracknet_vit::model::lora_settings(&cfg.model),
+            Some("backbone-4bit".into()),
+        )
+        .unwrap();
+
+    // 4-bit base + adapter, the PEFT way in: `model.backbone.weights` + `model.lora.adapter_path`.
+    // The config's LoRA values differ from the adapter's: the adapter's win, with a note.
+    let again = qlora_on_fixture(&[
+        format!(
+            "model.backbone.weights={}",
+            out.join("backbone-4bit").display()
+        ),
+        format!("model.lora.adapter_path={}", out.join("adapter").display()),
+        "model.lora.r=16".into(),
+        "model.lora.init_lora_weights=true".into(),
+    ]);
+    let (peft_way, report) = HeatmapModel::<NdArray>::from_config(&again.model, &device).unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("model.lora.r: 4 from the adapter")),
+        "{:?}",
+        report.warnings
+    );
+    let dense = Backbone::<NdArray>::from_snapshot(&out.join("backbone-merged"), &device).unwrap();
+    let keys = canonical_tensors(&out.join("backbone-merged"));
+    assert!(keys.contains_key("embeddings.mask_token"));
+    let base4 = Backbone::<NdArray>::from_snapshot(&out.join("backbone-4bit"), &device).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+
+    let x = Tensor::<NdArray, 4>::random([2, 3, 64, 96], Distribution::Normal(0.0, 1.0), &device);
+    let ours = model.backbone.forward(x.clone()).last_hidden_state;
+    let base_plus_adapter = peft_way.backbone.forward(x.clone()).last_hidden_state;
+    let merged_out = dense.forward(x.clone()).last_hidden_state;
+    let base_only = base4.forward(x).last_hidden_state;
+    let max =
+        |a: Tensor<NdArray, 3>, b: Tensor<NdArray, 3>| -> f32 { (a - b).abs().max().into_scalar() };
+    assert_eq!(max(ours.clone(), base_plus_adapter.clone()), 0.0);
+    let err = max(base_plus_adapter, merged_out);
+    assert!(err < 1e-4, "4-bit + adapter vs merged: {err}");
+    // Without the adapter the output differs (the adapter is not a no-op here).
+    let without = max(ours, base_only);
+    assert!(without > 1e-3, "the adapter changed nothing: {without}");
 }

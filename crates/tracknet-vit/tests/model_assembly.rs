@@ -429,6 +429,7 @@ fn sequence_input_inflates_the_patch_embedding_so_a_still_sequence_gives_the_sin
     tracknet_vit::export::save_snapshot(
         &dense.backbone,
         &tracknet_vit::model::arch_json(&full.model),
+        &Default::default(),
         &dir,
     )
     .unwrap();

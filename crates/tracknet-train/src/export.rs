@@ -1,0 +1,156 @@
+//! `tracknet export`: a run's model as files the Python stack loads, in one folder.
+//!
+//! - `backbone-4bit/` (QLoRA runs): the quantized backbone in bitsandbytes' serialization,
+//!   loadable by `AutoModel.from_pretrained` with bitsandbytes installed;
+//!   `backbone-base/` (LoRA runs on a dense base): the base as an f32 snapshot;
+//! - `backbone-merged/`: an f32 snapshot with LoRA merged into the (dequantized) base;
+//! - `adapter/`: the PEFT adapter, its `base_model_name_or_path` naming the base folder;
+//! - `heads.safetensors` + `heads.json`: decoder and head
+//!   ([`tracknet_vit::export::load_exported_model`] rebuilds the whole model).
+//!
+//! Everything is written into a temporary sibling folder that is renamed into place at the
+//! end, so an interrupted export leaves no half folder and never touches an existing one.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use tracknet_quant::{BnbConfig, QuantType};
+use tracknet_vit::export::{
+    HeadsConfig, merged, passthrough, save_4bit_snapshot, save_heads, save_snapshot,
+};
+use tracknet_vit::head::HeatmapHeadConfig;
+use tracknet_vit::model::{ModelError, backbone_hf_config, decoder_config, lora_settings};
+
+use crate::error::{TrainError, io_err};
+use crate::predict::{checkpoint_dir, load_run_model, run_config};
+
+/// What `export` wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// The export folder.
+    pub dir: PathBuf,
+    /// Its entries, in the order written.
+    pub entries: Vec<String>,
+}
+
+/// Export checkpoint `which` (`best` | `last`) of the run in `run_dir` to `out` (which must
+/// not exist, or be empty).
+pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSummary, TrainError> {
+    if out.exists()
+        && std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(TrainError::Usage(format!(
+            "--out {}: the folder exists and is not empty (nothing was written)",
+            out.display()
+        )));
+    }
+    let cfg = run_config(run_dir, &[])?;
+    let ckpt = checkpoint_dir(run_dir, which)?;
+    let device = Default::default();
+    let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| -> Result<Vec<String>, TrainError> {
+        let vit = |e: tracknet_vit::error::VitError| TrainError::from(ModelError::from(e));
+        let snapshot = tracknet_vit::model::snapshot_dir(&cfg.model)?;
+        let extra = passthrough(snapshot.as_deref(), &model.backbone).map_err(vit)?;
+        let hf_config = backbone_hf_config(&cfg.model)?;
+        let mut entries = Vec::new();
+
+        let quantized = model.quantized_weights() > 0;
+        let lora = cfg.model.lora.enabled;
+        let base_name = if quantized {
+            let q = &cfg.model.quantization;
+            let bnb = BnbConfig {
+                quant_type: match q.quant_type {
+                    tracknet_config::QuantKind::Nf4 => QuantType::Nf4,
+                    tracknet_config::QuantKind::Fp4 => QuantType::Fp4,
+                },
+                double_quant: q.double_quant(),
+                compute_dtype: q.compute_dtype.as_str().to_string(),
+                skip_modules: q.skip_modules.clone(),
+            };
+            save_4bit_snapshot(
+                &model.backbone,
+                &hf_config,
+                &bnb,
+                &extra,
+                &tmp.join("backbone-4bit"),
+            )
+            .map_err(vit)?;
+            Some("backbone-4bit")
+        } else if lora {
+            // The frozen dense base as it is (adapters are left out of the state dict).
+            save_snapshot(
+                &model.backbone,
+                &hf_config,
+                &extra,
+                &tmp.join("backbone-base"),
+            )
+            .map_err(vit)?;
+            Some("backbone-base")
+        } else {
+            None
+        };
+        entries.extend(base_name.map(String::from));
+
+        let merged_backbone = merged(model.backbone.clone());
+        save_snapshot(
+            &merged_backbone,
+            &hf_config,
+            &extra,
+            &tmp.join("backbone-merged"),
+        )
+        .map_err(vit)?;
+        entries.push("backbone-merged".into());
+
+        if lora {
+            model.save_peft_adapter(
+                &tmp.join("adapter"),
+                &lora_settings(&cfg.model),
+                base_name.map(String::from),
+            )?;
+            entries.push("adapter".into());
+        }
+
+        let decoder = decoder_config(&cfg.model, model.backbone.hidden_size())?;
+        let head = HeatmapHeadConfig::new(*decoder.channels.last().unwrap_or(&1));
+        let heads = HeadsConfig {
+            format: "tracknet-heads".into(),
+            decoder,
+            head,
+            input_frames: cfg.data.sequence.frames(),
+            resize: cfg.data.preprocess.resize,
+            normalize: cfg.data.preprocess.normalize,
+            backbone: "backbone-merged".into(),
+        };
+        save_heads(&model, &heads, &tmp).map_err(vit)?;
+        entries.push(tracknet_vit::export::HEADS_FILE.into());
+        entries.push(tracknet_vit::export::HEADS_CONFIG.into());
+        Ok(entries)
+    })();
+    let entries = match result {
+        Ok(e) => e,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        // Empty (checked above): replaced by the finished export.
+        std::fs::remove_dir(out).map_err(io_err(out))?;
+    }
+    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    Ok(ExportSummary {
+        dir: out.to_path_buf(),
+        entries,
+    })
+}
