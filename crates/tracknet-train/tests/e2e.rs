@@ -739,3 +739,132 @@ fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpoint
         assert!(!root.join("cuda-run/metrics.csv").exists());
     }
 }
+
+#[test]
+fn a_qlora_run_exports_from_the_cli_and_the_export_rebuilds_the_model_and_feeds_predict() {
+    use burn::prelude::*;
+    let _serial = serial();
+    let root = tmp("export");
+    let cfg = tiny(&root, 1, &["model.lora.bias=all"]);
+    let run = root.join("run");
+    let device = Default::default();
+    train::<AD>(&cfg, &opts(run.clone()), &device).unwrap();
+    let tracknet = || Command::new(env!("CARGO_BIN_EXE_tracknet"));
+    let exp = root.join("export");
+    let out = tracknet()
+        .args(["export", "--checkpoint", "last", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&exp)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("backbone-4bit, backbone-merged, adapter, heads.safetensors, heads.json"),
+        "{said}"
+    );
+    for f in [
+        "backbone-4bit/config.json",
+        "backbone-4bit/model.safetensors",
+        "backbone-merged/model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "heads.safetensors",
+        "heads.json",
+    ] {
+        assert!(exp.join(f).is_file(), "{f}");
+    }
+    // A second export into the (now non-empty) folder is refused and changes nothing.
+    let before = std::fs::read(exp.join("heads.safetensors")).unwrap();
+    let again = tracknet()
+        .args(["export", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&exp)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    assert_eq!(
+        std::fs::read(exp.join("heads.safetensors")).unwrap(),
+        before
+    );
+
+    // The 4-bit base holds the run's codes; base + adapter, merged, and the rebuilt whole model
+    // all give the run's heatmap.
+    let cfg = run_config(&run, &[]).unwrap();
+    let ckpt = checkpoint_dir(&run, "last").unwrap();
+    let model = load_run_model::<B>(&cfg, &ckpt, &device).unwrap();
+    let stored =
+        tracknet_vit::backbone::Backbone::<B>::load_snapshot(&exp.join("backbone-4bit"), &device)
+            .unwrap();
+    assert!(stored.bnb.is_some());
+    let (rebuilt, heads) = tracknet_vit::export::load_exported_model::<B>(&exp, &device).unwrap();
+    assert_eq!(heads.resize, [128, 64]);
+    let x = Tensor::<B, 4>::random(
+        [1, 3, 64, 128],
+        burn::tensor::Distribution::Default,
+        &device,
+    );
+    let want = model.forward(x.clone());
+    let err: f32 = (rebuilt.forward(x.clone()) - want.clone())
+        .abs()
+        .max()
+        .into_scalar();
+    let scale: f32 = want.clone().abs().max().into_scalar();
+    assert!(
+        err <= 1e-4 * scale.max(1.0),
+        "rebuilt from the export: {err} (scale {scale})"
+    );
+    let peft_way = tracknet_vit::model::HeatmapModel {
+        backbone: stored.backbone,
+        decoder: model.decoder.clone(),
+        head: model.head.clone(),
+        code_books: stored.code_books,
+    };
+    let settings = tracknet_vit::model::lora_settings(&cfg.model);
+    let (peft_way, _) = peft_way.add_lora(&settings, &device).unwrap();
+    let peft_way = peft_way
+        .load_peft_weights(&exp.join("adapter"), &device)
+        .unwrap();
+    let d: f32 = (peft_way.forward(x) - want).abs().max().into_scalar();
+    assert_eq!(d, 0.0, "4-bit base + adapter is the run's model");
+
+    // `predict --adapter`: the run's own adapter gives the run's predictions; a changed one
+    // changes them.
+    let clip = root.join("data/game3/Clip1");
+    let predict_with = |adapter: Option<&Path>, out: &Path| {
+        let mut c = tracknet();
+        c.args(["predict", "--checkpoint", "last", "--run"])
+            .arg(&run)
+            .arg("--input")
+            .arg(&clip)
+            .arg("--out")
+            .arg(out);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(out.join("predictions.csv")).unwrap()
+    };
+    let plain = predict_with(None, &root.join("p0"));
+    assert_eq!(
+        predict_with(Some(&exp.join("adapter")), &root.join("p1")),
+        plain
+    );
+    let mut loaded = tracknet_lora::peft::load_adapter(&exp.join("adapter")).unwrap();
+    for t in loaded.tensors.values_mut() {
+        t.b.iter_mut().for_each(|v| *v = *v * 3.0 + 0.05);
+    }
+    let changed = root.join("changed-adapter");
+    let tensors: Vec<_> = loaded.tensors.values().cloned().collect();
+    tracknet_lora::peft::save_adapter(&changed, &loaded.config, &tensors, &loaded.extra).unwrap();
+    assert_ne!(predict_with(Some(&changed), &root.join("p2")), plain);
+    let _ = std::fs::remove_dir_all(&root);
+}
