@@ -15,21 +15,11 @@ use tracknet_vit::backbone::Backbone;
 use tracknet_vit::hf::{read_safetensors, read_stored};
 use tracknet_vit::model::HeatmapModel;
 
+mod common;
+use common::{fixtures, need};
+
 type B = NdArray<f32>;
 type AD = Autodiff<B>;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
-
-fn need(path: &Path) -> &Path {
-    assert!(path.exists(), "fixture file missing: {}", path.display());
-    path
-}
 
 /// Every snapshot folder under `bnb_serialized/` (at least one).
 fn snapshots() -> Vec<PathBuf> {
@@ -209,13 +199,8 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
 /// says and LoRA r 4.
 fn model_config(dir: &Path, overrides: &[&str]) -> RunConfig {
     let (quant_type, double) = quantized_snapshot_settings(dir);
-    let mut all = vec![
-        format!("model.backbone.weights={}", dir.display()),
-        "model.pretrained_model_name=null".into(),
-        "model.decoder.channels=[64,16]".into(),
-        "model.decoder.upsample=[2]".into(),
-        "model.heatmap.size=[12,8]".into(),
-        "data.preprocess.resize=[96,64]".into(),
+    let mut all = common::tiny_model_on(dir);
+    all.extend([
         "model.quantization.enabled=true".into(),
         format!("model.quantization.quant_type={quant_type}"),
         format!("model.quantization.use_double_quant={double}"),
@@ -224,7 +209,7 @@ fn model_config(dir: &Path, overrides: &[&str]) -> RunConfig {
         "model.lora.r=4".into(),
         "model.lora.lora_alpha=8".into(),
         "model.lora.target_modules=[q_proj,v_proj]".into(),
-    ];
+    ]);
     all.extend(overrides.iter().map(|s| s.to_string()));
     RunConfig::default().with_overrides(&all).unwrap()
 }

@@ -6,6 +6,9 @@ use burn::tensor::Distribution;
 use tracknet_vit::backbone::{Backbone, BackboneArch};
 use tracknet_vit::export::save_snapshot;
 
+mod common;
+use common::{fixtures, need};
+
 #[test]
 fn exported_snapshot_round_trips() {
     let device = Default::default();
@@ -25,19 +28,6 @@ fn exported_snapshot_round_trips() {
         .max()
         .into_scalar();
     assert!(err < 1e-6, "{err}");
-}
-
-fn fixtures() -> std::path::PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
-
-fn need(path: &std::path::Path) -> &std::path::Path {
-    assert!(path.exists(), "fixture file missing: {}", path.display());
-    path
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -156,13 +146,8 @@ fn bnb_serialized_snapshot_written_back_holds_the_same_4bit_bytes_and_runs_the_s
 /// adapter changes the output), `bias: all`.
 fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
     let src = fixtures().join("dinov3");
-    let mut o = vec![
-        format!("model.backbone.weights={}", need(&src).display()),
-        "model.pretrained_model_name=null".into(),
-        "model.decoder.channels=[64,16]".into(),
-        "model.decoder.upsample=[2]".into(),
-        "model.heatmap.size=[12,8]".into(),
-        "data.preprocess.resize=[96,64]".into(),
+    let mut o = common::tiny_model_on(need(&src));
+    o.extend([
         "model.quantization.enabled=true".into(),
         "model.quantization.compute_dtype=float32".into(),
         "model.lora.enabled=true".into(),
@@ -171,7 +156,7 @@ fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
         "model.lora.lora_dropout=0".into(),
         "model.lora.bias=all".into(),
         "model.lora.init_lora_weights=false".into(),
-    ];
+    ]);
     o.extend(extra.iter().cloned());
     tracknet_config::RunConfig::default()
         .with_overrides(&o)
