@@ -408,3 +408,50 @@ fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
     let _ = std::fs::remove_dir_all(&out_dir);
     assert_eq!(again.extra, loaded.extra);
 }
+
+#[test]
+fn a_peft_adapter_saved_by_python_starts_a_model_through_adapter_path_and_reproduces_peft() {
+    // `model.lora.adapter_path` on PEFT's own folder: the adapter's settings (r 4, alpha 8,
+    // its targets) replace the config's, its weights the init, and the backbone gives PEFT's
+    // `last_hidden_state`.
+    let adapter_dir = fixtures().join("peft/adapter");
+    let base = fixtures().join("dinov3");
+    let cfg = tracknet_config::RunConfig::default()
+        .with_overrides(&[
+            format!("model.backbone.weights={}", need(&base).display()),
+            "model.pretrained_model_name=null".into(),
+            "model.decoder.channels=[64,16]".into(),
+            "model.decoder.upsample=[2]".into(),
+            "model.heatmap.size=[24,16]".into(),
+            "data.preprocess.resize=[96,64]".into(),
+            "model.lora.enabled=true".into(),
+            "model.lora.r=16".into(),
+            "model.lora.lora_alpha=32".into(),
+            format!("model.lora.adapter_path={}", need(&adapter_dir).display()),
+        ])
+        .unwrap();
+    let (model, report) =
+        tracknet_vit::model::HeatmapModel::<B>::from_config(&cfg.model, &Default::default())
+            .unwrap();
+    for key in ["model.lora.r", "model.lora.lora_alpha"] {
+        assert!(
+            report.warnings.iter().any(|w| w.starts_with(key)),
+            "{key}: {:?}",
+            report.warnings
+        );
+    }
+    let in_file = load_adapter(&adapter_dir).unwrap().tensors.len();
+    assert_eq!(report.lora_targets.len(), in_file);
+    let (pixels, expected) = peft_io();
+    let err = max_abs(model.backbone.forward(pixels).last_hidden_state, expected);
+    assert!(err < 1e-4, "max abs error {err}");
+    // Without it (the config's own fresh LoRA) the output is the base model's, far from PEFT's.
+    let plain = cfg
+        .with_overrides(&["model.lora.adapter_path=null".to_string()])
+        .unwrap();
+    let (fresh, _) =
+        tracknet_vit::model::HeatmapModel::<B>::from_config(&plain.model, &Default::default())
+            .unwrap();
+    let (pixels, expected) = peft_io();
+    assert!(max_abs(fresh.backbone.forward(pixels).last_hidden_state, expected) > 1e-3);
+}
