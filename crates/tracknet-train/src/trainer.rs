@@ -93,12 +93,12 @@ where
     cfg.validate()?;
     // An adapter to start from brings its own LoRA settings: the run (and its config.yaml,
     // checkpoints, saved adapters) uses those.
-    let (model_cfg, _) = tracknet_vit::model::with_adapter_config(&cfg.model)?;
+    let (model_cfg, adapter_notes) = tracknet_vit::model::with_adapter_config(&cfg.model)?;
     let cfg = &RunConfig {
         model: model_cfg,
         ..cfg.clone()
     };
-    for w in cfg.warnings() {
+    for w in adapter_notes.iter().chain(&cfg.warnings()) {
         say(&format!("warning: {w}"));
     }
     fs::create_dir_all(&opts.run_dir).map_err(io_err(&opts.run_dir))?;

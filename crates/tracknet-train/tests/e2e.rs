@@ -866,5 +866,30 @@ fn a_qlora_run_exports_from_the_cli_and_the_export_rebuilds_the_model_and_feeds_
     let tensors: Vec<_> = loaded.tensors.values().cloned().collect();
     tracknet_lora::peft::save_adapter(&changed, &loaded.config, &tensors, &loaded.extra).unwrap();
     assert_ne!(predict_with(Some(&changed), &root.join("p2")), plain);
+
+    // Training from the exported adapter (`model.lora.adapter_path`): the adapter's rank wins
+    // over the config's, the log says so, and the run's config.yaml records it.
+    let cfg_path = root.join("from-adapter.yaml");
+    tiny(&root, 1, &[]).save(&cfg_path).unwrap();
+    let run2 = root.join("run-from-adapter");
+    let out = tracknet()
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .arg("--run-dir")
+        .arg(&run2)
+        .arg(format!(
+            "model.lora.adapter_path={}",
+            exp.join("adapter").display()
+        ))
+        .arg("model.lora.r=8")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("warning: model.lora.r: 4 from the adapter"),
+        "the log names the value the adapter set:\n{log}"
+    );
+    assert_eq!(run_config(&run2, &[]).unwrap().model.lora.r, 4);
     let _ = std::fs::remove_dir_all(&root);
 }
