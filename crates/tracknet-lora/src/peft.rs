@@ -461,17 +461,22 @@ pub fn peft_extra_key(key: &str) -> Option<String> {
     )
 }
 
-/// Read an adapter folder. Keys may carry PEFT's `base_model.model.` prefix or not.
-pub fn load_adapter(dir: &Path) -> Result<LoadedAdapter, LoraError> {
+/// Only `dir/adapter_config.json` (the settings, without reading the weights).
+pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig, LoraError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let raw = fs::read(&cfg_path).map_err(|source| LoraError::Io {
         path: cfg_path.clone(),
         source,
     })?;
-    let config: AdapterConfig = serde_json::from_slice(&raw).map_err(|e| LoraError::Format {
-        path: cfg_path.clone(),
+    serde_json::from_slice(&raw).map_err(|e| LoraError::Format {
+        path: cfg_path,
         message: e.to_string(),
-    })?;
+    })
+}
+
+/// Read an adapter folder. Keys may carry PEFT's `base_model.model.` prefix or not.
+pub fn load_adapter(dir: &Path) -> Result<LoadedAdapter, LoraError> {
+    let config = read_adapter_config(dir)?;
     let w_path = dir.join(WEIGHTS_FILE);
     let raw = fs::read(&w_path).map_err(|source| LoraError::Io {
         path: w_path.clone(),

@@ -52,8 +52,9 @@ pub fn with_adapter<B: QuantBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<HeatmapModel<B>, TrainError> {
-    let loaded = tracknet_lora::peft::load_adapter(dir).map_err(ModelError::from)?;
-    let theirs = loaded.config.to_settings(dir).map_err(ModelError::from)?;
+    let theirs = tracknet_lora::peft::read_adapter_config(dir)
+        .and_then(|c| c.to_settings(dir))
+        .map_err(ModelError::from)?;
     let model = if cfg.model.lora.enabled {
         let ours = tracknet_vit::model::lora_settings(&cfg.model);
         let differs = [

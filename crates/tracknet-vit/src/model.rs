@@ -613,8 +613,7 @@ pub fn with_adapter_config(cfg: &ModelConfig) -> Result<(ModelConfig, Vec<String
     let Some(dir) = &cfg.lora.adapter_path else {
         return Ok((out, Vec::new()));
     };
-    let loaded = tracknet_lora::peft::load_adapter(dir)?;
-    let s = loaded.config.to_settings(dir)?;
+    let s = tracknet_lora::peft::read_adapter_config(dir)?.to_settings(dir)?;
     let l = &mut out.lora;
     let mut notes = Vec::new();
     let mut note = |key: &str, was: String, now: String| {
