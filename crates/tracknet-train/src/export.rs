@@ -14,12 +14,14 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
-use tracknet_quant::{BnbConfig, QuantType};
+use tracknet_quant::BnbConfig;
 use tracknet_vit::export::{
     HeadsConfig, merged, passthrough, save_4bit_snapshot, save_heads, save_snapshot,
 };
 use tracknet_vit::head::HeatmapHeadConfig;
-use tracknet_vit::model::{ModelError, backbone_hf_config, decoder_config, lora_settings};
+use tracknet_vit::model::{
+    ModelError, backbone_hf_config, decoder_config, lora_settings, quant_spec,
+};
 
 use crate::error::{TrainError, io_err};
 use crate::predict::{checkpoint_dir, load_run_model, run_config};
@@ -69,12 +71,10 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         let lora = cfg.model.lora.enabled;
         let base_name = if quantized {
             let q = &cfg.model.quantization;
+            let spec = quant_spec(&cfg.model);
             let bnb = BnbConfig {
-                quant_type: match q.quant_type {
-                    tracknet_config::QuantKind::Nf4 => QuantType::Nf4,
-                    tracknet_config::QuantKind::Fp4 => QuantType::Fp4,
-                },
-                double_quant: q.double_quant(),
+                quant_type: spec.quant_type,
+                double_quant: spec.double_quant,
                 compute_dtype: q.compute_dtype.as_str().to_string(),
                 skip_modules: q.skip_modules.clone(),
             };

@@ -747,10 +747,7 @@ fn check_stored_quantization<B: QuantBackend>(
             format!("{fmt}; set enabled: true (the codes are used as stored, LoRA trains on them)"),
         ));
     }
-    let want_type = match q.quant_type {
-        QuantKind::Nf4 => QuantType::Nf4,
-        QuantKind::Fp4 => QuantType::Fp4,
-    };
+    let want_type = quant_spec(cfg).quant_type;
     for (path, s) in &stored {
         if s.quant_type != want_type {
             return Err(err(
