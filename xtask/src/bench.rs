@@ -4,6 +4,9 @@
 //! atomically), then prints the table and the goal checks (`tracknet-bench report`).
 //!
 //! `--quality` adds the short training runs per mode (slow; `--quality-epochs N`, default 3).
+//! `--batches 1,2,4,8` adds the memory-vs-batch sweep: full, LoRA, QLoRA NF4+dq and QLoRA
+//! NF4+dq with checkpointing at each batch size; the report prints the per-image slope and
+//! writes `memory-vs-batch.png` beside the JSON.
 //! Unrecognised flags (`--steps 3`, `--batch 1`, `--hidden 192`, …) go to every `case`.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,7 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     let mut quick = false;
     let mut quality = false;
     let mut quality_epochs: Option<String> = None;
+    let mut batches: Vec<String> = Vec::new();
     let mut out = root().join("bench-results").join("bench.json");
     let mut pass = Vec::new();
     let mut it = rest.iter();
@@ -40,6 +44,19 @@ pub fn run(rest: &[String]) -> Result<(), String> {
             "--quality-epochs" => {
                 quality = true;
                 quality_epochs = Some(it.next().ok_or("--quality-epochs needs a number")?.clone());
+            }
+            "--batches" => {
+                let list = it.next().ok_or("--batches needs a list such as 1,2,4,8")?;
+                for b in list.split(',').map(str::trim) {
+                    match b.parse::<usize>() {
+                        Ok(n) if n > 0 => batches.push(n.to_string()),
+                        _ => {
+                            return Err(format!(
+                                "--batches: `{b}` is not a batch size (expected positive integers such as 1,2,4,8)"
+                            ));
+                        }
+                    }
+                }
             }
             "--out" => {
                 out = PathBuf::from(it.next().ok_or("--out needs a file")?);
@@ -67,17 +84,41 @@ pub fn run(rest: &[String]) -> Result<(), String> {
         Vec::new()
     };
     let mut jobs: Vec<(String, Vec<String>)> = Vec::new();
-    let mut backends = vec!["ndarray"];
-    if cuda {
-        backends.push("cuda");
-    }
-    for b in backends {
+    for b in backends_run(cuda) {
         for c in cases(b) {
             let mut args = vec!["case".to_string()];
             args.extend(c);
             args.extend(quick_flag.iter().cloned());
             args.extend(pass.iter().cloned());
             jobs.push((args[1..].join(" "), args));
+        }
+    }
+    if !batches.is_empty()
+        && pass
+            .iter()
+            .any(|p| p == "--batch" || p.starts_with("--batch="))
+    {
+        return Err("--batches and --batch cannot be combined".into());
+    }
+    for b in backends_run(cuda) {
+        for n in &batches {
+            for (mode, ckpt) in [
+                ("full", false),
+                ("lora", false),
+                ("qlora-nf4-dq", false),
+                ("qlora-nf4-dq", true),
+            ] {
+                let mut args: Vec<String> = ["case", "--mode", mode, "--backend", b, "--batch", n]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                if ckpt {
+                    args.push("--grad-ckpt".into());
+                }
+                args.extend(quick_flag.iter().cloned());
+                args.extend(pass.iter().cloned());
+                jobs.push((args[1..].join(" "), args));
+            }
         }
     }
     let mut d = vec!["data".to_string()];
@@ -163,6 +204,15 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     let mut report = Command::new(&bin);
     report.arg("report").arg(&out).current_dir(root());
     run_cmd(report, "tracknet-bench report")
+}
+
+/// The backends the bench measures: NdArray, and CUDA when a device is present.
+fn backends_run(cuda: bool) -> Vec<&'static str> {
+    if cuda {
+        vec!["ndarray", "cuda"]
+    } else {
+        vec!["ndarray"]
+    }
 }
 
 fn cpu_model() -> String {

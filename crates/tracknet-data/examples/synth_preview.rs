@@ -36,12 +36,20 @@ fn main() -> Result<(), tracknet_data::DataError> {
     let ys: Vec<(f32, f32)> = pts
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| p.map(|p| (i as f32, p.1)))
+        .map(|(i, p)| (i as f32, p.map_or(f32::NAN, |p| p.1)))
         .collect();
-    tracknet_data::viz::plot_curves(
+    use tracknet_data::viz::{Panel, Series, save_panels_png};
+    save_panels_png(
         &out.join("curves.png"),
         "Clip1 labels",
-        &[("visibility", vis), ("ball y", ys)],
+        (960, 420),
+        &[
+            Panel::new("Labels over the clip", "frame", "visibility (0-3)")
+                .integer_x()
+                .right_axis("ball y (frame px)")
+                .with(Series::new("visibility", vis))
+                .with(Series::new("ball y", ys).on_right()),
+        ],
     )?;
     let tput =
         tracknet_data::measure_throughput(&index, &tracknet_data::LoaderOptions::default(), 240)?;

@@ -197,6 +197,30 @@ impl DatasetIndex {
         Ok((index, rep))
     }
 
+    /// Reads one clip folder's `Label.csv` (not strict: bad rows are skipped and reported);
+    /// the game is the parent folder's name. A folder without `Label.csv` gives an empty
+    /// index and a `MissingLabel` issue.
+    pub fn scan_clip(clip_dir: &Path) -> Result<(DatasetIndex, ScanReport), DataError> {
+        let name = |p: Option<&Path>| {
+            p.and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let (game, clip) = (name(clip_dir.parent()), name(Some(clip_dir)));
+        let mut index = DatasetIndex {
+            root: clip_dir.parent().unwrap_or(clip_dir).to_path_buf(),
+            frames: Vec::new(),
+        };
+        let mut rep = ScanReport {
+            clips: 1,
+            ..ScanReport::default()
+        };
+        scan_clip(&game, &clip, clip_dir, false, &mut index, &mut rep)?;
+        rep.frames = index.frames.len();
+        rep.visible = index.frames.iter().filter(|f| f.visibility > 0).count();
+        Ok((index, rep))
+    }
+
     /// Number of frames.
     pub fn len(&self) -> usize {
         self.frames.len()
@@ -253,7 +277,7 @@ fn scan_clip(
         );
     }
     let bytes = std::fs::read(&csv).map_err(|e| DataError::io(&csv, "read", e))?;
-    let text = match decode_text(&bytes) {
+    let text = match utf16_to_utf8(&bytes) {
         Ok(text) => text,
         Err(message) => {
             return report(
@@ -268,15 +292,30 @@ fn scan_clip(
             );
         }
     };
-    let mut lines = text.lines().enumerate();
-    let header_ok = lines.next().is_some_and(|(_, h)| {
-        let fields: Vec<String> = h
-            .trim_start_matches('\u{feff}')
-            .split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .collect();
-        fields.len() >= 4 && fields.iter().zip(LABEL_HEADER).all(|(a, b)| a == b)
-    });
+    // The csv crate handles quoting, CRLF and a UTF-8 byte-order mark; records are read as
+    // bytes so that a byte that is not UTF-8 costs its row, not the clip. (Fields are trimmed
+    // by us: the reader's own trimming drops the record's position, which issues report.)
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_deref().unwrap_or(&bytes));
+    let raw: &[u8] = text.as_deref().unwrap_or(&bytes);
+    let mut records = reader.byte_records();
+    let header_ok = match records.next() {
+        Some(Ok(h)) => {
+            let fields: Vec<String> = h
+                .iter()
+                .map(|f| {
+                    String::from_utf8_lossy(f)
+                        .trim_start_matches('\u{feff}')
+                        .trim()
+                        .to_ascii_lowercase()
+                })
+                .collect();
+            fields.len() >= 4 && fields.iter().zip(LABEL_HEADER).all(|(a, b)| a == b)
+        }
+        _ => false,
+    };
     if !header_ok {
         return report(
             Issue {
@@ -291,11 +330,37 @@ fn scan_clip(
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut clip_frames = Vec::new();
-    for (i, raw) in lines {
-        let line_no = i + 1;
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
+    for record in records {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                // Only I/O fails here (flexible reading accepts any field count), and the
+                // bytes are already in memory: report it and stop reading this clip.
+                let line = e
+                    .position()
+                    .map(|p| 1 + line_feeds(raw.get(..p.byte() as usize).unwrap_or_default()));
+                return report(
+                    Issue {
+                        file: csv,
+                        line,
+                        kind: IssueKind::BadRow,
+                        message: format!("unreadable CSV ({e}); rest of clip skipped"),
+                    },
+                    strict,
+                    &mut rep.skipped,
+                );
+            }
+        };
+        // The reader's position is where it started reading, which can be before the `\n` of a
+        // CRLF or before blank lines; the record starts at its first other byte.
+        let mut start = record.position().map_or(0, |p| p.byte() as usize);
+        while raw.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+            start += 1;
+        }
+        // Counted from the bytes: the file's own line numbers, whatever the line endings.
+        let line_no = 1 + line_feeds(raw.get(..start).unwrap_or_default());
+        if record.len() == 1 && record[0].trim_ascii().is_empty() {
+            continue; // a line of spaces only
         }
         rep.rows += 1;
         let issue = |kind: IssueKind, message: String| Issue {
@@ -304,7 +369,27 @@ fn scan_clip(
             kind,
             message,
         };
-        let row = match parse_row(line) {
+        let record = match csv::StringRecord::from_byte_record(record) {
+            Ok(r) => r,
+            Err(e) => {
+                let field = LABEL_HEADER
+                    .get(e.utf8_error().field())
+                    .copied()
+                    .unwrap_or("an extra field");
+                // The first bad byte from this record's start is this record's.
+                let at = raw
+                    .get(start..)
+                    .and_then(|rest| std::str::from_utf8(rest).err())
+                    .map_or(start, |u| start + u.valid_up_to());
+                let msg = format!(
+                    "expected UTF-8 text (or UTF-16 with a byte-order mark), found an invalid \
+                     byte at offset {at} (in `{field}`); row skipped"
+                );
+                report(issue(IssueKind::BadEncoding, msg), strict, &mut rep.skipped)?;
+                continue;
+            }
+        };
+        let row = match parse_row(&record) {
             Ok(row) => row,
             Err((kind, msg)) => {
                 report(issue(kind, msg), strict, &mut rep.skipped)?;
@@ -351,9 +436,10 @@ fn scan_clip(
     Ok(())
 }
 
-/// `Label.csv` text: UTF-8 (a BOM is dropped), or UTF-16 LE/BE when it starts with that BOM
-/// (what spreadsheet tools on Windows write as "Unicode text").
-fn decode_text(bytes: &[u8]) -> Result<String, String> {
+/// `Label.csv` bytes from UTF-16 LE/BE when they start with that byte-order mark (what
+/// spreadsheet tools on Windows write as "Unicode text"), re-encoded as UTF-8; `None` when the
+/// bytes are to be read as they are (UTF-8, checked per record by the caller).
+fn utf16_to_utf8(bytes: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let utf16 = |big_endian: bool| {
         let units: Vec<u16> = bytes[2..]
             .chunks(2)
@@ -364,25 +450,24 @@ fn decode_text(bytes: &[u8]) -> Result<String, String> {
             })
             .collect();
         let order = if big_endian { "BE" } else { "LE" };
-        String::from_utf16(&units).map_err(|_| {
-            format!(
-                "expected UTF-16 {order} text after its byte-order mark, found invalid code units"
-            )
-        })
+        String::from_utf16(&units)
+            .map(|s| Some(s.into_bytes()))
+            .map_err(|_| {
+                format!(
+                    "expected UTF-16 {order} text after its byte-order mark, found invalid code units"
+                )
+            })
     };
     match bytes {
         [0xFF, 0xFE, ..] => utf16(false),
         [0xFE, 0xFF, ..] => utf16(true),
-        _ => {
-            let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
-            String::from_utf8(body.to_vec()).map_err(|e| {
-                let at = e.utf8_error().valid_up_to() + (bytes.len() - body.len());
-                format!(
-                    "expected UTF-8 text (or UTF-16 with a byte-order mark), found an invalid byte at offset {at}"
-                )
-            })
-        }
+        _ => Ok(None),
     }
+}
+
+/// Number of line feeds in `bytes`.
+fn line_feeds(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 struct Row {
@@ -392,9 +477,10 @@ struct Row {
     status: Option<u8>,
 }
 
-/// Parses `file name,visibility,x,y,status`; blank x/y/status allowed when visibility is 0.
-fn parse_row(line: &str) -> Result<Row, (IssueKind, String)> {
-    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+/// Parses `file name,visibility,x,y,status` (whitespace around fields ignored); blank x/y/status
+/// allowed when visibility is 0.
+fn parse_row(record: &csv::StringRecord) -> Result<Row, (IssueKind, String)> {
+    let fields: Vec<&str> = record.iter().map(str::trim).collect();
     if fields.len() < 4 || fields.len() > 5 {
         return Err((
             IssueKind::BadRow,
@@ -487,27 +573,36 @@ mod tests {
         assert_eq!(v, vec!["Clip1", "Clip2", "Clip10"]);
     }
 
+    /// One CSV line as the scanner's reader sees it.
+    fn parse_line(line: &str) -> Result<Row, (IssueKind, String)> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(line.as_bytes());
+        parse_row(&reader.records().next().unwrap().unwrap())
+    }
+
     #[test]
     fn parse_row_accepts_invisible_blank_and_rejects_bad() {
-        let r = parse_row("0001.jpg,0,,,").map_err(|e| e.1).unwrap();
+        let r = parse_line("0001.jpg,0,,,").map_err(|e| e.1).unwrap();
         assert_eq!((r.visibility, r.xy, r.status), (0, None, None));
-        let r = parse_row("0002.jpg,1,10.5,20,2").map_err(|e| e.1).unwrap();
+        let r = parse_line("0002.jpg,1,10.5,20,2").map_err(|e| e.1).unwrap();
         assert_eq!(
             (r.visibility, r.xy, r.status),
             (1, Some((10.5, 20.0)), Some(2))
         );
         assert_eq!(
-            parse_row("a.jpg,1,,,").err().unwrap().0,
+            parse_line("a.jpg,1,,,").err().unwrap().0,
             IssueKind::BlankCoordinates
         );
         assert_eq!(
-            parse_row("a.jpg,7,1,1,0").err().unwrap().0,
+            parse_line("a.jpg,7,1,1,0").err().unwrap().0,
             IssueKind::BadRow
         );
         assert_eq!(
-            parse_row("a.jpg,1,x,1,0").err().unwrap().0,
+            parse_line("a.jpg,1,x,1,0").err().unwrap().0,
             IssueKind::BadRow
         );
-        assert_eq!(parse_row("a.jpg,1").err().unwrap().0, IssueKind::BadRow);
+        assert_eq!(parse_line("a.jpg,1").err().unwrap().0, IssueKind::BadRow);
     }
 }

@@ -1,6 +1,5 @@
 //! Small file helpers: atomic writes, frame listing and the predictions CSV.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,24 +90,48 @@ pub struct PredictionRow {
 pub const PREDICTIONS_HEADER: &str =
     "file name,visibility,x-coordinate,y-coordinate,status,confidence";
 
+/// CSV text of `header` and `rows`, written by the csv crate (a field holding a comma, quote
+/// or line break is quoted, so a file name like `a,b.jpg` survives a round trip).
+pub fn csv_text<R, F>(header: &[&str], rows: R) -> String
+where
+    R: IntoIterator<Item = F>,
+    F: IntoIterator,
+    F::Item: AsRef<[u8]>,
+{
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(Vec::new());
+    // Writing into a Vec cannot fail, and every field comes from a `&str`/`String`, so the
+    // bytes are UTF-8.
+    let _ = w.write_record(header);
+    for row in rows {
+        let _ = w.write_record(row);
+    }
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 /// Formats predictions as CSV (the `Label.csv` schema plus `confidence`).
 pub fn predictions_csv(rows: &[PredictionRow]) -> String {
-    let mut s = String::with_capacity(64 * (rows.len() + 1));
-    s.push_str(PREDICTIONS_HEADER);
-    s.push('\n');
-    for r in rows {
-        let (x, y) = match r.xy.filter(|_| r.visibility > 0) {
-            Some((x, y)) => (format!("{x:.2}"), format!("{y:.2}")),
-            None => (String::new(), String::new()),
-        };
-        let status = r.status.map(|s| s.to_string()).unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "{},{},{x},{y},{status},{:.4}",
-            r.file_name, r.visibility, r.confidence
-        );
-    }
-    s
+    let header: Vec<&str> = PREDICTIONS_HEADER.split(',').collect();
+    csv_text(
+        &header,
+        rows.iter().map(|r| {
+            let (x, y) = match r.xy.filter(|_| r.visibility > 0) {
+                Some((x, y)) => (format!("{x:.2}"), format!("{y:.2}")),
+                None => (String::new(), String::new()),
+            };
+            let status = r.status.map(|s| s.to_string()).unwrap_or_default();
+            [
+                r.file_name.clone(),
+                r.visibility.to_string(),
+                x,
+                y,
+                status,
+                format!("{:.4}", r.confidence),
+            ]
+        }),
+    )
 }
 
 /// Writes the predictions CSV atomically.

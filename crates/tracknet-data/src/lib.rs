@@ -23,11 +23,14 @@ pub mod viz;
 
 pub use error::{DataError, Issue, IssueKind};
 pub use index::{DatasetIndex, FrameRecord, ScanReport};
-pub use io::{PredictionRow, list_frames, write_atomic, write_predictions_csv};
+pub use io::{PredictionRow, csv_text, list_frames, write_atomic, write_predictions_csv};
 pub use loader::{
     Batch, BatchLoader, LoadReport, LoaderOptions, SampleMeta, ThroughputReport, measure_throughput,
 };
 pub use metrics::{EvalMetrics, MetricOptions, MetricsAccumulator, argmax, soft_argmax};
 pub use preprocess::{PreprocessOptions, Preprocessed, flip_decision, preprocess_image};
-pub use synth::{SYNTH_STAMP, SynthOptions, SynthSummary, generate, read_synth_stamp, synth_stamp};
+pub use synth::{
+    SYNTH_STAMP, SynthOptions, SynthSummary, generate, generate_with_progress, read_synth_stamp,
+    synth_stamp,
+};
 pub use target::{gaussian_heatmap, scale_to_heatmap};

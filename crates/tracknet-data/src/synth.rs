@@ -10,7 +10,6 @@
 //! The set is written into a temporary sibling directory and renamed into place at the end, so
 //! a half-written set never looks complete.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use image::ImageEncoder;
@@ -106,6 +105,15 @@ pub struct SynthSummary {
 
 /// Writes a synthetic data set to `out` in the TrackNet layout.
 pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, DataError> {
+    generate_with_progress(out, opts, &mut |_, _| {})
+}
+
+/// [`generate`], calling `progress(clips_done, clips_total)` after each clip (for a bar).
+pub fn generate_with_progress(
+    out: &Path,
+    opts: &SynthOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SynthSummary, DataError> {
     if opts.games == 0 || opts.clips == 0 || opts.frames == 0 {
         return Err(DataError::Options(format!(
             "games, clips and frames must be at least 1, got {}/{}/{}",
@@ -144,7 +152,7 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, DataErr
             .map_err(|e| DataError::io(parent, "create directory", e))?;
     }
     let tmp = temp_sibling(out);
-    let result = write_all(&tmp, out, opts);
+    let result = write_all(&tmp, out, opts, progress);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
         return result;
@@ -160,7 +168,12 @@ pub fn generate(out: &Path, opts: &SynthOptions) -> Result<SynthSummary, DataErr
     result
 }
 
-fn write_all(tmp: &Path, out: &Path, opts: &SynthOptions) -> Result<SynthSummary, DataError> {
+fn write_all(
+    tmp: &Path,
+    out: &Path,
+    opts: &SynthOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<SynthSummary, DataError> {
     let mut summary = SynthSummary {
         root: out.to_path_buf(),
         games: opts.games,
@@ -175,25 +188,26 @@ fn write_all(tmp: &Path, out: &Path, opts: &SynthOptions) -> Result<SynthSummary
                 .map_err(|e| DataError::io(&dir, "create directory", e))?;
             let clip_seed = splitmix64(opts.seed) ^ splitmix64(((g as u64) << 32) | c as u64);
             let labels = render_clip(&dir, opts, clip_seed)?;
-            let mut csv = String::from("file name,visibility,x-coordinate,y-coordinate,status\n");
+            let mut rows = Vec::with_capacity(labels.len());
             for (i, l) in labels.iter().enumerate() {
                 summary.by_visibility[usize::from(l.visibility)] += 1;
-                match l.xy {
-                    Some((x, y)) => {
-                        let _ = writeln!(
-                            csv,
-                            "{i:04}.jpg,{},{x:.1},{y:.1},{}",
-                            l.visibility, l.status
-                        );
-                    }
-                    None => {
-                        let _ = writeln!(csv, "{i:04}.jpg,0,,,");
-                    }
-                }
+                let (x, y, status) = match l.xy {
+                    Some((x, y)) => (format!("{x:.1}"), format!("{y:.1}"), l.status.to_string()),
+                    None => Default::default(),
+                };
+                rows.push([
+                    format!("{i:04}.jpg"),
+                    l.visibility.to_string(),
+                    x,
+                    y,
+                    status,
+                ]);
             }
+            let csv = crate::io::csv_text(&crate::index::LABEL_HEADER, rows);
             let path = dir.join("Label.csv");
             std::fs::write(&path, csv).map_err(|e| DataError::io(&path, "write", e))?;
             summary.frames += labels.len();
+            progress((g - 1) * opts.clips + c, opts.games * opts.clips);
         }
     }
     let stamp = tmp.join(SYNTH_STAMP);

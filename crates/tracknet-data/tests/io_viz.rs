@@ -2,9 +2,10 @@
 mod common;
 
 use common::{TempDir, write_jpeg};
+use image::GenericImageView;
 use tracknet_data::viz::{
-    colormap, heatmap_image, overlay_image, plot_curves, save_heatmap_png, save_overlay_png,
-    save_trajectory_png, trajectory_image,
+    Panel, Series, colormap, heatmap_image, overlay_image, panels_image, save_heatmap_png,
+    save_overlay_png, save_panels_png, save_trajectory_png, trajectory_figure, trajectory_image,
 };
 use tracknet_data::{DataError, PredictionRow, list_frames, write_atomic, write_predictions_csv};
 
@@ -73,6 +74,14 @@ fn predictions_csv_matches_label_schema_plus_confidence() {
          0000.jpg,1,10.00,20.50,0,0.9000\n\
          0001.jpg,0,,,,0.1250\n"
     );
+    // A name with a comma is quoted, so the file still has six fields per row.
+    let odd = [PredictionRow {
+        file_name: "a,b.jpg".into(),
+        ..rows[1].clone()
+    }];
+    write_predictions_csv(&p, &odd).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(text.ends_with("\n\"a,b.jpg\",0,,,,0.1250\n"), "{text}");
 }
 
 #[test]
@@ -108,7 +117,7 @@ fn heatmap_overlay_trajectory_and_curves() {
         Some((20.0, 10.0)),
         Some((30.0, 20.0)),
     ];
-    let tr = trajectory_image(&frame, &[(&pts, [255, 0, 0])]);
+    let tr = trajectory_image(&frame, &[(&pts, [255, 0, 0])]).unwrap();
     assert_eq!(tr.get_pixel(25, 15).0, [255, 0, 0], "segment 2-3 is drawn");
     assert_eq!(
         tr.get_pixel(12, 7).0,
@@ -116,20 +125,74 @@ fn heatmap_overlay_trajectory_and_curves() {
         "no segment across the gap"
     );
     save_trajectory_png(&dir.path().join("tr.png"), &fp, &pts, &pts).unwrap();
+    // The figure: the frame (scaled to 480 px wide) under labelled axes, then x and y panels.
+    let fig = trajectory_figure(&frame, "clip", &pts, &[]).unwrap();
+    assert_eq!(fig.width(), 580);
+    let red = fig.pixels().filter(|p| p.0 == [255, 40, 40]).count();
+    assert!(
+        red > 200,
+        "predicted track drawn over the frame and in both panels: {red}"
+    );
+    let dark = fig.pixels().filter(|p| p.0 == [0, 0, 0]).count();
+    assert!(
+        dark > 480 * 270 / 2,
+        "the black frame fills the plotting area: {dark}"
+    );
 
     let cp = dir.path().join("curves.png");
     let loss: Vec<(f32, f32)> = (0..50)
         .map(|i| (i as f32, 1.0 / (1.0 + i as f32)))
         .collect();
     let f1: Vec<(f32, f32)> = (0..50).map(|i| (i as f32, i as f32 / 50.0)).collect();
-    plot_curves(
-        &cp,
-        "Training",
-        &[("loss", loss), ("f1", f1), ("empty", vec![])],
-    )
-    .unwrap();
+    let panels = [
+        Panel::new("Loss", "epoch", "loss")
+            .integer_x()
+            .with(Series::new("loss", loss.clone())),
+        Panel::new("Scores", "epoch", "score")
+            .integer_x()
+            .y_range(0.0, 1.0)
+            .right_axis("px")
+            .with(Series::new("f1", f1))
+            .with(Series::new("empty", vec![]))
+            .with(Series::new("l2", loss).on_right()),
+    ];
+    save_panels_png(&cp, "Training", (800, 600), &panels).unwrap();
     let c = image::open(&cp).unwrap().to_rgb8();
-    assert_eq!(c.dimensions(), (800, 480));
-    let coloured = c.pixels().filter(|p| p.0 == [31, 119, 180]).count();
-    assert!(coloured > 100, "loss series drawn: {coloured}");
+    assert_eq!(c.dimensions(), (800, 600));
+    assert_eq!(c, panels_image("Training", (800, 600), &panels).unwrap());
+    let coloured =
+        |img: &image::RgbImage, rgb: [u8; 3]| img.pixels().filter(|p| p.0 == rgb).count();
+    assert!(coloured(&c, [31, 119, 180]) > 100, "loss series drawn");
+    // Each panel's series take the palette in order; the right-axis one is the third.
+    let (top, bottom) = (
+        c.view(0, 0, 800, 300).to_image(),
+        c.view(0, 300, 800, 300).to_image(),
+    );
+    assert!(coloured(&top, [31, 119, 180]) > 100 && coloured(&top, [255, 127, 14]) == 0);
+    assert!(
+        coloured(&bottom, [44, 160, 44]) > 100,
+        "right-axis series drawn"
+    );
+    // A gap (NaN) splits a line rather than joining across it.
+    let gap = Panel::new("gap", "x", "y").with(Series::new(
+        "a",
+        vec![
+            (0.0, 0.0),
+            (1.0, 1.0),
+            (2.0, f32::NAN),
+            (3.0, 0.0),
+            (4.0, 1.0),
+        ],
+    ));
+    let joined = Panel::new("gap", "x", "y").with(Series::new(
+        "a",
+        vec![(0.0, 0.0), (1.0, 1.0), (3.0, 0.0), (4.0, 1.0)],
+    ));
+    let g = panels_image("", (400, 300), &[gap]).unwrap();
+    let j = panels_image("", (400, 300), &[joined]).unwrap();
+    let (in_gap, in_joined) = (coloured(&g, [31, 119, 180]), coloured(&j, [31, 119, 180]));
+    assert!(
+        in_gap > 50 && in_gap + 50 < in_joined,
+        "{in_gap} vs {in_joined}"
+    );
 }

@@ -223,7 +223,7 @@ fn corrupt_jpeg_is_skipped_at_load_time_or_fails_when_strict() {
 }
 
 #[test]
-fn utf16_label_csv_is_decoded_and_undecodable_text_skips_only_its_clip() {
+fn utf16_label_csv_is_decoded_and_undecodable_text_skips_only_its_row() {
     let dir = TempDir::new("scan-encoding");
     let csv = "file name,visibility,x-coordinate,y-coordinate,status\r\n0000.jpg,1,3,4,0\r\n";
     let utf16le: Vec<u8> = [0xFF, 0xFE]
@@ -250,14 +250,52 @@ fn utf16_label_csv_is_decoded_and_undecodable_text_skips_only_its_clip() {
         std::fs::write(dir.join("Label.csv"), bytes).unwrap();
     }
     let (index, report) = DatasetIndex::scan(dir.path(), &games(&["game1"]), false).unwrap();
-    // The three readable encodings give the same row; the fourth clip is reported, not fatal.
+    // The three readable encodings give the same row; the fourth clip's row is reported, not
+    // fatal.
     assert_eq!(index.len(), 3, "{report}");
     assert!(index.frames.iter().all(|f| f.xy == Some((3.0, 4.0))));
     assert_eq!(report.count(IssueKind::BadEncoding), 1, "{report}");
     let issue = &report.skipped[0];
     assert!(issue.file.ends_with("game1/Clip4/Label.csv"), "{issue}");
     assert!(issue.message.contains("offset 60"), "{issue}");
+    assert_eq!(issue.line, Some(2), "{issue}");
+    assert!(issue.message.contains("`file name`"), "{issue}");
     // Strict: the same clip is an error naming the file.
     let err = DatasetIndex::scan(dir.path(), &games(&["game1"]), true).unwrap_err();
     assert!(err.to_string().contains("Clip4/Label.csv"), "{err}");
+}
+
+#[test]
+fn quoted_fields_crlf_and_a_bad_byte_cost_only_their_row() {
+    let dir = TempDir::new("scan-quoting");
+    let clip = dir.path().join("game1/Clip1");
+    std::fs::create_dir_all(&clip).unwrap();
+    for name in ["0000.jpg", "0001.jpg", "0002.jpg", "a,b.jpg"] {
+        write_jpeg(&clip.join(name), 8, 8);
+    }
+    let mut csv = b"\"file name\",\"visibility\",\"x-coordinate\",\"y-coordinate\",\"status\"\r\n\
+        \"0000.jpg\",1,\"3.5\",4,0\r\n\
+        0001.jpg , 0 , , ,\r\n"
+        .to_vec();
+    csv.extend_from_slice(b"\"00\xE9.jpg\",1,1,1,0\r\n");
+    csv.extend_from_slice(b"0002.jpg,1,5,6,2\r\n\"a,b.jpg\",2,7,8,1\r\n");
+    std::fs::write(clip.join("Label.csv"), csv).unwrap();
+    let (index, report) = DatasetIndex::scan(dir.path(), &games(&["game1"]), false).unwrap();
+    let names: Vec<&str> = index.frames.iter().map(|f| f.frame_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["0000.jpg", "0001.jpg", "0002.jpg", "a,b.jpg"],
+        "{report}"
+    );
+    assert_eq!(index.frames[0].xy, Some((3.5, 4.0)));
+    assert_eq!(index.frames[1].xy, None);
+    assert_eq!(index.frames[3].xy, Some((7.0, 8.0)));
+    assert_eq!(report.rows, 5);
+    assert_eq!(report.skipped.len(), 1, "{report}");
+    let issue = &report.skipped[0];
+    assert_eq!(
+        (issue.kind, issue.line),
+        (IssueKind::BadEncoding, Some(4)),
+        "{issue}"
+    );
 }

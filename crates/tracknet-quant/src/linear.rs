@@ -377,8 +377,8 @@ impl<B: Backend> QuantizedLinear<B> {
 fn resolve_compute<B: QuantBackend>(compute: ComputeDtype) -> ComputeDtype {
     if compute != ComputeDtype::F32 && !B::q4_supports_half() {
         if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "note: this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
+            tracing::warn!(
+                "this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
             );
         }
         ComputeDtype::F32

@@ -22,6 +22,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `--quiet` was given (only `train` has it): no bars, no progress lines, warnings kept.
+    pub fn quiet(&self) -> bool {
+        matches!(&self.command, Command::Train(a) if a.quiet)
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -264,7 +271,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
         quiet: a.quiet,
         init_from,
     };
-    eprintln!("run folder: {}", opts.run_dir.display());
+    tracing::info!("run folder: {}", opts.run_dir.display());
     let summary = train_on_device(&cfg, &opts, a.device.as_deref())?;
     print_finish(&summary);
     Ok(())
@@ -282,7 +289,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     let root = a.run_dir.clone().unwrap_or_else(|| next_run_dir(&pre));
     let stage1 = root.join("1-pretrain");
     let stage2 = root.join("2-qlora");
-    eprintln!(
+    tracing::info!(
         "== quick-start stage 1/2: full pre-training of the small backbone -> {}",
         stage1.display()
     );
@@ -298,7 +305,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     let ckpt = checkpoint_dir(&stage1, "best")?;
     let snapshot = stage1.join("backbone");
     crate::predict::export_backbone(&pre, &ckpt, &snapshot)?;
-    eprintln!(
+    tracing::info!(
         "exported the pre-trained backbone as a Hugging Face snapshot: {}",
         snapshot.display()
     );
@@ -306,7 +313,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
     let mut overrides = a.config.overrides.clone();
     overrides.push(format!("model.backbone.weights={}", snapshot.display()));
     let cfg = RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?.with_overrides(&overrides)?;
-    eprintln!(
+    tracing::info!(
         "== quick-start stage 2/2: QLoRA (NF4 + double quant + LoRA) on new clips -> {}",
         stage2.display()
     );
@@ -366,7 +373,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
 
 fn print_finish(summary: &crate::TrainSummary) {
     if let (Some(first), Some(last)) = (summary.baseline.as_ref(), summary.history.last()) {
-        eprintln!(
+        tracing::info!(
             "finished: val F1 {:.3} (before training {:.3}), PCK {:.3} (before {:.3}), L2 {:.2}px (before {:.2}px); run folder {}",
             last["f1"],
             first["f1"],
@@ -385,7 +392,7 @@ fn train_on_device(
     device: Option<&str>,
 ) -> Result<crate::TrainSummary, TrainError> {
     if cfg.training.gradient_checkpointing && !opts.quiet {
-        eprintln!(
+        tracing::info!(
             "training.gradient_checkpointing: on (Burn's BalancedCheckpointing: memory-bound \
              activations are recomputed in the backward pass)"
         );
@@ -445,7 +452,7 @@ fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
         DeviceSpec::Cuda(_) => return Err(cuda_missing_or_todo()),
     };
     if let Some(line) = crate::eval::skip_report("evaluation", &result.skipped) {
-        eprintln!("{line}");
+        tracing::warn!("{line}");
     }
     println!("{} ({})", summary_line(&result), ckpt.display());
     let json = serde_json::json!({
@@ -480,7 +487,7 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
     let mut model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
     if let Some(dir) = &a.adapter {
         model = crate::predict::with_adapter(model, &cfg, dir, &device)?;
-        eprintln!("LoRA weights from the adapter {}", dir.display());
+        tracing::info!("LoRA weights from the adapter {}", dir.display());
     }
     let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
     let s = predict(&model, &cfg, &a.input, &a.out, threshold, &device)?;
@@ -502,7 +509,7 @@ fn cmd_export(a: ExportArgs) -> Result<(), TrainError> {
 
 fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
     let (w, h) = parse_size(&a.size)?;
-    let s = tracknet_data::generate(
+    let s = crate::progress::generate_synthetic(
         &a.out,
         &tracknet_data::SynthOptions {
             games: a.games,

@@ -70,7 +70,7 @@ pub fn ensure_synthetic(cfg: &RunConfig, log: &mut dyn FnMut(&str)) -> Result<()
         s.ball_scale,
         s.distractors
     ));
-    let summary = tracknet_data::generate(root, &SynthOptions { overwrite, ..opts })?;
+    let summary = crate::progress::generate_synthetic(root, &SynthOptions { overwrite, ..opts })?;
     log(&format!(
         "  wrote {} frames (visibility 0/1/2/3: {:?})",
         summary.frames, summary.by_visibility

@@ -73,6 +73,11 @@ pub fn evaluate<B: QuantBackend>(
     device: &B::Device,
 ) -> Result<EvalResult, TrainError> {
     let loss_fn = loss_from_config(cfg);
+    let batches_total = index.len().div_ceil(cfg.training.batch_size.max(1));
+    let bar = crate::progress::Task::new(
+        "eval",
+        max_batches.map_or(batches_total, |m| m.min(batches_total)),
+    );
     let mut loader = BatchLoader::new(
         index,
         loader_options(cfg, 0, false, cfg.training.batch_size),
@@ -90,6 +95,7 @@ pub fn evaluate<B: QuantBackend>(
             .into_scalar()
             .elem::<f64>();
         batches += 1;
+        bar.set(batches);
         let heat: Vec<f32> = loss_fn
             .activate(pred)
             .into_data()

@@ -69,6 +69,8 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
 
         let quantized = model.quantized_weights() > 0;
         let lora = cfg.model.lora.enabled;
+        // Base, merged, adapter, decoder + head.
+        let bar = crate::progress::Task::new("export", 4);
         let base_name = if quantized {
             let q = &cfg.model.quantization;
             let spec = quant_spec(&cfg.model);
@@ -101,6 +103,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
             None
         };
         entries.extend(base_name.map(String::from));
+        bar.set(1);
 
         let merged_backbone = merged(model.backbone.clone());
         save_snapshot(
@@ -111,6 +114,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         )
         .map_err(vit)?;
         entries.push("backbone-merged".into());
+        bar.set(2);
 
         if lora {
             model.save_peft_adapter(
@@ -120,6 +124,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
             )?;
             entries.push("adapter".into());
         }
+        bar.set(3);
 
         let decoder = decoder_config(&cfg.model, model.backbone.hidden_size())?;
         let head = HeatmapHeadConfig::new(*decoder.channels.last().unwrap_or(&1));
@@ -135,6 +140,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         save_heads(&model, &heads, &tmp).map_err(vit)?;
         entries.push(tracknet_vit::export::HEADS_FILE.into());
         entries.push(tracknet_vit::export::HEADS_CONFIG.into());
+        bar.set(4);
         Ok(entries)
     })();
     let entries = match result {

@@ -7,6 +7,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod log;
 pub mod loss;
 pub mod optim;
 pub mod predict;

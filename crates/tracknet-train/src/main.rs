@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = tracknet_train::cli::Cli::parse();
+    let quiet = cli.quiet();
+    tracknet_train::log::init(quiet);
+    tracknet_train::progress::set_quiet(quiet);
     match tracknet_train::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -205,8 +205,24 @@ pub fn predict<B: QuantBackend>(
     let [hw, hh] = cfg.model.heatmap.size;
     std::fs::create_dir_all(out.join("heatmaps")).map_err(io_err(out))?;
     std::fs::create_dir_all(out.join("overlays")).map_err(io_err(out))?;
+    // A Clip folder's own labels, when it has them: drawn as the target in the overlays and
+    // the trajectory figure.
+    let labels: BTreeMap<String, Option<(f32, f32)>> = if input.join("Label.csv").is_file() {
+        let (index, report) = tracknet_data::DatasetIndex::scan_clip(input)?;
+        if !report.skipped.is_empty() {
+            tracing::warn!("{}: {report}", input.join("Label.csv").display());
+        }
+        index
+            .frames
+            .into_iter()
+            .map(|f| (f.frame_name, f.xy))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let mut rows = Vec::new();
     let mut track = Vec::new();
+    let mut target = Vec::new();
     // Multi-frame input: frame j sees frames j-(L-1)·stride .. j, clamped to the first frame
     // (as in training); each frame is decoded once and kept while a later frame needs it.
     let (length, stride) = (cfg.data.sequence.frames(), cfg.data.sequence.stride.max(1));
@@ -244,6 +260,7 @@ pub fn predict<B: QuantBackend>(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let label = labels.get(&name).copied().flatten();
         let stem = path
             .file_stem()
             .map(|n| n.to_string_lossy().into_owned())
@@ -260,9 +277,10 @@ pub fn predict<B: QuantBackend>(
             &heat,
             (hw, hh),
             visible.then_some((px, py)),
-            None,
+            label.map(|(x, y)| (x * hw as f32 / ow as f32, y * hh as f32 / oh as f32)),
         )?;
         track.push(xy);
+        target.push(label);
         rows.push(PredictionRow {
             file_name: name,
             visibility: u8::from(visible),
@@ -276,7 +294,12 @@ pub fn predict<B: QuantBackend>(
     if let Some(first) = frames.first()
         && frames.len() > 1
     {
-        tracknet_data::viz::save_trajectory_png(&out.join("trajectory.png"), first, &track, &[])?;
+        tracknet_data::viz::save_trajectory_png(
+            &out.join("trajectory.png"),
+            first,
+            &track,
+            &target,
+        )?;
     }
     Ok(PredictSummary {
         frames: rows.len(),

@@ -87,9 +87,10 @@ where
     let t = &cfg.training;
     let say = |s: &str| {
         if !opts.quiet {
-            eprintln!("{s}");
+            tracing::info!("{s}");
         }
     };
+    crate::progress::set_quiet(opts.quiet);
     cfg.validate()?;
     // An adapter to start from brings its own LoRA settings: the run (and its config.yaml,
     // checkpoints, saved adapters) uses those.
@@ -99,7 +100,7 @@ where
         ..cfg.clone()
     };
     for w in adapter_notes.iter().chain(&cfg.warnings()) {
-        say(&format!("warning: {w}"));
+        tracing::warn!("{w}");
     }
     fs::create_dir_all(&opts.run_dir).map_err(io_err(&opts.run_dir))?;
     let ckpt_root = opts.run_dir.join("checkpoints");
@@ -135,7 +136,7 @@ where
         say(note);
     }
     for w in &build.warnings {
-        say(&format!("warning: {w}"));
+        tracing::warn!("{w}");
     }
     if cfg.model.quantization.enabled {
         say(&format!(
@@ -566,14 +567,15 @@ const CSV_COLUMNS: [&str; 11] = [
 
 /// metrics.csv and curves.png, rewritten atomically after every epoch.
 fn write_metrics(run_dir: &Path, history: &[BTreeMap<String, f64>]) -> Result<(), TrainError> {
-    let mut csv = CSV_COLUMNS.join(",") + "\n";
-    for row in history {
-        let cells: Vec<String> = CSV_COLUMNS
-            .iter()
-            .map(|c| row.get(*c).map_or(String::new(), |v| format!("{v}")))
-            .collect();
-        csv += &(cells.join(",") + "\n");
-    }
+    let csv = tracknet_data::csv_text(
+        &CSV_COLUMNS,
+        history.iter().map(|row| {
+            CSV_COLUMNS
+                .iter()
+                .map(|c| row.get(*c).map_or(String::new(), |v| format!("{v}")))
+                .collect::<Vec<_>>()
+        }),
+    );
     tracknet_data::write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
     let series = |k: &str| {
         history
@@ -581,15 +583,23 @@ fn write_metrics(run_dir: &Path, history: &[BTreeMap<String, f64>]) -> Result<()
             .map(|r| (r["epoch"] as f32, r[k] as f32))
             .collect::<Vec<_>>()
     };
-    tracknet_data::viz::plot_curves(
+    use tracknet_data::viz::{Panel, Series, save_panels_png};
+    let loss = Panel::new("Loss", "epoch", "loss")
+        .integer_x()
+        .with(Series::new("train", series("train_loss")))
+        .with(Series::new("validation", series("val_loss")));
+    let scores = Panel::new("Validation detection", "epoch", "score")
+        .integer_x()
+        .y_range(0.0, 1.0)
+        .right_axis("L2 error (heatmap px)")
+        .with(Series::new("F1", series("f1")))
+        .with(Series::new("PCK", series("pck")))
+        .with(Series::new("L2", series("l2")).on_right());
+    save_panels_png(
         &run_dir.join("curves.png"),
-        "TRAINING",
-        &[
-            ("TRAIN LOSS", series("train_loss")),
-            ("VAL LOSS", series("val_loss")),
-            ("F1", series("f1")),
-            ("PCK", series("pck")),
-        ],
+        "Training curves",
+        (960, 760),
+        &[loss, scores],
     )?;
     Ok(())
 }

@@ -221,7 +221,22 @@ fn qlora_trains_saves_evaluates_predicts() {
     assert!(csv.starts_with("file name,visibility,x-coordinate,y-coordinate,status,confidence"));
     assert_eq!(csv.lines().count(), 9);
     assert!(out.join("overlays/0000.png").exists() && out.join("heatmaps/0000.png").exists());
-    assert!(out.join("trajectory.png").exists());
+    // The clip's own labels are the target track: drawn in the target colour over the frame
+    // (beyond the legend's dot, which a figure without targets has too).
+    let cyan = |img: &image::RgbImage| {
+        img.pixels()
+            .filter(|p| p.0 == tracknet_data::viz::TARGET_COLOUR)
+            .count()
+    };
+    let traj = image::open(out.join("trajectory.png")).unwrap().to_rgb8();
+    let first = image::open(clip.join("0000.jpg")).unwrap().to_rgb8();
+    let legend_only = tracknet_data::viz::trajectory_figure(&first, "Clip1", &[], &[]).unwrap();
+    assert!(
+        cyan(&traj) > cyan(&legend_only) + 20,
+        "target track drawn: {} vs {} pixels",
+        cyan(&traj),
+        cyan(&legend_only)
+    );
 }
 
 #[test]
@@ -717,7 +732,7 @@ fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpoint
     assert!(out.status.success(), "{log}");
     assert_eq!(
         log.matches(
-            "note: this backend runs 4-bit matmuls in f32; compute_dtype BF16 applies on CUDA only"
+            "warning: this backend runs 4-bit matmuls in f32; compute_dtype BF16 applies on CUDA only"
         )
         .count(),
         1,
@@ -892,4 +907,76 @@ fn a_qlora_run_exports_from_the_cli_and_the_export_rebuilds_the_model_and_feeds_
     );
     assert_eq!(run_config(&run2, &[]).unwrap().model.lora.r, 4);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn bench_report_fits_memory_per_image_and_charts_it() {
+    let dir = tmp("bench-report");
+    // Two cases at three batch sizes with exact lines (100 MB + 50 MB/image and 80 MB +
+    // 20 MB/image), one at a single batch (no line), and a failed case.
+    let case = |name: &str, batch: u64, peak: f64| {
+        serde_json::json!({"kind": "case", "case": name, "backend": "ndarray",
+            "sizes": {"batch": batch}, "peak_rss_bytes": peak})
+    };
+    let mut cases = Vec::new();
+    for b in [1u64, 2, 4] {
+        cases.push(case("full", b, 100e6 + 50e6 * b as f64));
+        cases.push(case("qlora-nf4-dq+ckpt", b, 80e6 + 20e6 * b as f64));
+    }
+    cases.push(case("lora", 2, 150e6));
+    cases.push(
+        serde_json::json!({"kind": "case", "case": "lora", "backend": "ndarray",
+        "error": "exit status 1"}),
+    );
+    let doc = serde_json::json!({"machine": {"cpu": "test", "nproc": 2}, "cases": cases});
+    let file = dir.join("bench.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+        .arg("report")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 16 GiB = 17179.9 MB: (17179.9 - 100) / 50 = 341.6; (17179.9 - 80) / 20 = 854.99.
+    // 24 GiB = 25769.8 MB: 513.4 and 1284.5.
+    assert!(
+        stdout.contains("| full | ndarray | 150.0 | 200.0 | 300.0 | 50.0 | 100.0 | 341 | 513 |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "| qlora-nf4-dq+ckpt | ndarray | 100.0 | 120.0 | 160.0 | 20.0 | 80.0 | 854 | 1284 |"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("| lora | ndarray | -"), "{stdout}");
+    let png = image::open(dir.join("memory-vs-batch.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (900, 520));
+    for colour in [[31u8, 119, 180], [255, 127, 14]] {
+        let n = png.pixels().filter(|p| p.0 == colour).count();
+        assert!(n > 100, "series {colour:?} drawn: {n} pixels");
+    }
+    // No sweep in the file: no chart, no table.
+    let single = dir.join("single.json");
+    std::fs::write(
+        &single,
+        serde_json::json!({"machine": {}, "cases": [case("full", 2, 1e8)]}).to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join("memory-vs-batch.png")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+        .arg("report")
+        .arg(&single)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("memory vs batch"));
+    assert!(!dir.join("memory-vs-batch.png").exists());
 }

@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use safetensors::SafeTensors;
 use tracknet_quant::bnb::{self, BnbConfig, BnbLayer, StoredTensor};
 use tracknet_quant::{CodeBooks, Quantized4};
 
 use crate::backbone::BackboneArch;
 use crate::backbone::params::{Init, ParamSource};
 use crate::error::VitError;
+
+mod mapped;
+pub use mapped::{MappedSafetensors, TensorEntry};
 
 /// Name of the single-file weights in a snapshot.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -177,27 +179,14 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, VitError> {
     Ok(files.into_iter().collect())
 }
 
-/// Read every tensor of one safetensors file as stored (dtype, shape, bytes).
+/// Read every tensor of one safetensors file as stored (dtype, shape, bytes), through a
+/// memory map: each tensor is copied once, the file itself is never read into a buffer.
 pub fn read_stored(path: &Path) -> Result<BTreeMap<String, StoredTensor>, VitError> {
-    let bytes = std::fs::read(path).map_err(|source| VitError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| VitError::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let file = MappedSafetensors::open(path)?;
     Ok(file
-        .tensors()
-        .into_iter()
-        .map(|(key, view)| {
-            let t = StoredTensor {
-                dtype: view.dtype(),
-                shape: view.shape().to_vec(),
-                data: view.data().to_vec(),
-            };
-            (key, t)
-        })
+        .entries()
+        .keys()
+        .filter_map(|key| Some((key.clone(), file.stored(key)?)))
         .collect())
 }
 
@@ -284,8 +273,10 @@ pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
 /// which also reports every tensor that was never asked for.
 pub(crate) struct WeightStore<B: Backend> {
     snapshot: PathBuf,
-    /// canonical name → (checkpoint name, file, tensor as stored)
-    tensors: BTreeMap<String, (String, PathBuf, StoredTensor)>,
+    /// The mapped weight files; full-precision tensors are copied out when asked for.
+    files: Vec<MappedSafetensors>,
+    /// canonical name → (checkpoint name, where it is)
+    tensors: BTreeMap<String, (String, Stored)>,
     /// canonical weight name → (checkpoint name, 4-bit layer as stored)
     quantized: BTreeMap<String, (String, BnbLayer)>,
     /// The snapshot's `quantization_config`, if any.
@@ -297,6 +288,14 @@ pub(crate) struct WeightStore<B: Backend> {
     problems: Vec<VitError>,
     device: B::Device,
     _backend: PhantomData<B>,
+}
+
+/// Where a full-precision tensor of a [`WeightStore`] is.
+enum Stored {
+    /// Still in mapped file `files[i]` under its checkpoint name.
+    Mapped(usize),
+    /// Copied out already (a piece left over by a 4-bit layer).
+    Owned(PathBuf, StoredTensor),
 }
 
 impl<B: Backend> WeightStore<B> {
@@ -322,7 +321,7 @@ impl<B: Backend> WeightStore<B> {
             }
             Err(_) => None,
         };
-        let mut tensors: BTreeMap<String, (String, PathBuf, StoredTensor)> = BTreeMap::new();
+        let mut tensors: BTreeMap<String, (String, Stored)> = BTreeMap::new();
         let mut quantized: BTreeMap<String, (String, BnbLayer)> = BTreeMap::new();
         let duplicate = |file: &Path, canonical: String, first: &str, second: String| {
             VitError::DuplicateTensor {
@@ -332,45 +331,82 @@ impl<B: Backend> WeightStore<B> {
                 second,
             }
         };
-        for file in weight_files(dir)? {
-            let mut raw = read_stored(&file)?;
-            // 4-bit layers first: they own several entries each (`.absmax`, `.quant_map`, …).
-            let weights: Vec<String> = raw
+        let mut files = Vec::new();
+        for (i, path) in weight_files(dir)?.into_iter().enumerate() {
+            let file = MappedSafetensors::open(&path)?;
+            // 4-bit layers first: they own several entries each (`.absmax`, `.quant_map`, …),
+            // copied out of the map together (they are small: half a byte per weight).
+            let weights: Vec<&String> = file
+                .entries()
                 .keys()
-                .filter(|k| k.ends_with(".weight") && bnb::quant_state_key(&raw, k).is_some())
-                .cloned()
+                .filter(|k| k.ends_with(".weight"))
+                .filter(|k| {
+                    let state = format!("{k}.quant_state.");
+                    file.entries()
+                        .range(state.clone()..)
+                        .next()
+                        .is_some_and(|(n, _)| n.starts_with(&state))
+                })
                 .collect();
+            let mut taken = BTreeSet::new();
+            let mut pieces: BTreeMap<String, StoredTensor> = BTreeMap::new();
+            for key in &weights {
+                let prefix = format!("{key}.");
+                for name in file
+                    .entries()
+                    .keys()
+                    .filter(|n| *n == *key || n.starts_with(&prefix))
+                {
+                    if let Some(t) = file.stored(name) {
+                        pieces.insert(name.clone(), t);
+                        taken.insert(name.clone());
+                    }
+                }
+            }
             for key in weights {
-                let layer = bnb::take_layer(&mut raw, &key)
+                if bnb::quant_state_key(&pieces, key).is_none() {
+                    continue;
+                }
+                let layer = bnb::take_layer(&mut pieces, key)
                     .map_err(|source| VitError::Bnb {
-                        path: file.clone(),
+                        path: path.clone(),
                         source,
                     })?
                     .ok_or_else(|| VitError::Safetensors {
-                        path: file.clone(),
+                        path: path.clone(),
                         message: format!("`{key}`: quant state vanished while reading"),
                     })?;
-                let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
+                let KeyMapping::Canonical(canonical) = canonical_key(arch, key) else {
                     continue;
                 };
                 if let Some((first, _)) = quantized.get(&canonical) {
-                    return Err(duplicate(&file, canonical, first, key));
+                    return Err(duplicate(&path, canonical, first, key.clone()));
                 }
-                quantized.insert(canonical, (key, layer));
+                quantized.insert(canonical, (key.clone(), layer));
             }
-            for (key, tensor) in raw {
+            let rest = file
+                .entries()
+                .keys()
+                .filter(|k| !taken.contains(*k))
+                .map(|k| (k.clone(), Stored::Mapped(i)));
+            let leftover = pieces
+                .into_iter()
+                .map(|(k, t)| (k, Stored::Owned(path.clone(), t)));
+            for (key, stored) in rest.chain(leftover) {
                 let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
                     continue;
                 };
-                if let Some((first, _, _)) = tensors.get(&canonical) {
-                    return Err(duplicate(&file, canonical, first, key));
+                if let Some((first, _)) = tensors.get(&canonical) {
+                    return Err(duplicate(&path, canonical, first, key));
                 }
-                tensors.insert(canonical, (key, file.clone(), tensor));
+                tensors.insert(canonical, (key, stored));
             }
+            files.push(file);
         }
         let books = (!quantized.is_empty()).then(|| CodeBooks::new(device));
         Ok(Self {
             snapshot: dir.to_path_buf(),
+            files,
             tensors,
             quantized,
             bnb,
@@ -391,7 +427,7 @@ impl<B: Backend> WeightStore<B> {
         let unexpected: Vec<String> = self
             .tensors
             .into_values()
-            .map(|(name, _, _)| name)
+            .map(|(name, _)| name)
             .chain(self.quantized.into_values().map(|(name, _)| name))
             .collect();
         if self.missing.is_empty() && self.mismatched.is_empty() && unexpected.is_empty() {
@@ -419,30 +455,38 @@ impl<B: Backend> ParamSource<B> for WeightStore<B> {
         shape: [usize; D],
         _init: Init,
     ) -> Tensor<B, D> {
-        match self.tensors.remove(key) {
-            Some((name, file, t)) if t.shape == shape => match to_host(&file, &name, t) {
-                Ok(t) => Tensor::from_data(TensorData::new(t.data, shape), &self.device),
-                Err(e) => {
-                    self.problems.push(e);
-                    Tensor::zeros(shape, &self.device)
-                }
-            },
-            Some((name, _, t)) => {
-                self.mismatched.push((name, shape.to_vec(), t.shape));
-                Tensor::zeros(shape, &self.device)
+        let Some((name, stored)) = self.tensors.remove(key) else {
+            return self.absent(key, shape);
+        };
+        // The header's shape is checked before anything is copied.
+        let (file, stored_shape) = match &stored {
+            Stored::Mapped(i) => {
+                let f = &self.files[*i];
+                let shape = f.entries().get(&name).map(|e| e.shape.clone());
+                (f.path().to_path_buf(), shape.unwrap_or_default())
             }
-            None if self.quantized.contains_key(key) => {
-                let (name, _) = &self.quantized[key];
-                self.problems.push(VitError::Config {
-                    path: self.snapshot.clone(),
-                    message: format!(
-                        "`{name}` is stored in 4 bits but this model needs it in full precision"
-                    ),
-                });
-                Tensor::zeros(shape, &self.device)
-            }
-            None => {
-                self.missing.push(key.to_string());
+            Stored::Owned(path, t) => (path.clone(), t.shape.clone()),
+        };
+        if stored_shape != shape {
+            self.mismatched.push((name, shape.to_vec(), stored_shape));
+            return Tensor::zeros(shape, &self.device);
+        }
+        let t = match stored {
+            Stored::Mapped(i) => self.files[i].stored(&name),
+            Stored::Owned(_, t) => Some(t),
+        };
+        let converted = t
+            .ok_or_else(|| VitError::Safetensors {
+                path: file.clone(),
+                message: format!(
+                    "`{name}` is listed in the header but its bytes are not in the file"
+                ),
+            })
+            .and_then(|t| to_host(&file, &name, t));
+        match converted {
+            Ok(t) => Tensor::from_data(TensorData::new(t.data, shape), &self.device),
+            Err(e) => {
+                self.problems.push(e);
                 Tensor::zeros(shape, &self.device)
             }
         }
@@ -455,6 +499,23 @@ impl<B: Backend> ParamSource<B> for WeightStore<B> {
             return None;
         }
         Some((layer.quantized, self.books.clone()?))
+    }
+}
+
+impl<B: Backend> WeightStore<B> {
+    /// A tensor the model needs that the snapshot lacks in full precision: recorded, zeros.
+    fn absent<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Tensor<B, D> {
+        if let Some((name, _)) = self.quantized.get(key) {
+            self.problems.push(VitError::Config {
+                path: self.snapshot.clone(),
+                message: format!(
+                    "`{name}` is stored in 4 bits but this model needs it in full precision"
+                ),
+            });
+        } else {
+            self.missing.push(key.to_string());
+        }
+        Tensor::zeros(shape, &self.device)
     }
 }
 

@@ -262,6 +262,7 @@ struct ReportArgs {
 
 fn main() {
     let cli = Cli::parse();
+    tracknet_train::log::init(false);
     let result = match cli.command {
         Cmd::Case(a) => case(&a),
         Cmd::Data(a) => data(&a),
@@ -272,7 +273,7 @@ fn main() {
         Ok(Value::Null) => {}
         Ok(v) => println!("{v}"),
         Err(e) => {
-            eprintln!("tracknet-bench: {e}");
+            tracing::error!("tracknet-bench: {e}");
             std::process::exit(1);
         }
     }
@@ -578,7 +579,7 @@ where
     let mem = model.memory_report();
     let params = model.param_report();
     let quantized = mem.quantized_params();
-    eprintln!(
+    tracing::info!(
         "{label}: built in {build_seconds:.2}s; {} backbone linear weights in {} bytes; {params}",
         mem.total_params(),
         mem.total_stored_bytes()
@@ -615,11 +616,11 @@ where
         losses.push(loss);
         if i < s.warmup {
             warmup_seconds.push(secs);
-            eprintln!("{label}: warmup step {secs:.3}s loss {loss:.5}");
+            tracing::info!("{label}: warmup step {secs:.3}s loss {loss:.5}");
         } else {
             seconds.push(secs);
             let n = i - s.warmup + 1;
-            eprintln!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
+            tracing::info!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
         }
     }
     let peak_rss = if clear_refs_ok {
@@ -749,7 +750,7 @@ fn data(a: &DataArgs) -> Result<Value, String> {
     )
     .map_err(|e| e.to_string())?;
     let gen_seconds = t.elapsed().as_secs_f64();
-    eprintln!(
+    tracing::info!(
         "data: generated {} frames at 1280x720 in {gen_seconds:.1}s",
         summary.frames
     );
@@ -777,7 +778,7 @@ fn data(a: &DataArgs) -> Result<Value, String> {
             n = r.frames;
             fps.push(r.frames_per_sec);
         }
-        eprintln!(
+        tracing::info!(
             "data: {workers} worker(s): {:.1} frames/s (median)",
             median(&fps)
         );
@@ -834,7 +835,7 @@ fn quality(a: &QualityArgs) -> Result<Value, String> {
         .and_then(|c| c.with_overrides(&pre_o))
         .map_err(|e| e.to_string())?;
     let pre_dir = tmp.0.join("run-pretrain");
-    eprintln!("quality: shared full pre-training for {pre_epochs} epoch(s)");
+    tracing::info!("quality: shared full pre-training for {pre_epochs} epoch(s)");
     let t = Instant::now();
     let pre_summary = tracknet_train::train::<Autodiff<NdArray>>(
         &pre,
@@ -872,7 +873,7 @@ fn quality(a: &QualityArgs) -> Result<Value, String> {
             quiet: true,
             init_from: Some(ckpt.clone()),
         };
-        eprintln!("quality: fine-tuning {mode} for {epochs} epoch(s)");
+        tracing::info!("quality: fine-tuning {mode} for {epochs} epoch(s)");
         let t = Instant::now();
         let summary = tracknet_train::train::<Autodiff<NdArray>>(&cfg, &opts, &Default::default())
             .map_err(|e| format!("{mode}: {e}"))?;
@@ -880,7 +881,7 @@ fn quality(a: &QualityArgs) -> Result<Value, String> {
         let last = summary.history.last().cloned().unwrap_or_default();
         let get = |k: &str| last.get(k).copied();
         let base = |k: &str| summary.baseline.as_ref().and_then(|b| b.get(k).copied());
-        eprintln!(
+        tracing::info!(
             "quality: {mode}: F1 {:?} PCK {:?} L2 {:?} in {secs:.0}s",
             get("f1"),
             get("pck"),
@@ -944,9 +945,9 @@ fn report(file: &Path) -> Result<(), String> {
     );
     println!();
     println!(
-        "| case | backend | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | step median s | step min s | infer fps |"
+        "| case | backend | batch | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | step median s | step min s | infer fps |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in cases.iter().filter(|c| c["kind"] == "case") {
         if !c["error"].is_null() {
             println!(
@@ -958,9 +959,10 @@ fn report(file: &Path) -> Result<(), String> {
             continue;
         }
         println!(
-            "| {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} |",
             c["case"].as_str().unwrap_or("?"),
             c["backend"].as_str().unwrap_or("?"),
+            c["sizes"]["batch"],
             num(&c["bits_per_weight"], 3),
             mb(&c["backbone_linear_stored_bytes"]),
             c["trainable_params"],
@@ -974,6 +976,7 @@ fn report(file: &Path) -> Result<(), String> {
             num(&c["inference_fps"], 2),
         );
     }
+    memory_vs_batch(cases, &file.with_file_name("memory-vs-batch.png"))?;
     for c in cases.iter().filter(|c| c["kind"] == "data") {
         println!();
         println!(
@@ -1079,6 +1082,114 @@ fn report(file: &Path) -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+/// Least-squares line `y = a + b·x` through `points` (at least two distinct x).
+fn line_fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x / n, sy + y / n));
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let slope = sxy / sxx;
+    (my - slope * mx, slope)
+}
+
+/// The memory-vs-batch table and chart: for every case measured at two or more batch sizes
+/// (`cargo xtask bench --batches 1,2,4,8`), peak RSS per batch, the per-image slope of a
+/// least-squares line, and the largest batch that line puts under 16 and 24 GiB. The chart is
+/// written to `png` (one line per case).
+fn memory_vs_batch(cases: &[Value], png: &Path) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    use tracknet_data::viz::{Panel, Series, save_panels_png};
+    let mut groups: BTreeMap<(String, String), BTreeMap<u64, f64>> = BTreeMap::new();
+    for c in cases
+        .iter()
+        .filter(|c| c["kind"] == "case" && c["error"].is_null())
+    {
+        let (Some(batch), Some(peak)) =
+            (c["sizes"]["batch"].as_u64(), c["peak_rss_bytes"].as_f64())
+        else {
+            continue;
+        };
+        let key = (
+            c["backend"].as_str().unwrap_or("?").to_string(),
+            c["case"].as_str().unwrap_or("?").to_string(),
+        );
+        // The first measurement of a (case, batch) wins, as in the main table.
+        groups.entry(key).or_default().entry(batch).or_insert(peak);
+    }
+    groups.retain(|_, by_batch| by_batch.len() >= 2);
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let batches: std::collections::BTreeSet<u64> =
+        groups.values().flat_map(|g| g.keys().copied()).collect();
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    println!();
+    println!("memory vs batch (peak RSS of a training step, MB; line fitted by least squares):");
+    let head: Vec<String> = batches.iter().map(|b| format!("batch {b}")).collect();
+    println!(
+        "| case | backend | {} | MB per image | MB at batch 0 | max batch in 16 GiB | max batch in 24 GiB |",
+        head.join(" | ")
+    );
+    println!(
+        "|---|---|{}---:|---:|---:|---:|",
+        "---:|".repeat(batches.len())
+    );
+    let mut panel = Panel::new(
+        "Peak memory of one training step",
+        "batch (images)",
+        "peak RSS (MB)",
+    )
+    .integer_x();
+    let several_backends = groups
+        .keys()
+        .map(|(b, _)| b)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
+    for ((backend, case), by_batch) in &groups {
+        let points: Vec<(f64, f64)> = by_batch.iter().map(|(b, m)| (*b as f64, *m)).collect();
+        let (base, slope) = line_fit(&points);
+        let fits = |limit: f64| {
+            if slope > 0.0 {
+                (((limit - base) / slope).floor().max(0.0) as u64).to_string()
+            } else {
+                "-".to_string()
+            }
+        };
+        let cells: Vec<String> = batches
+            .iter()
+            .map(|b| {
+                by_batch
+                    .get(b)
+                    .map_or("-".into(), |m| format!("{:.1}", m / 1e6))
+            })
+            .collect();
+        println!(
+            "| {case} | {backend} | {} | {:.1} | {:.1} | {} | {} |",
+            cells.join(" | "),
+            slope / 1e6,
+            base / 1e6,
+            fits(16.0 * GIB),
+            fits(24.0 * GIB)
+        );
+        let name = if several_backends {
+            format!("{case} ({backend}), {:.0} MB/image", slope / 1e6)
+        } else {
+            format!("{case}, {:.0} MB/image", slope / 1e6)
+        };
+        let pts = points
+            .iter()
+            .map(|(b, m)| (*b as f32, (*m / 1e6) as f32))
+            .collect();
+        panel = panel.with(Series::new(name, pts));
+    }
+    save_panels_png(png, "", (900, 520), &[panel]).map_err(|e| e.to_string())?;
+    println!("chart: {}", png.display());
     Ok(())
 }
 
