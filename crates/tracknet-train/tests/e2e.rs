@@ -68,10 +68,7 @@ fn tiny(root: &Path, epochs: usize, overrides: &[&str]) -> RunConfig {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tracknet-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tracknet_testkit::scratch(&format!("e2e-{name}"))
 }
 
 fn opts(run_dir: PathBuf) -> TrainOptions {

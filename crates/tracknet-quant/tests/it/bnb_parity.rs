@@ -10,17 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 use tracknet_quant::codebook::{codebook, dynamic_map_signed};
 use tracknet_quant::{Absmax, QuantType, dequantize_4bit, quantize_4bit};
-
-fn fixture_root() -> PathBuf {
-    match std::env::var_os("TRACKNET_FIXTURES") {
-        Some(root) => PathBuf::from(root),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")),
-    }
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
-}
+use tracknet_testkit::{fixtures, read};
 
 /// One entry of `cases.json`.
 struct Case {
@@ -34,7 +24,7 @@ struct Case {
 }
 
 fn load_cases() -> Vec<Case> {
-    let dir = fixture_root().join("bnb");
+    let dir = fixtures().join("bnb");
     let path = dir.join("cases.json");
     let json: Value = serde_json::from_slice(&read(&path))
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
@@ -242,7 +232,7 @@ fn bnb_quantize_4bit_matches_every_fixture_case() {
 
 #[test]
 fn bnb_missing_fixture_file_names_its_path() {
-    let missing = fixture_root().join("bnb").join("no_such_case.safetensors");
+    let missing = fixtures().join("bnb").join("no_such_case.safetensors");
     let result = std::panic::catch_unwind(|| read(&missing));
     let message = match result {
         Ok(_) => panic!("reading {} unexpectedly succeeded", missing.display()),

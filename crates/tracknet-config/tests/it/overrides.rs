@@ -1,6 +1,6 @@
 //! `dotted.key=value` overrides: typed, validated, unknown keys named.
 
-mod common;
+use crate::common;
 
 use common::{composed, issue_at, issues};
 use tracknet_config::*;

@@ -1,5 +1,5 @@
 //! Synthetic generator: determinism, layout, overwrite protection.
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+//! Config test helpers: the seed configs composed, and the issues of a rejected config.
 
 use std::path::PathBuf;
 

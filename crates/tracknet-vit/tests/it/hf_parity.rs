@@ -1,21 +1,12 @@
 //! Parity with transformers 5: the fixtures' `last_hidden_state` must be reproduced within 1e-4.
 
-use std::path::PathBuf;
-
+use crate::common::fixtures;
 use burn::backend::NdArray;
 use burn::prelude::*;
 use tracknet_vit::backbone::Backbone;
 use tracknet_vit::hf::read_safetensors;
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
 
 /// Runs the fixture's `pixel_values` and returns the max abs error against its `last_hidden_state`.
 fn max_abs_error(model_dir: &str) -> f32 {

@@ -15,7 +15,7 @@ use tracknet_vit::backbone::Backbone;
 use tracknet_vit::hf::{read_safetensors, read_stored};
 use tracknet_vit::model::HeatmapModel;
 
-mod common;
+use crate::common;
 use common::{fixtures, need};
 
 type B = NdArray<f32>;

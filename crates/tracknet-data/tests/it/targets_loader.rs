@@ -1,5 +1,5 @@
 //! Heatmap targets, flips and deterministic batch order.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Bad configs: every problem is reported, each named by its exact key path.
 
-mod common;
+use crate::common;
 
 use common::{issue_at, issues};
 use tracknet_config::*;

@@ -13,16 +13,9 @@ use tracknet_lora::peft::{
     save_adapter,
 };
 use tracknet_lora::{BiasMode, LoraError, LoraInit, LoraSettings, TargetSpec};
+use tracknet_testkit::fixtures;
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
 
 fn fixture_adapter() -> PathBuf {
     let dir = fixtures().join("peft/adapter");

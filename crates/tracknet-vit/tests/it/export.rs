@@ -6,7 +6,7 @@ use burn::tensor::Distribution;
 use tracknet_vit::backbone::{Backbone, BackboneArch};
 use tracknet_vit::export::save_snapshot;
 
-mod common;
+use crate::common;
 use common::{fixtures, need};
 
 #[test]

@@ -1,5 +1,5 @@
 //! Dataset scanning and loading on synthetic and hand-made broken sets.
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

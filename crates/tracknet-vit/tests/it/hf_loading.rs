@@ -8,6 +8,7 @@ use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
+use tracknet_testkit::{fixtures, scratch};
 use tracknet_vit::backbone::{Backbone, BackboneArch};
 use tracknet_vit::dinov3::Dinov3Config;
 use tracknet_vit::error::VitError;
@@ -15,22 +16,6 @@ use tracknet_vit::hf::{HostTensor, read_safetensors, resolve_snapshot_in};
 use tracknet_vit::vit::bicubic_matrix;
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
-
-/// A fresh, empty scratch directory unique to this test process and `name`.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tracknet-vit-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn write_safetensors(path: &Path, tensors: &BTreeMap<String, HostTensor>) {
     let bytes: BTreeMap<&String, Vec<u8>> = tensors

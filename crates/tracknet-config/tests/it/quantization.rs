@@ -1,6 +1,6 @@
 //! `model.quantization`: BitsAndBytesConfig names in `mode: hf`, double-quant precedence.
 
-mod common;
+use crate::common;
 
 use common::{issue_at, issues};
 use tracknet_config::*;

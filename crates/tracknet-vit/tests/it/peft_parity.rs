@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::{fixtures, need};
 use burn::backend::NdArray;
 use burn::prelude::*;
 use tracknet_lora::peft::{
@@ -16,19 +17,6 @@ use tracknet_vit::hf::read_safetensors;
 use tracknet_vit::model::adapter_base_dir;
 
 type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    std::env::var_os("TRACKNET_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-        })
-}
-
-fn need(p: &Path) -> &Path {
-    assert!(p.exists(), "fixture missing: {}", p.display());
-    p
-}
 
 /// `(in, out)` of every projection, by path.
 fn projection_dims(backbone: &Backbone<B>) -> BTreeMap<String, (usize, usize)> {

@@ -1,5 +1,5 @@
 //! File helpers and PNG outputs.
-mod common;
+use crate::common;
 
 use common::{TempDir, write_jpeg};
 use image::GenericImageView;

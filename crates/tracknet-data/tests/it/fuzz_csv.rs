@@ -1,5 +1,5 @@
 //! Arbitrary Label.csv content never panics; every data row is either kept or reported.
-mod common;
+use crate::common;
 
 use common::{TempDir, write_jpeg};
 use proptest::prelude::*;

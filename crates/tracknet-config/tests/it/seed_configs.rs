@@ -1,6 +1,6 @@
 //! The seed config files load unchanged, and the combined YAML / TOML forms agree with them.
 
-mod common;
+use crate::common;
 
 use common::{composed, configs};
 use tracknet_config::*;

@@ -1,0 +1,70 @@
+//! Test support for the tracknet crates (a dev-dependency only): where the reference fixtures
+//! are, scratch folders, and tiny inputs that several test suites build.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The fixture root: `$TRACKNET_FIXTURES` when set (another set made the same way), else the
+/// repository's `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    std::env::var_os("TRACKNET_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+        })
+}
+
+/// `path`, failing (never skipping) when the fixture file is missing.
+#[track_caller]
+pub fn need(path: &Path) -> &Path {
+    assert!(path.exists(), "fixture file missing: {}", path.display());
+    path
+}
+
+/// Reads a fixture file, failing with its path when it cannot be read.
+#[track_caller]
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, empty folder under the system temp dir, unique to this process, `tag` and call;
+/// left in place afterwards so a failed test's files can be read.
+pub fn scratch(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("tracknet-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// A [`scratch`] folder removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh folder for `tag`.
+    pub fn new(tag: &str) -> Self {
+        Self(scratch(tag))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a solid-colour `w`×`h` JPEG (a frame for data-layout tests).
+#[track_caller]
+pub fn write_jpeg(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb([90, 120, 60]));
+    img.save(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
