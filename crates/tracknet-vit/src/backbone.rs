@@ -1,4 +1,6 @@
 //! The backbone seen by the rest of the project: DINOv3 or classic ViT, random or pretrained.
+//! This module only dispatches to the two families; what they share is in [`crate::layers`],
+//! the `config.json` parsing in [`crate::arch`].
 //!
 //! Both produce the full token sequence `[batch, tokens, hidden]` and the patch tokens as a grid
 //! `[batch, H/patch, W/patch, hidden]` for the decoder.
@@ -6,85 +8,15 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
-use burn::tensor::activation;
 
-use crate::dinov3::{Dinov3Config, Dinov3Model};
+pub use crate::arch::BackboneArch;
+use crate::dinov3::Dinov3Model;
 use crate::error::VitError;
 use crate::hf;
+use crate::layers::check_pixel_dims;
+pub use crate::layers::{BackboneOutput, HiddenAct};
 use crate::proj::Proj;
-use crate::vit::{VitConfig, VitModel};
-
-pub(crate) mod params;
-
-/// Output of a backbone forward pass.
-#[derive(Debug, Clone)]
-pub struct BackboneOutput<B: Backend> {
-    /// Final-norm output, `[batch, 1 + registers + patches, hidden]` (CLS first, then register
-    /// tokens, then patch tokens in row-major order), exactly transformers' `last_hidden_state`.
-    pub last_hidden_state: Tensor<B, 3>,
-    /// Patch tokens only, `[batch, H/patch, W/patch, hidden]`.
-    pub patch_grid: Tensor<B, 4>,
-}
-
-/// The architecture of a backbone, read from a Hugging Face `config.json`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BackboneArch {
-    /// `model_type: "dinov3_vit"`.
-    Dinov3(Dinov3Config),
-    /// `model_type: "vit"`.
-    Vit(VitConfig),
-}
-
-impl BackboneArch {
-    /// Parse a transformers `config.json`, dispatching on `model_type`. Absent keys take
-    /// transformers' defaults; unknown keys are ignored (HF configs carry many unrelated ones).
-    pub fn from_config_file(path: &Path) -> Result<Self, VitError> {
-        let text = std::fs::read_to_string(path).map_err(|source| VitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_config_str(&text, path)
-    }
-
-    /// As [`Self::from_config_file`], from the JSON text; `path` is only used in errors.
-    pub fn from_config_str(text: &str, path: &Path) -> Result<Self, VitError> {
-        let json_err = |e: serde_json::Error| VitError::Json {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let value: serde_json::Value = serde_json::from_str(text).map_err(json_err)?;
-        let model_type = value
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let arch = match model_type.to_ascii_lowercase().as_str() {
-            "dinov3_vit" | "dinov3vit" => {
-                BackboneArch::Dinov3(serde_json::from_value(value).map_err(json_err)?)
-            }
-            "vit" => BackboneArch::Vit(serde_json::from_value(value).map_err(json_err)?),
-            other => {
-                return Err(VitError::Config {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "model_type `{other}` is not supported; expected `dinov3_vit` or `vit`"
-                    ),
-                });
-            }
-        };
-        arch.validate(path)?;
-        Ok(arch)
-    }
-
-    /// Checks the sizes this crate relies on (heads divide the hidden size, ...).
-    pub fn validate(&self, path: &Path) -> Result<(), VitError> {
-        match self {
-            BackboneArch::Dinov3(c) => c.validate(path),
-            BackboneArch::Vit(c) => c.validate(path),
-        }
-    }
-}
+use crate::vit::VitModel;
 
 /// A backbone read from a snapshot, with what a 4-bit snapshot brings besides.
 #[derive(Debug)]
@@ -233,121 +165,4 @@ impl<B: tracknet_quant::QuantBackend> Backbone<B> {
             Backbone::Vit(m) => m.projection_paths(),
         }
     }
-}
-
-pub(crate) fn check_pixel_dims(
-    dims: [usize; 4],
-    channels: usize,
-    patch: usize,
-) -> Result<(), VitError> {
-    let [b, c, h, w] = dims;
-    let fail = |message: String| {
-        Err(VitError::Input {
-            shape: dims.to_vec(),
-            message,
-        })
-    };
-    if b == 0 {
-        return fail("empty batch".into());
-    }
-    if c != channels {
-        return fail(format!("expected {channels} channels, found {c}"));
-    }
-    if h == 0 || w == 0 || !h.is_multiple_of(patch) || !w.is_multiple_of(patch) {
-        return fail(format!(
-            "height and width must be positive multiples of the patch size {patch}"
-        ));
-    }
-    Ok(())
-}
-
-/// Activation named by `hidden_act` in a transformers config (`ACT2FN`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HiddenAct {
-    /// `gelu`: exact, erf-based.
-    Gelu,
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: tanh approximation.
-    GeluTanh,
-    /// `silu` / `swish`.
-    Silu,
-    /// `relu`.
-    Relu,
-    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-}
-
-impl HiddenAct {
-    /// Parse a transformers activation name; `None` when unsupported.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "gelu" => HiddenAct::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => HiddenAct::GeluTanh,
-            "silu" | "swish" => HiddenAct::Silu,
-            "relu" => HiddenAct::Relu,
-            "quick_gelu" => HiddenAct::QuickGelu,
-            _ => return None,
-        })
-    }
-
-    pub fn forward<const D: usize, B: Backend>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            HiddenAct::Gelu => activation::gelu(x),
-            HiddenAct::GeluTanh => activation::gelu_approximate(x),
-            HiddenAct::Silu => activation::silu(x),
-            HiddenAct::Relu => activation::relu(x),
-            HiddenAct::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
-        }
-    }
-}
-
-/// Softmax attention over heads. q, k, v: `[batch, heads, tokens, head_dim]` →
-/// `[batch, tokens, heads * head_dim]`.
-pub(crate) fn attention<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-) -> Tensor<B, 3> {
-    let [b, h, t, d] = q.dims();
-    let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5);
-    let probs = activation::softmax(scores, 3);
-    probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * d])
-}
-
-/// `[batch, tokens, hidden]` → `[batch, heads, tokens, hidden / heads]`.
-pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [b, t, c] = x.dims();
-    x.reshape([b, t, heads, c / heads]).swap_dims(1, 2)
-}
-
-/// Stochastic depth (per-sample residual-branch drop), active only when autodiff is on, like
-/// Burn's `Dropout`. `x`: `[batch, tokens, hidden]`.
-pub(crate) fn drop_path<B: Backend>(x: Tensor<B, 3>, prob: f64) -> Tensor<B, 3> {
-    if prob <= 0.0 || !B::ad_enabled(&x.device()) {
-        return x;
-    }
-    let [b, _, _] = x.dims();
-    let keep = 1.0 - prob;
-    let mask: Tensor<B, 3> = Tensor::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
-    x * mask / keep
-}
-
-/// Patch convolution output `[batch, hidden, gh, gw]` → tokens `[batch, gh * gw, hidden]`
-/// (row-major patches).
-pub(crate) fn flatten_patches<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
-    let [b, c, gh, gw] = x.dims();
-    x.reshape([b, c, gh * gw]).swap_dims(1, 2)
-}
-
-/// Drop the `prefix` CLS/register tokens and lay the patch tokens out as
-/// `[batch, gh, gw, hidden]`.
-pub(crate) fn patch_grid<B: Backend>(
-    tokens: Tensor<B, 3>,
-    prefix: usize,
-    gh: usize,
-    gw: usize,
-) -> Tensor<B, 4> {
-    let [b, t, c] = tokens.dims();
-    tokens
-        .slice([0..b, prefix..t, 0..c])
-        .reshape([b, gh, gw, c])
 }

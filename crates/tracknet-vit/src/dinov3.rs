@@ -11,13 +11,13 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::params::{
+use crate::error::VitError;
+use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
-use crate::backbone::{
+use crate::layers::{
     BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
 };
-use crate::error::VitError;
 use crate::proj::Proj;
 
 mod rope;

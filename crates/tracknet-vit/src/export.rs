@@ -20,38 +20,13 @@ use crate::decoder::HeatmapDecoderConfig;
 use crate::error::VitError;
 use crate::head::HeatmapHeadConfig;
 use crate::hf::{self, KeyMapping};
+pub use crate::hf::{hf_name, transpose2};
 use crate::model::{HeatmapModel, ModelError};
 
 /// Tensors a Hugging Face model has that this crate does not use (see [`hf::KeyMapping::Ignored`]):
 /// `embeddings.mask_token`, ViT's `pooler.*`. Exports carry them so that transformers finds every
 /// key it expects.
 pub type Passthrough = BTreeMap<String, StoredTensor>;
-
-/// The Hugging Face name of a parameter path (`….base.weight` → `….weight`, LayerNorm's
-/// `gamma`/`beta` → `weight`/`bias`) and whether its values are stored transposed there
-/// (Burn's `Linear` is `[in, out]`, PyTorch's `[out, in]`).
-pub fn hf_name(path: &str) -> (String, bool) {
-    if let Some(p) = path.strip_suffix(".base.weight") {
-        (format!("{p}.weight"), true)
-    } else if let Some(p) = path.strip_suffix(".base.bias") {
-        (format!("{p}.bias"), false)
-    } else if let Some(p) = path.strip_suffix(".gamma") {
-        (format!("{p}.weight"), false)
-    } else if let Some(p) = path.strip_suffix(".beta") {
-        (format!("{p}.bias"), false)
-    } else {
-        (path.to_string(), false)
-    }
-}
-
-/// `[d0, d1]` row-major → `[d1, d0]` row-major.
-pub fn transpose2(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
-    let (d0, d1) = (shape[0], shape[1]);
-    let t = (0..d0 * d1)
-        .map(|k| values[(k % d0) * d1 + k / d0])
-        .collect();
-    (vec![d1, d0], t)
-}
 
 /// HF key and PyTorch-layout values of every backbone parameter. LoRA adapters are left out;
 /// a 4-bit base cannot be exported (its projection has no dense weight parameter).

@@ -14,9 +14,9 @@ use burn::tensor::TensorData;
 use tracknet_quant::bnb::{self, BnbConfig, BnbLayer, StoredTensor};
 use tracknet_quant::{CodeBooks, Quantized4};
 
-use crate::backbone::BackboneArch;
-use crate::backbone::params::{Init, ParamSource};
+use crate::arch::BackboneArch;
 use crate::error::VitError;
+use crate::layers::params::{Init, ParamSource};
 
 mod mapped;
 pub use mapped::{MappedSafetensors, TensorEntry};
@@ -177,6 +177,32 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, VitError> {
         files.insert(dir.join(file));
     }
     Ok(files.into_iter().collect())
+}
+
+/// The Hugging Face name of a parameter path (`….base.weight` → `….weight`, LayerNorm's
+/// `gamma`/`beta` → `weight`/`bias`) and whether its values are stored transposed there
+/// (Burn's `Linear` is `[in, out]`, PyTorch's `[out, in]`).
+pub fn hf_name(path: &str) -> (String, bool) {
+    if let Some(p) = path.strip_suffix(".base.weight") {
+        (format!("{p}.weight"), true)
+    } else if let Some(p) = path.strip_suffix(".base.bias") {
+        (format!("{p}.bias"), false)
+    } else if let Some(p) = path.strip_suffix(".gamma") {
+        (format!("{p}.weight"), false)
+    } else if let Some(p) = path.strip_suffix(".beta") {
+        (format!("{p}.bias"), false)
+    } else {
+        (path.to_string(), false)
+    }
+}
+
+/// `[d0, d1]` row-major → `[d1, d0]` row-major.
+pub fn transpose2(shape: &[usize], values: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let (d0, d1) = (shape[0], shape[1]);
+    let t = (0..d0 * d1)
+        .map(|k| values[(k % d0) * d1 + k / d0])
+        .collect();
+    (vec![d1, d0], t)
 }
 
 /// Read every tensor of one safetensors file as stored (dtype, shape, bytes), through a

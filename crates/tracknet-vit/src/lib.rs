@@ -2,6 +2,7 @@
 //! decoder and the heatmap head, assembled (with 4-bit quantization and LoRA) into
 //! [`model::HeatmapModel`].
 
+pub mod arch;
 pub mod backbone;
 pub mod decoder;
 pub mod dinov3;
@@ -10,6 +11,7 @@ pub mod export;
 pub mod fastconv;
 pub mod head;
 pub mod hf;
+pub mod layers;
 pub mod model;
 pub mod proj;
 pub mod vit;

@@ -404,12 +404,12 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
             if !(bias_saved || module_saved) {
                 continue;
             }
-            let (mut key, transposed) = crate::export::hf_name(rel);
+            let (mut key, transposed) = crate::hf::hf_name(rel);
             if is_adapted && let Some(p) = key.strip_suffix(".bias") {
                 key = format!("{p}.base_layer.bias");
             }
             let tensor = if transposed {
-                crate::export::transpose2(&shape, &values)
+                crate::hf::transpose2(&shape, &values)
             } else {
                 (shape, values)
             };
@@ -431,7 +431,7 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
         self.visit(&mut tracknet_lora::PathVisitor::new(
             |p: &str, _: usize, _: bool| {
                 let rel = p.strip_prefix("backbone.").unwrap_or(p);
-                let (name, transposed) = crate::export::hf_name(rel);
+                let (name, transposed) = crate::hf::hf_name(rel);
                 by_name.insert(name, (p.to_string(), transposed));
             },
         ));
@@ -444,7 +444,7 @@ impl<B: tracknet_quant::QuantBackend> HeatmapModel<B> {
             };
             match by_name.get(&key) {
                 Some((path, true)) if shape.len() == 2 => {
-                    tensors.insert(path.clone(), crate::export::transpose2(shape, values));
+                    tensors.insert(path.clone(), crate::hf::transpose2(shape, values));
                 }
                 Some((path, _)) => {
                     tensors.insert(path.clone(), (shape.clone(), values.clone()));

@@ -14,13 +14,13 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::params::{
+use crate::error::VitError;
+use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
-use crate::backbone::{
+use crate::layers::{
     BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
 };
-use crate::error::VitError;
 use crate::proj::Proj;
 
 /// `image_size` as an int or `[height, width]`.

@@ -11,8 +11,9 @@ use image::RgbImage;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{PRED_COLOUR, TARGET_COLOUR, save_png};
+use super::frame::{PRED_COLOUR, TARGET_COLOUR, draw_track, rgb, save_png};
 use crate::error::DataError;
+use crate::preprocess::decode_rgb;
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 /// The family name the embedded font is registered under.
@@ -42,10 +43,6 @@ fn font_ready() -> Result<(), String> {
 
 fn draw_err(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-fn rgb(c: [u8; 3]) -> RGBColor {
-    RGBColor(c[0], c[1], c[2])
 }
 
 /// A tick label with no noise digits: `50`, `0.25`, `1e-4`.
@@ -363,43 +360,6 @@ fn over_frames(points: &[Option<(f32, f32)>], pick: fn((f32, f32)) -> f32) -> Ve
         .collect()
 }
 
-/// Draws a track (frame pixels, `None` = no ball) on a chart over the frame: dots joined by
-/// lines between consecutive present points.
-pub(crate) fn draw_track<DB: DrawingBackend, CT: CoordTranslate>(
-    area: &DrawingArea<DB, CT>,
-    points: &[Option<(f32, f32)>],
-    colour: [u8; 3],
-    at: impl Fn((f32, f32)) -> CT::From,
-) -> Result<(), String>
-where
-    CT::From: Clone + 'static,
-{
-    let colour = rgb(colour);
-    let mut run: Vec<CT::From> = Vec::new();
-    let flush = |run: &mut Vec<CT::From>| -> Result<(), String> {
-        if run.len() > 1 {
-            area.draw(&PathElement::new(
-                std::mem::take(run),
-                colour.stroke_width(2),
-            ))
-            .map_err(draw_err)?;
-        }
-        run.clear();
-        Ok(())
-    };
-    for p in points {
-        match p {
-            Some(p) => {
-                area.draw(&Circle::new(at(*p), 3, colour.filled()))
-                    .map_err(draw_err)?;
-                run.push(at(*p));
-            }
-            None => flush(&mut run)?,
-        }
-    }
-    flush(&mut run)
-}
-
 /// A clip's trajectory figure: the first frame with the target (cyan) and predicted (red)
 /// tracks, axes in frame pixels, then the x and y coordinates over the frames.
 pub fn trajectory_figure(
@@ -478,4 +438,31 @@ pub fn trajectory_figure(
         root.present().map_err(draw_err)?;
     }
     RgbImage::from_raw(w, h, buf).ok_or_else(|| "canvas buffer has the wrong size".into())
+}
+
+/// Writes the trajectory figure of a clip ([`trajectory_figure`]) over the decoded
+/// `first_frame_path`: predictions red, targets cyan, then x and y over the frames.
+pub fn save_trajectory_png(
+    path: &Path,
+    first_frame_path: &Path,
+    pred: &[Option<(f32, f32)>],
+    target: &[Option<(f32, f32)>],
+) -> Result<(), DataError> {
+    let frame = decode_rgb(first_frame_path).map_err(DataError::Dataset)?;
+    let clip = first_frame_path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let title = if clip.is_empty() {
+        "Ball trajectory".to_string()
+    } else {
+        format!("Ball trajectory: {clip}")
+    };
+    let img =
+        trajectory_figure(&frame, &title, pred, target).map_err(|message| DataError::Image {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    save_png(path, &img)
 }

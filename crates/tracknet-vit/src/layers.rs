@@ -1,0 +1,12 @@
+//! Pieces both backbone families (DINOv3, classic ViT) are built from: attention, activations,
+//! token layout, and the parameter source that random init and checkpoint loading share.
+
+mod act;
+mod attention;
+pub(crate) mod params;
+mod tokens;
+
+pub use act::HiddenAct;
+pub(crate) use attention::{attention, split_heads};
+pub use tokens::BackboneOutput;
+pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches, patch_grid};
