@@ -2,16 +2,18 @@
 
 use std::path::PathBuf;
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use clap::{Args, Parser, Subcommand};
-use tracknet_config::{DeviceSpec, RunConfig};
+use tracknet_config::RunConfig;
+use tracknet_quant::QuantBackend;
 use tracknet_vit::model::HeatmapModel;
 
+use crate::backend::{InferenceJob, device_spec, train_on, with_inference};
 use crate::error::TrainError;
-use crate::eval::{evaluate, summary_line};
-use crate::predict::{checkpoint_dir, load_run_model, predict, run_config};
-use crate::trainer::{TrainOptions, train};
+use crate::eval::{EvalResult, evaluate, summary_line};
+use crate::predict::{PredictSummary, checkpoint_dir, load_run_model, predict, run_config};
+use crate::quickstart::{QuickstartOptions, result_table};
+use crate::trainer::TrainOptions;
 
 /// Memory-efficient (LoRA / 4-bit QLoRA) fine-tuning of a TrackNet ball-heatmap model.
 #[derive(Parser, Debug)]
@@ -198,11 +200,7 @@ pub fn load_config(args: &ConfigArgs) -> Result<RunConfig, TrainError> {
             }
             (None, None, None, None) => RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?
                 .with_overrides(&args.overrides)?,
-            _ => {
-                return Err(TrainError::Usage(
-                "give either --config FILE, or all three of --model, --data and --training (or nothing, for the embedded quick-start)".into(),
-            ));
-            }
+            _ => return Err(TrainError::ConfigSelection),
         },
     )
 }
@@ -216,21 +214,6 @@ pub fn run(cli: Cli) -> Result<(), TrainError> {
         Command::Synth(a) => cmd_synth(a),
         Command::QuantizeReport(a) => cmd_quantize_report(a),
         Command::Export(a) => cmd_export(a),
-    }
-}
-
-fn device_of(flag: Option<&str>, cfg: &RunConfig) -> Result<DeviceSpec, TrainError> {
-    let text = flag.unwrap_or(&cfg.training.device);
-    match text {
-        "cpu" => Ok(DeviceSpec::Cpu),
-        "cuda" => Ok(DeviceSpec::Cuda(0)),
-        s => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(DeviceSpec::Cuda)
-            .ok_or_else(|| {
-                TrainError::Usage(format!("device: expected cpu, cuda or cuda:N, got `{s}`"))
-            }),
     }
 }
 
@@ -270,104 +253,27 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
         stop_after_epoch: a.stop_after_epoch,
         quiet: a.quiet,
         init_from,
+        mid_checkpoint: None,
     };
     tracing::info!("run folder: {}", opts.run_dir.display());
-    let summary = train_on_device(&cfg, &opts, a.device.as_deref())?;
+    say_checkpointing(&cfg, opts.quiet);
+    let summary = train_on(&cfg, &opts, a.device.as_deref())?;
     print_finish(&summary);
     Ok(())
 }
 
-/// The embedded default, in two stages, because a frozen *random* backbone carries too little
-/// of the ball for adapters to find in minutes: (1) a short full pre-training of the small
-/// backbone with the decoder on one synthetic domain, exported as a Hugging Face snapshot;
-/// (2) QLoRA fine-tuning on another domain: that snapshot's projections quantized to NF4 with
-/// double quantization, LoRA adapters trained, decoder and head continued from stage 1.
-/// `key=value` overrides apply to both stages.
+/// The embedded default in two stages ([`crate::quickstart`]), then its result table.
 fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
-    let pre = RunConfig::from_yaml_str(crate::QUICKSTART_PRETRAIN_CONFIG)?
-        .with_overrides(&a.config.overrides)?;
+    let pre = crate::quickstart::pretrain_config(&a.config.overrides)?;
     let root = a.run_dir.clone().unwrap_or_else(|| next_run_dir(&pre));
-    let stage1 = root.join("1-pretrain");
-    let stage2 = root.join("2-qlora");
-    tracing::info!(
-        "== quick-start stage 1/2: full pre-training of the small backbone -> {}",
-        stage1.display()
-    );
-    let opts1 = TrainOptions {
-        run_dir: stage1.clone(),
-        resume: false,
-        stop_after_epoch: None,
+    let opts = QuickstartOptions {
+        root,
+        overrides: a.config.overrides.clone(),
         quiet: a.quiet,
-        init_from: None,
+        device: a.device.clone(),
     };
-    let s1 = train_on_device(&pre, &opts1, a.device.as_deref())?;
-    print_finish(&s1);
-    let ckpt = checkpoint_dir(&stage1, "best")?;
-    let snapshot = stage1.join("backbone");
-    crate::predict::export_backbone(&pre, &ckpt, &snapshot)?;
-    tracing::info!(
-        "exported the pre-trained backbone as a Hugging Face snapshot: {}",
-        snapshot.display()
-    );
-
-    let mut overrides = a.config.overrides.clone();
-    overrides.push(format!("model.backbone.weights={}", snapshot.display()));
-    let cfg = RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?.with_overrides(&overrides)?;
-    tracing::info!(
-        "== quick-start stage 2/2: QLoRA (NF4 + double quant + LoRA) on new clips -> {}",
-        stage2.display()
-    );
-    let opts2 = TrainOptions {
-        run_dir: stage2,
-        resume: false,
-        stop_after_epoch: None,
-        quiet: a.quiet,
-        init_from: Some(ckpt),
-    };
-    let s2 = train_on_device(&cfg, &opts2, a.device.as_deref())?;
-    print_finish(&s2);
-
-    // The same architecture, untrained (random backbone, decoder and head), on stage 2's
-    // validation frames: the floor both stages are measured against.
-    let mut random_cfg = cfg.clone();
-    random_cfg.model.backbone.weights = None;
-    random_cfg.model.pretrained_model_name = None;
-    let splits = crate::data::scan_splits(&random_cfg)?;
-    let device = Default::default();
-    <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
-    let (random, _) = HeatmapModel::<NdArray>::from_config_frames(
-        &random_cfg.model,
-        random_cfg.data.sequence.frames(),
-        &device,
-    )?;
-    let random =
-        crate::trainer::with_head_bias_init(random, &crate::eval::loss_from_config(&random_cfg));
-    let untrained = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
-    let (frames, visible) = (untrained.metrics.frames, untrained.metrics.visible);
-    let untrained = crate::trainer::metrics_row(0, f64::NAN, &untrained, 0.0, 0.0);
-    let row = |name: &str, m: &std::collections::BTreeMap<String, f64>| {
-        format!(
-            "  {name:<40} {:>6.3} {:>7.3} {:>8.2}",
-            m["f1"], m["pck"], m["l2"]
-        )
-    };
-    let mut lines = vec![
-        format!(
-            "== quick-start result on the fine-tuning clips' validation split ({frames} frames, {visible} with a visible ball):"
-        ),
-        format!(
-            "  {:<40} {:>6} {:>7} {:>8}",
-            "model", "F1", "PCK@3", "L2 px"
-        ),
-        row("untrained (random init)", &untrained),
-    ];
-    if let Some(b) = &s2.baseline {
-        lines.push(row("after stage 1 (full pre-training)", b));
-    }
-    if let Some(last) = s2.history.last() {
-        lines.push(row("after stage 2 (QLoRA: NF4 + DQ + LoRA)", last));
-    }
-    println!("{}", lines.join("\n"));
+    let result = crate::quickstart::run(&opts, &mut |_, summary| print_finish(summary))?;
+    println!("{}", result_table(&result));
     Ok(())
 }
 
@@ -386,71 +292,41 @@ fn print_finish(summary: &crate::TrainSummary) {
     }
 }
 
-fn train_on_device(
-    cfg: &RunConfig,
-    opts: &TrainOptions,
-    device: Option<&str>,
-) -> Result<crate::TrainSummary, TrainError> {
-    if cfg.training.gradient_checkpointing && !opts.quiet {
+/// Says that recomputation is on (its effect is memory, which a user cannot see otherwise).
+fn say_checkpointing(cfg: &RunConfig, quiet: bool) {
+    if cfg.training.gradient_checkpointing && !quiet {
         tracing::info!(
             "training.gradient_checkpointing: on (Burn's BalancedCheckpointing: memory-bound \
              activations are recomputed in the backward pass)"
         );
     }
-    Ok(match device_of(device, cfg)? {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            if cfg.training.gradient_checkpointing {
-                train::<Autodiff<NdArray, BalancedCheckpointing>>(cfg, opts, &device)?
-            } else {
-                train::<Autodiff<NdArray>>(cfg, opts, &device)?
-            }
-        }
-        DeviceSpec::Cuda(i) => train_cuda(cfg, opts, i)?,
-    })
 }
 
-#[cfg(feature = "cuda")]
-fn train_cuda(
-    cfg: &RunConfig,
-    opts: &TrainOptions,
-    index: usize,
-) -> Result<crate::TrainSummary, TrainError> {
-    use burn::backend::Cuda;
-    let device = burn::backend::cuda::CudaDevice::new(index);
-    if cfg.training.gradient_checkpointing {
-        train::<Autodiff<Cuda, BalancedCheckpointing>>(cfg, opts, &device)
-    } else {
-        train::<Autodiff<Cuda>>(cfg, opts, &device)
+/// `eval`'s work on one backend.
+struct Eval<'a> {
+    cfg: &'a RunConfig,
+    ckpt: &'a std::path::Path,
+    val: std::sync::Arc<tracknet_data::DatasetIndex>,
+}
+
+impl InferenceJob for Eval<'_> {
+    type Output = EvalResult;
+    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<EvalResult, TrainError> {
+        let model = load_run_model::<B>(self.cfg, self.ckpt, device)?;
+        evaluate(&model, self.val, self.cfg, None, 0, device)
     }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn train_cuda(
-    _: &RunConfig,
-    _: &TrainOptions,
-    _: usize,
-) -> Result<crate::TrainSummary, TrainError> {
-    Err(cuda_missing())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_missing() -> TrainError {
-    TrainError::Usage("this build has no CUDA backend; rebuild with `--features cuda` (cargo xtask … --device cuda does)".into())
 }
 
 fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
     let cfg = run_config(&a.run, &a.overrides)?;
     let ckpt = checkpoint_dir(&a.run, &a.checkpoint)?;
     let splits = crate::data::scan_splits(&cfg)?;
-    let result = match device_of(a.device.as_deref(), &cfg)? {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
-            evaluate(&model, splits.val, &cfg, None, 0, &device)?
-        }
-        DeviceSpec::Cuda(_) => return Err(cuda_missing_or_todo()),
+    let job = Eval {
+        cfg: &cfg,
+        ckpt: &ckpt,
+        val: splits.val,
     };
+    let result = with_inference(device_spec(a.device.as_deref(), &cfg)?, job)?;
     if let Some(line) = crate::eval::skip_report("evaluation", &result.skipped) {
         tracing::warn!("{line}");
     }
@@ -471,26 +347,36 @@ fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn cuda_missing_or_todo() -> TrainError {
-    TrainError::Usage(
-        "eval/predict run on the CPU backend (--device cpu); CUDA is used for training".into(),
-    )
+/// `predict`'s work on one backend.
+struct Predict<'a> {
+    cfg: &'a RunConfig,
+    ckpt: &'a std::path::Path,
+    a: &'a PredictArgs,
+}
+
+impl InferenceJob for Predict<'_> {
+    type Output = PredictSummary;
+    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<PredictSummary, TrainError> {
+        let (cfg, a) = (self.cfg, self.a);
+        let mut model = load_run_model::<B>(cfg, self.ckpt, device)?;
+        if let Some(dir) = &a.adapter {
+            model = crate::predict::with_adapter(model, cfg, dir, device)?;
+            tracing::info!("LoRA weights from the adapter {}", dir.display());
+        }
+        let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
+        predict(&model, cfg, &a.input, &a.out, threshold, device)
+    }
 }
 
 fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
     let cfg = run_config(&a.run, &a.overrides)?;
     let ckpt = checkpoint_dir(&a.run, &a.checkpoint)?;
-    if matches!(device_of(a.device.as_deref(), &cfg)?, DeviceSpec::Cuda(_)) {
-        return Err(cuda_missing_or_todo());
-    }
-    let device = Default::default();
-    let mut model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
-    if let Some(dir) = &a.adapter {
-        model = crate::predict::with_adapter(model, &cfg, dir, &device)?;
-        tracing::info!("LoRA weights from the adapter {}", dir.display());
-    }
-    let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
-    let s = predict(&model, &cfg, &a.input, &a.out, threshold, &device)?;
+    let job = Predict {
+        cfg: &cfg,
+        ckpt: &ckpt,
+        a: &a,
+    };
+    let s = with_inference(device_spec(a.device.as_deref(), &cfg)?, job)?;
     println!(
         "{} frames, ball detected in {}; wrote {} and heatmaps/, overlays/ in {}",
         s.frames,
@@ -508,14 +394,14 @@ fn cmd_export(a: ExportArgs) -> Result<(), TrainError> {
 }
 
 fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
-    let (w, h) = parse_size(&a.size)?;
+    let (w, h) = parse_size("--size", &a.size)?;
     let s = crate::progress::generate_synthetic(
         &a.out,
         &tracknet_data::SynthOptions {
             games: a.games,
             clips: a.clips,
             frames: a.frames,
-            size: (w, h),
+            size: (w as u32, h as u32),
             seed: a.seed,
             overwrite: a.overwrite,
             jpeg_quality: 90,
@@ -532,13 +418,21 @@ fn cmd_synth(a: SynthArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), TrainError> {
-    let bad = || TrainError::Usage(format!("--size: expected WxH like 512x288, got `{s}`"));
+/// `WxH` (e.g. `512x288`) → `(W, H)`; `flag` names the option in the error.
+pub fn parse_size(flag: &'static str, s: &str) -> Result<(usize, usize), TrainError> {
+    let bad = || TrainError::Size {
+        flag,
+        value: s.to_string(),
+    };
     let (w, h) = s.split_once('x').ok_or_else(bad)?;
-    Ok((
+    let (w, h): (usize, usize) = (
         w.trim().parse().map_err(|_| bad())?,
         h.trim().parse().map_err(|_| bad())?,
-    ))
+    );
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
 }
 
 fn cmd_quantize_report(a: ConfigArgs) -> Result<(), TrainError> {

@@ -63,9 +63,56 @@ pub enum TrainError {
         /// Why the search stopped (a sentence).
         why: String,
     },
-    /// Invalid usage (CLI flags, a device that is not compiled in, …).
-    #[error("{0}")]
-    Usage(String),
+    /// `--device` / `training.device` that names no device.
+    #[error("device `{value}`: {message}")]
+    Device {
+        /// The value given.
+        value: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A CUDA device asked of a build without the `cuda` feature.
+    #[error(
+        "this build has no CUDA backend; rebuild with `--features cuda` (cargo xtask … --device cuda does)"
+    )]
+    NoCuda,
+    /// Config files named in a combination that selects nothing.
+    #[error(
+        "give either --config FILE, or all three of --model, --data and --training (or nothing, for the embedded quick-start)"
+    )]
+    ConfigSelection,
+    /// An output folder that would overwrite something.
+    #[error("--out {}: the folder exists and is not empty (nothing was written)", path.display())]
+    OutputNotEmpty {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A `WxH` size flag that does not parse.
+    #[error("{flag}: expected WxH like 512x288, got `{value}`")]
+    Size {
+        /// The flag (`--size`).
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A split with no usable frame.
+    #[error("no usable frames (train {train}, val {val}) under {}", root.display())]
+    NoFrames {
+        /// Usable training frames.
+        train: usize,
+        /// Usable validation frames.
+        val: usize,
+        /// The data root.
+        root: PathBuf,
+    },
+    /// A bench or tool option out of its range.
+    #[error("{option}: {message}")]
+    Option {
+        /// The option (`--mode`, `--decoder`, …).
+        option: &'static str,
+        /// What was expected, and what was given.
+        message: String,
+    },
 }
 
 /// `map_err` helper for I/O.

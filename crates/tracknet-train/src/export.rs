@@ -43,10 +43,9 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
     {
-        return Err(TrainError::Usage(format!(
-            "--out {}: the folder exists and is not empty (nothing was written)",
-            out.display()
-        )));
+        return Err(TrainError::OutputNotEmpty {
+            path: out.to_path_buf(),
+        });
     }
     let cfg = run_config(run_dir, &[])?;
     let ckpt = checkpoint_dir(run_dir, which)?;

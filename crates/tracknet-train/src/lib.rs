@@ -1,6 +1,8 @@
 //! Training, evaluation and prediction for the TrackNet heatmap model: losses, optimizer,
 //! schedule, the loop, checkpoints, and the `tracknet` CLI's building blocks.
 
+pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
@@ -12,6 +14,8 @@ pub mod loss;
 pub mod optim;
 pub mod predict;
 pub mod progress;
+pub mod quickstart;
+pub mod run_folder;
 pub mod schedule;
 pub mod trainer;
 

@@ -13,7 +13,7 @@ use tracknet_vit::model::{HeatmapModel, ModelError};
 use crate::checkpoint::read_pointer;
 use crate::error::{TrainError, io_err};
 use crate::eval::loss_from_config;
-use crate::trainer::{load_trainable, read_state};
+use crate::run_folder::{load_trainable, read_state};
 
 /// Writes the backbone of checkpoint `ckpt` (of a run trained with `cfg`) as a Hugging Face
 /// snapshot (`config.json` + `model.safetensors`) in `out`, loadable as `model.backbone.weights`

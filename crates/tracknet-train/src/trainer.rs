@@ -1,11 +1,12 @@
 //! The training loop: micro-batched gradient accumulation, global-norm clipping, AdamW/SGD over
 //! trainable parameters only, warmup + cosine schedule, backbone freeze schedule, validation
-//! each epoch, atomic checkpoints and exact resume.
+//! each epoch, checkpoints and exact resume. What it writes into the run folder (metrics,
+//! curves, checkpoint folders) is [`crate::run_folder`]'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -15,22 +16,22 @@ use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::RunConfig;
 use tracknet_data::{Batch, BatchLoader};
 use tracknet_quant::QuantBackend;
-use tracknet_vit::model::{HeatmapModel, lora_settings};
+use tracknet_vit::model::HeatmapModel;
 
-use crate::checkpoint::{
-    QuantRecord, RunState, check_optimizer_fits, collect_params, commit_checkpoint,
-    init_params_from, load_params, optimizer_from_tensors, optimizer_tensors, read_pointer,
-    read_safetensors, required_tensors, to_safetensors,
-};
+use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
 use crate::eval::{evaluate, loss_from_config, skip_report, summary_line, write_previews};
 use crate::optim::{OptimKind, Optimizer, accumulate, clip_grads, grad_norm, params_finite};
 use crate::progress::{Progress, fmt_secs};
+pub use crate::run_folder::{
+    CheckpointHook, Restored, load_checkpoint, load_trainable, metrics_row,
+};
+use crate::run_folder::{CheckpointWriter, copy_adapter, save_checkpoint, write_metrics};
 use crate::schedule::LrSchedule;
 
 /// How to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
     /// Run folder (config, metrics, curves, previews, checkpoints, adapter).
     pub run_dir: PathBuf,
@@ -43,6 +44,8 @@ pub struct TrainOptions {
     /// Start the decoder and head from this checkpoint folder (another run's, e.g. a
     /// pre-training stage) instead of random init.
     pub init_from: Option<PathBuf>,
+    /// Called half-way through each checkpoint write (tests only; see [`CheckpointHook`]).
+    pub mid_checkpoint: Option<CheckpointHook>,
 }
 
 /// What a finished run reports.
@@ -55,10 +58,6 @@ pub struct TrainSummary {
     /// Metrics of the untrained model on the validation split (`None` when resumed).
     pub baseline: Option<BTreeMap<String, f64>>,
 }
-
-/// Test hook: abort the process in the middle of writing the N-th checkpoint folder
-/// (`TRACKNET_ABORT_IN_CHECKPOINT=N`), to prove the previous checkpoint survives a kill.
-const ABORT_ENV: &str = "TRACKNET_ABORT_IN_CHECKPOINT";
 
 /// The loss's starting bias for the 1×1 head (focal: a 0.1 prior on every pixel).
 pub fn with_head_bias_init<B: Backend>(
@@ -118,12 +117,11 @@ where
         splits.val_report.to_string().trim_end()
     ));
     if splits.train.is_empty() || splits.val.is_empty() {
-        return Err(TrainError::Usage(format!(
-            "no usable frames (train {}, val {}) under {}",
-            splits.train.len(),
-            splits.val.len(),
-            cfg.data.root.display()
-        )));
+        return Err(TrainError::NoFrames {
+            train: splits.train.len(),
+            val: splits.val.len(),
+            root: cfg.data.root.clone(),
+        });
     }
 
     // Model: the same seed rebuilds the same frozen base on resume.
@@ -238,6 +236,7 @@ where
         root: &ckpt_root,
         cfg,
         written: 0,
+        hook: opts.mid_checkpoint.as_ref(),
     };
     for epoch in state.epoch + 1..=t.epochs {
         let started = Instant::now();
@@ -316,8 +315,7 @@ where
                     saved,
                 });
             }
-            let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
-            model = opt.step(model, grads, lr);
+            model = update(model, &mut opt, grads, gnorm, clip, lr);
             state.global_step += 1;
             loss_sum += loss;
             steps += 1;
@@ -394,6 +392,44 @@ where
     })
 }
 
+/// The update after a batch's gradients: global-norm clipping to `clip` (when set) with the
+/// norm `gnorm` already measured, then one optimizer step at `lr`.
+pub fn update<B: AutodiffBackend + QuantBackend>(
+    model: HeatmapModel<B>,
+    opt: &mut Optimizer<B::InnerBackend>,
+    grads: GradientsParams,
+    gnorm: f64,
+    clip: Option<f64>,
+    lr: f64,
+) -> HeatmapModel<B>
+where
+    B::InnerBackend: QuantBackend,
+{
+    let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
+    opt.step(model, grads, lr)
+}
+
+/// One whole training step as the loop takes it (without its non-finite checks):
+/// [`step_grads`], the gradient norm, [`update`]. Returns the model, the loss and the norm.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step<B: AutodiffBackend + QuantBackend>(
+    model: HeatmapModel<B>,
+    opt: &mut Optimizer<B::InnerBackend>,
+    loss_fn: &crate::loss::HeatmapLoss,
+    batch: &Batch,
+    micro: usize,
+    clip: Option<f64>,
+    lr: f64,
+    device: &B::Device,
+) -> (HeatmapModel<B>, f64, f64)
+where
+    B::InnerBackend: QuantBackend,
+{
+    let (loss, grads) = step_grads(&model, loss_fn, batch, micro, device);
+    let gnorm = grad_norm::<B, _>(&model, &grads);
+    (update(model, opt, grads, gnorm, clip, lr), loss, gnorm)
+}
+
 /// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
 /// gradients (each micro-batch's loss weighted by its share of the batch).
 pub fn step_grads<B: AutodiffBackend + QuantBackend>(
@@ -459,11 +495,6 @@ pub fn next_micro_batch(
     })
 }
 
-/// BatchNorm's running mean / variance (Burn's `RunningState` fields).
-fn is_running_stat(path: &str) -> bool {
-    path.ends_with(".running_mean") || path.ends_with(".running_var")
-}
-
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
@@ -484,233 +515,8 @@ fn quant_record(cfg: &RunConfig, base: &str) -> Option<QuantRecord> {
     })
 }
 
-/// One metrics.csv row.
-pub fn metrics_row(
-    epoch: usize,
-    train_loss: f64,
-    r: &crate::eval::EvalResult,
-    lr: f64,
-    secs: f64,
-) -> BTreeMap<String, f64> {
-    let m = &r.metrics;
-    BTreeMap::from([
-        ("epoch".to_string(), epoch as f64),
-        ("train_loss".to_string(), train_loss),
-        ("val_loss".to_string(), r.loss),
-        ("precision".to_string(), m.precision as f64),
-        ("recall".to_string(), m.recall as f64),
-        ("f1".to_string(), m.f1 as f64),
-        ("accuracy".to_string(), m.accuracy as f64),
-        ("pck".to_string(), m.pck as f64),
-        ("l2".to_string(), m.mean_l2 as f64),
-        ("lr".to_string(), lr),
-        ("seconds".to_string(), secs),
-    ])
-}
-
-/// A checkpoint folder's `state.json`, its metrics history checked.
-pub fn read_state(dir: &Path) -> Result<RunState, TrainError> {
-    let path = dir.join("state.json");
-    let raw = fs::read(&path).map_err(io_err(&path))?;
-    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    check_history(&state.history, &path)?;
-    Ok(state)
-}
-
-/// Every metrics row of a loaded `state.json` has every column (`metrics.csv` and the plots
-/// read them all), else an error naming the row and the key.
-fn check_history(history: &[BTreeMap<String, f64>], file: &Path) -> Result<(), TrainError> {
-    let problems: Vec<String> = history
-        .iter()
-        .enumerate()
-        .flat_map(|(i, row)| {
-            CSV_COLUMNS
-                .iter()
-                .filter(|c| !row.contains_key(**c))
-                .map(move |c| format!("history[{i}] lacks `{c}`"))
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(TrainError::Checkpoint {
-            path: file.to_path_buf(),
-            message: format!(
-                "metrics history is incomplete (expected the keys {}): {}",
-                CSV_COLUMNS.join(", "),
-                problems.join("; ")
-            ),
-        })
-    }
-}
-
 fn score_of(row: &BTreeMap<String, f64>, metric: &str) -> f64 {
     row.get(metric).copied().unwrap_or(f64::NAN)
-}
-
-const CSV_COLUMNS: [&str; 11] = [
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "precision",
-    "recall",
-    "f1",
-    "accuracy",
-    "pck",
-    "l2",
-    "lr",
-    "seconds",
-];
-
-/// metrics.csv and curves.png, rewritten atomically after every epoch.
-fn write_metrics(run_dir: &Path, history: &[BTreeMap<String, f64>]) -> Result<(), TrainError> {
-    let csv = tracknet_data::csv_text(
-        &CSV_COLUMNS,
-        history.iter().map(|row| {
-            CSV_COLUMNS
-                .iter()
-                .map(|c| row.get(*c).map_or(String::new(), |v| format!("{v}")))
-                .collect::<Vec<_>>()
-        }),
-    );
-    tracknet_data::write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
-    let series = |k: &str| {
-        history
-            .iter()
-            .map(|r| (r["epoch"] as f32, r[k] as f32))
-            .collect::<Vec<_>>()
-    };
-    use tracknet_data::viz::{Panel, Series, save_panels_png};
-    let loss = Panel::new("Loss", "epoch", "loss")
-        .integer_x()
-        .with(Series::new("train", series("train_loss")))
-        .with(Series::new("validation", series("val_loss")));
-    let scores = Panel::new("Validation detection", "epoch", "score")
-        .integer_x()
-        .y_range(0.0, 1.0)
-        .right_axis("L2 error (heatmap px)")
-        .with(Series::new("F1", series("f1")))
-        .with(Series::new("PCK", series("pck")))
-        .with(Series::new("L2", series("l2")).on_right());
-    save_panels_png(
-        &run_dir.join("curves.png"),
-        "Training curves",
-        (960, 760),
-        &[loss, scores],
-    )?;
-    Ok(())
-}
-
-/// Write a complete checkpoint folder and point `pointer` at it.
-/// Where a run's checkpoints go, and how many were written (the kill test hook counts them).
-struct CheckpointWriter<'a> {
-    root: &'a Path,
-    cfg: &'a RunConfig,
-    written: usize,
-}
-
-fn save_checkpoint<B: AutodiffBackend + QuantBackend>(
-    writer: &mut CheckpointWriter<'_>,
-    pointer: &str,
-    model: &HeatmapModel<B>,
-    opt: &Optimizer<B::InnerBackend>,
-    state: &RunState,
-) -> Result<PathBuf, TrainError>
-where
-    B::InnerBackend: QuantBackend,
-{
-    writer.written += 1;
-    let abort_at: Option<usize> = std::env::var(ABORT_ENV).ok().and_then(|v| v.parse().ok());
-    let n = writer.written;
-    let cfg = writer.cfg;
-    commit_checkpoint(writer.root, pointer, state.global_step, |dir| {
-        // Trained tensors, plus BatchNorm's running statistics (no gradient, but learned from
-        // the data: without them eval and predict would normalise with mean 0, variance 1).
-        let params =
-            collect_params::<B, _>(model, |path, trainable| trainable || is_running_stat(path));
-        let mut meta = HashMap::new();
-        meta.insert("format".into(), "tracknet-trainable".into());
-        fs::write(
-            dir.join("trainable.safetensors"),
-            to_safetensors(&params, meta)?,
-        )
-        .map_err(io_err(dir))?;
-        if abort_at == Some(n) {
-            // Simulated kill (tests only): half a checkpoint is on disk.
-            std::process::abort();
-        }
-        let (ot, om) = optimizer_tensors(opt);
-        fs::write(dir.join("optimizer.safetensors"), to_safetensors(&ot, om)?)
-            .map_err(io_err(dir))?;
-        if cfg.model.lora.enabled {
-            model.save_peft_adapter(
-                &dir.join("adapter"),
-                &lora_settings(&cfg.model),
-                cfg.model.pretrained_model_name.clone(),
-            )?;
-        }
-        let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        fs::write(dir.join("state.json"), json).map_err(io_err(dir))?;
-        Ok(())
-    })
-}
-
-/// A model, optimizer and run state restored from a checkpoint.
-pub type Restored<B> = (
-    HeatmapModel<B>,
-    Optimizer<<B as AutodiffBackend>::InnerBackend>,
-    RunState,
-);
-
-/// Load trainable weights, optimizer and run state from a checkpoint folder.
-pub fn load_checkpoint<B: AutodiffBackend + QuantBackend>(
-    dir: &Path,
-    cfg: &RunConfig,
-    model: HeatmapModel<B>,
-    kind: OptimKind,
-    device: &B::Device,
-) -> Result<Restored<B>, TrainError> {
-    let model = load_trainable(dir, cfg, model)?;
-    let file = dir.join("optimizer.safetensors");
-    let (ot, om) = read_safetensors(&file)?;
-    let opt = optimizer_from_tensors::<B::InnerBackend>(kind, ot, &om, device);
-    check_optimizer_fits(&model, &opt, &file)?;
-    let state = read_state(dir)?;
-    Ok((model, opt, state))
-}
-
-/// Load only the trained weights (for eval and predict, on any backend). Every tensor the run
-/// trains must be there ([`required_tensors`]), with the model's shapes.
-pub fn load_trainable<B: QuantBackend>(
-    dir: &Path,
-    cfg: &RunConfig,
-    model: HeatmapModel<B>,
-) -> Result<HeatmapModel<B>, TrainError> {
-    let file = dir.join("trainable.safetensors");
-    let (params, _) = read_safetensors(&file)?;
-    let epoch = read_state(dir)?.epoch;
-    let patch = model
-        .multi_frame()
-        .then(|| format!("backbone.{}.", model.backbone.patch_embedding_path()));
-    let required = required_tensors(cfg, epoch, patch);
-    load_params(model, &params, &required, &file)
-}
-
-fn copy_adapter(from: &Path, to: &Path) -> Result<(), TrainError> {
-    for f in [
-        tracknet_lora::peft::CONFIG_FILE,
-        tracknet_lora::peft::WEIGHTS_FILE,
-    ] {
-        let bytes = fs::read(from.join(f)).map_err(io_err(from.join(f)))?;
-        tracknet_data::write_atomic(&to.join(f), &bytes)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -721,21 +527,6 @@ mod tests {
         tracknet_config::RunConfig::from_yaml_str(&format!("training: {yaml}"))
             .unwrap()
             .training
-    }
-
-    #[test]
-    fn a_history_row_without_a_key_is_an_error_naming_it() {
-        let mut row: BTreeMap<String, f64> =
-            CSV_COLUMNS.iter().map(|c| (c.to_string(), 1.0)).collect();
-        assert!(check_history(std::slice::from_ref(&row), Path::new("state.json")).is_ok());
-        row.remove("val_loss");
-        let e = check_history(&[row.clone(), row], Path::new("run/state.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("run/state.json") && e.contains("history[1] lacks `val_loss`"),
-            "{e}"
-        );
     }
 
     #[test]

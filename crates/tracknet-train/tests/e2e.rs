@@ -74,10 +74,8 @@ fn tmp(name: &str) -> PathBuf {
 fn opts(run_dir: PathBuf) -> TrainOptions {
     TrainOptions {
         run_dir,
-        resume: false,
-        stop_after_epoch: None,
         quiet: true,
-        init_from: None,
+        ..TrainOptions::default()
     }
 }
 
@@ -272,6 +270,29 @@ fn interrupted_and_resumed_run_ends_with_the_same_weights() {
     assert!(max <= 1e-6, "resumed run differs by {max}");
 }
 
+/// Set for the child process of the kill test: the root folder it trains in.
+const KILL_CHILD: &str = "TRACKNET_E2E_KILL_CHILD";
+
+/// The kill test's child (a no-op unless [`KILL_CHILD`] is set): trains with a checkpoint hook
+/// that aborts the process half-way through the 3rd checkpoint write.
+#[test]
+fn child_killed_while_writing_its_third_checkpoint() {
+    let Some(root) = std::env::var_os(KILL_CHILD).map(PathBuf::from) else {
+        return;
+    };
+    let cfg = RunConfig::load_combined(&root.join("cfg.yaml"), &[]).unwrap();
+    let hook = tracknet_train::trainer::CheckpointHook(std::sync::Arc::new(|n| {
+        if n == 3 {
+            std::process::abort();
+        }
+    }));
+    let o = TrainOptions {
+        mid_checkpoint: Some(hook),
+        ..opts(root.join("run"))
+    };
+    let _ = train::<AD>(&cfg, &o, &Default::default());
+}
+
 #[test]
 fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
     let _serial = serial();
@@ -281,13 +302,16 @@ fn a_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable() {
     cfg.save(&cfg_path).unwrap();
     let run = root.join("run");
     // Checkpoints: epoch 1 writes `best` (1) and `last` (2); the 3rd write is epoch 2's and is
-    // killed half-way (after the weights, before the optimizer state and state.json).
-    let status = Command::new(env!("CARGO_BIN_EXE_tracknet"))
-        .args(["train", "--quiet", "--config"])
-        .arg(&cfg_path)
-        .arg("--run-dir")
-        .arg(&run)
-        .env("TRACKNET_ABORT_IN_CHECKPOINT", "3")
+    // killed half-way (after the weights, before the optimizer state and state.json) by the
+    // hook the child test injects.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_killed_while_writing_its_third_checkpoint",
+            "--test-threads=1",
+        ])
+        .env(KILL_CHILD, &root)
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the process should have been killed");

@@ -1,0 +1,177 @@
+//! The one place a command picks its Burn backend: NdArray on the CPU (for training with or
+//! without Burn's `BalancedCheckpointing`), or CUDA when built with the `cuda` feature. A
+//! command hands over a job generic over the backend ([`AutodiffJob`] to train,
+//! [`InferenceJob`] to evaluate or predict); nothing else names a backend type.
+
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use tracknet_config::{DeviceSpec, RunConfig};
+use tracknet_quant::QuantBackend;
+
+use crate::error::TrainError;
+
+/// Work that needs gradients (a training run, a bench step), run on the backend
+/// [`with_autodiff`] picks.
+pub trait AutodiffJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` and `device`.
+    fn run<B>(self, device: &B::Device) -> Result<Self::Output, TrainError>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend;
+}
+
+/// Work without gradients (evaluation, prediction), run on the backend [`with_inference`] picks.
+pub trait InferenceJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` and `device`.
+    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<Self::Output, TrainError>;
+}
+
+/// The device a command runs on: `flag` (`--device`) when given, else `training.device`.
+pub fn device_spec(flag: Option<&str>, cfg: &RunConfig) -> Result<DeviceSpec, TrainError> {
+    let text = flag.unwrap_or(&cfg.training.device);
+    text.parse().map_err(|message| TrainError::Device {
+        value: text.to_string(),
+        message,
+    })
+}
+
+/// Runs `job` on the autodiff backend for `spec`; `recompute` wraps it in Burn's
+/// `BalancedCheckpointing` (`training.gradient_checkpointing`).
+pub fn with_autodiff<J: AutodiffJob>(
+    spec: DeviceSpec,
+    recompute: bool,
+    job: J,
+) -> Result<J::Output, TrainError> {
+    match spec {
+        DeviceSpec::Cpu => {
+            let device = Default::default();
+            if recompute {
+                job.run::<Autodiff<NdArray, BalancedCheckpointing>>(&device)
+            } else {
+                job.run::<Autodiff<NdArray>>(&device)
+            }
+        }
+        DeviceSpec::Cuda(index) => cuda::autodiff(index, recompute, job),
+    }
+}
+
+/// Runs `job` on the plain (no autodiff) backend for `spec`.
+pub fn with_inference<J: InferenceJob>(spec: DeviceSpec, job: J) -> Result<J::Output, TrainError> {
+    match spec {
+        DeviceSpec::Cpu => job.run::<NdArray>(&Default::default()),
+        DeviceSpec::Cuda(index) => cuda::inference(index, job),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::cuda::CudaDevice;
+    use burn::backend::{Autodiff, Cuda};
+
+    use super::{AutodiffJob, InferenceJob};
+    use crate::error::TrainError;
+
+    pub fn autodiff<J: AutodiffJob>(
+        index: usize,
+        recompute: bool,
+        job: J,
+    ) -> Result<J::Output, TrainError> {
+        let device = CudaDevice::new(index);
+        if recompute {
+            job.run::<Autodiff<Cuda, BalancedCheckpointing>>(&device)
+        } else {
+            job.run::<Autodiff<Cuda>>(&device)
+        }
+    }
+
+    pub fn inference<J: InferenceJob>(index: usize, job: J) -> Result<J::Output, TrainError> {
+        job.run::<Cuda>(&CudaDevice::new(index))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use super::{AutodiffJob, InferenceJob};
+    use crate::error::TrainError;
+
+    pub fn autodiff<J: AutodiffJob>(_: usize, _: bool, _: J) -> Result<J::Output, TrainError> {
+        Err(TrainError::NoCuda)
+    }
+
+    pub fn inference<J: InferenceJob>(_: usize, _: J) -> Result<J::Output, TrainError> {
+        Err(TrainError::NoCuda)
+    }
+}
+
+/// The training job of a run: [`crate::train`] with its config and options.
+pub struct Train<'a> {
+    /// The run's configuration.
+    pub cfg: &'a RunConfig,
+    /// Where and how.
+    pub opts: &'a crate::TrainOptions,
+}
+
+impl AutodiffJob for Train<'_> {
+    type Output = crate::TrainSummary;
+    fn run<B>(self, device: &B::Device) -> Result<Self::Output, TrainError>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
+        crate::train::<B>(self.cfg, self.opts, device)
+    }
+}
+
+/// Trains `cfg` on the device `flag` or `training.device` names.
+pub fn train_on(
+    cfg: &RunConfig,
+    opts: &crate::TrainOptions,
+    flag: Option<&str>,
+) -> Result<crate::TrainSummary, TrainError> {
+    let spec = device_spec(flag, cfg)?;
+    with_autodiff(
+        spec,
+        cfg.training.gradient_checkpointing,
+        Train { cfg, opts },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_wins_over_the_config_and_bad_names_are_refused_by_value() {
+        let mut cfg = RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG).unwrap();
+        cfg.training.device = "cuda:1".into();
+        assert_eq!(device_spec(None, &cfg).unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!(device_spec(Some("cpu"), &cfg).unwrap(), DeviceSpec::Cpu);
+        let e = device_spec(Some("gpu"), &cfg).unwrap_err().to_string();
+        assert!(e.contains("`gpu`") && e.contains("cuda:N"), "{e}");
+        // The same parser as the config's: `cuda:+1` is not a device.
+        assert!(device_spec(Some("cuda:+1"), &cfg).is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_an_error_saying_how_to_build_it() {
+        struct Nothing;
+        impl InferenceJob for Nothing {
+            type Output = ();
+            fn run<B: QuantBackend>(self, _: &B::Device) -> Result<(), TrainError> {
+                Ok(())
+            }
+        }
+        assert!(with_inference(DeviceSpec::Cpu, Nothing).is_ok());
+        let e = with_inference(DeviceSpec::Cuda(0), Nothing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+    }
+}

@@ -1,0 +1,32 @@
+//! The measurements behind `cargo xtask bench` and docs/performance.md, as a library module
+//! with a thin binary (`src/bin/tracknet-bench.rs`, which installs the counting allocator):
+//!
+//! - `case --mode <full|lora|qlora-nf4|qlora-nf4-dq|qlora-fp4> [--grad-ckpt] [sizes]`: one
+//!   training configuration on the trainer's own step ([`case`]); the memory probe is
+//!   [`memory`].
+//! - `data`: decode + preprocess throughput ([`data`]).
+//! - `quality`: the quick-start's stages per mode ([`quality`]).
+//! - `report FILE`: tables, the memory-vs-batch chart and the goal checks ([`report`]).
+
+pub mod args;
+pub mod case;
+pub mod config;
+pub mod data;
+pub mod memory;
+pub mod quality;
+pub mod report;
+
+use serde_json::Value;
+
+use crate::error::TrainError;
+pub use args::{Cli, Cmd};
+
+/// Runs one bench command; `Value::Null` when it printed its own output (`report`).
+pub fn run(cli: Cli) -> Result<Value, TrainError> {
+    match cli.command {
+        Cmd::Case(a) => case::case(&a),
+        Cmd::Data(a) => data::data(&a),
+        Cmd::Quality(a) => quality::quality(&a),
+        Cmd::Report(a) => report::report(&a.file).map(|()| Value::Null),
+    }
+}

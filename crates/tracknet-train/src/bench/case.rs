@@ -1,0 +1,280 @@
+//! `case`: the memory and speed of one training configuration.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde_json::{Value, json};
+use tracknet_config::{DeviceSpec, RunConfig};
+use tracknet_data::{Batch, SampleMeta};
+use tracknet_quant::QuantBackend;
+use tracknet_vit::model::HeatmapModel;
+
+use super::args::CaseArgs;
+use super::config::{Sizes, mode_overrides, quickstart_with};
+use super::memory::{heap_live, heap_peak, proc_status_bytes, reset_peaks};
+use crate::backend::{AutodiffJob, with_autodiff};
+use crate::error::TrainError;
+use crate::eval::loss_from_config;
+use crate::optim::{OptimKind, Optimizer};
+use crate::trainer::train_step;
+
+/// `case`: one training configuration; ONE JSON object (weight storage, trainable
+/// parameters, peak memory of a training step, step time, inference frames/s). Run each case
+/// in its own process (the xtask does) so that the peak memory is its own.
+pub fn case(a: &CaseArgs) -> Result<Value, TrainError> {
+    let sizes = Sizes::resolve(a)?;
+    let mut overrides = mode_overrides(&a.mode)?;
+    overrides.extend(sizes.overrides(a));
+    let cfg = quickstart_with(&overrides)?;
+    let spec = match a.backend.as_str() {
+        "ndarray" | "cpu" => DeviceSpec::Cpu,
+        "cuda" => DeviceSpec::Cuda(a.device_index),
+        other => {
+            return Err(TrainError::Option {
+                option: "--backend",
+                message: format!("unknown backend `{other}`; expected ndarray|cuda"),
+            });
+        }
+    };
+    let job = Case {
+        a,
+        sizes: &sizes,
+        cfg: &cfg,
+    };
+    with_autodiff(spec, a.grad_ckpt, job)
+}
+
+struct Case<'a> {
+    a: &'a CaseArgs,
+    sizes: &'a Sizes,
+    cfg: &'a RunConfig,
+}
+
+impl AutodiffJob for Case<'_> {
+    type Output = Value;
+    fn run<B>(self, device: &B::Device) -> Result<Value, TrainError>
+    where
+        B: AutodiffBackend + QuantBackend,
+        B::InnerBackend: QuantBackend,
+    {
+        run_case::<B>(self.a, self.sizes, self.cfg, device)
+    }
+}
+
+/// A small deterministic generator for the random inputs (no dependence on the backend's RNG).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32) / ((1u64 << 24) as f32)
+    }
+}
+
+/// Random normalised images and a Gaussian ball target per sample, as the loader delivers them.
+fn random_batch(s: &Sizes, n: usize, seed: u64) -> Batch {
+    let mut rng = Lcg(seed);
+    let (h, w) = (s.height, s.width);
+    let (hw, hh) = s.heatmap;
+    let images: Vec<f32> = (0..n * 3 * h * w)
+        .map(|_| (rng.next_f32() - 0.5) * 4.0)
+        .collect();
+    let mut heatmaps = vec![0f32; n * hh * hw];
+    let mut meta = Vec::with_capacity(n);
+    for i in 0..n {
+        let cx = rng.next_f32() * hw as f32;
+        let cy = rng.next_f32() * hh as f32;
+        for y in 0..hh {
+            for x in 0..hw {
+                let d2 = (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2);
+                heatmaps[i * hh * hw + y * hw + x] = (-d2 / (2.0 * 2.0 * 2.0)).exp();
+            }
+        }
+        meta.push(SampleMeta {
+            index: i,
+            path: PathBuf::from(format!("random-{i}")),
+            inputs: vec![PathBuf::from(format!("random-{i}"))],
+            visibility: 1,
+            xy_orig: Some((cx, cy)),
+            xy_heatmap: Some((cx, cy)),
+            orig_size: (w as u32, h as u32),
+            flipped: false,
+        });
+    }
+    Batch {
+        images,
+        channels: 3,
+        heatmaps,
+        masks: vec![1.0; n * hh * hw],
+        batch_size: n,
+        image_hw: (h, w),
+        heatmap_hw: (hh, hw),
+        meta,
+    }
+}
+
+pub(crate) fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn run_case<B>(
+    a: &CaseArgs,
+    s: &Sizes,
+    cfg: &RunConfig,
+    device: &B::Device,
+) -> Result<Value, TrainError>
+where
+    B: AutodiffBackend + QuantBackend,
+    B::InnerBackend: QuantBackend,
+{
+    let label = format!(
+        "{}{} on {}",
+        a.mode,
+        if a.grad_ckpt { " +grad-ckpt" } else { "" },
+        a.backend
+    );
+    let rss_start = proc_status_bytes("VmRSS");
+    B::seed(device, 42);
+    let t0 = Instant::now();
+    let (mut model, _build) =
+        HeatmapModel::<B>::from_config_frames(&cfg.model, cfg.data.sequence.frames(), device)?;
+    let build_seconds = t0.elapsed().as_secs_f64();
+    let mem = model.memory_report();
+    let params = model.param_report();
+    let quantized = mem.quantized_params();
+    tracing::info!(
+        "{label}: built in {build_seconds:.2}s; {} backbone linear weights in {} bytes; {params}",
+        mem.total_params(),
+        mem.total_stored_bytes()
+    );
+
+    let loss_fn = loss_from_config(cfg);
+    // The quick-start config's AdamW (weight decay 0.01), at a constant lr of 1e-4.
+    let mut opt =
+        Optimizer::<B::InnerBackend>::new(OptimKind::from_config(&cfg.training.optimizer));
+    let batch = random_batch(s, s.batch, 7);
+    let clip = Some(1.0);
+    let mut losses = Vec::new();
+    let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64) {
+        let t = Instant::now();
+        // The trainer's own step: forward + backward, global-norm clipping, AdamW.
+        let (model, loss, _) = train_step(
+            model, &mut opt, &loss_fn, &batch, s.batch, clip, 1e-4, device,
+        );
+        let _ = B::sync(device);
+        (model, loss, t.elapsed().as_secs_f64())
+    };
+    let mut warmup_seconds = Vec::new();
+    let mut seconds = Vec::new();
+    // Peaks are reset after the warm-up steps, so they are the timed steps' own.
+    let (mut clear_refs_ok, mut rss_before, mut heap_before) = (false, None, 0);
+    for i in 0..s.warmup + s.steps {
+        if i == s.warmup {
+            clear_refs_ok = reset_peaks();
+            rss_before = proc_status_bytes("VmRSS");
+            heap_before = heap_live();
+        }
+        let (m, loss, secs) = step(model);
+        model = m;
+        losses.push(loss);
+        if i < s.warmup {
+            warmup_seconds.push(secs);
+            tracing::info!("{label}: warmup step {secs:.3}s loss {loss:.5}");
+        } else {
+            seconds.push(secs);
+            let n = i - s.warmup + 1;
+            tracing::info!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
+        }
+    }
+    let peak_rss = if clear_refs_ok {
+        proc_status_bytes("VmHWM")
+    } else {
+        None
+    };
+    let peak_heap = heap_peak();
+
+    // Inference: no autodiff graph, the inner backend.
+    let infer = model.valid();
+    let x = random_batch(s, a.infer_batch.max(1), 11);
+    let images = || {
+        Tensor::<B::InnerBackend, 4>::from_data(
+            TensorData::new(
+                x.images.clone(),
+                [x.batch_size, 3, x.image_hw.0, x.image_hw.1],
+            ),
+            device,
+        )
+    };
+    let run_infer = || {
+        let input = images();
+        let t = Instant::now();
+        let out = infer.forward(input);
+        let _ = out.into_data();
+        t.elapsed().as_secs_f64()
+    };
+    let _ = run_infer();
+    let infer_seconds: Vec<f64> = (0..s.infer_runs).map(|_| run_infer()).collect();
+    let infer_median = median(&infer_seconds);
+
+    let f32_quantized = quantized * 4;
+    let sub = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a as i64 - b as i64),
+        _ => None,
+    };
+    Ok(json!({
+        "kind": "case",
+        "case": format!("{}{}", a.mode, if a.grad_ckpt { "+ckpt" } else { "" }),
+        "mode": a.mode,
+        "backend": a.backend,
+        "grad_ckpt": a.grad_ckpt,
+        "quick": a.quick,
+        "compute_dtype": a.compute_dtype,
+        "lora_dropout": if cfg.model.lora.enabled { Some(a.lora_dropout) } else { None },
+        "sizes": s.to_json(),
+        "build_seconds": build_seconds,
+        "rss_at_start_bytes": rss_start,
+        "backbone_linear_params": mem.total_params(),
+        "backbone_linear_stored_bytes": mem.total_stored_bytes(),
+        "quantized_params": quantized,
+        "quantized_stored_bytes": mem.quantized_stored_bytes(),
+        "quantized_f32_bytes": f32_quantized,
+        "code_book_bytes": mem.shared_bytes,
+        "bits_per_weight": if quantized > 0 { mem.quantized_bits_per_param() } else { 32.0 },
+        "trainable_params": params.trainable,
+        "total_params": params.all,
+        "trainable_percent": params.percent(),
+        "resident_before_step_bytes": rss_before,
+        "peak_rss_bytes": peak_rss,
+        "step_rss_increase_bytes": sub(peak_rss, rss_before),
+        "heap_before_step_bytes": heap_before,
+        "peak_heap_bytes": peak_heap,
+        "step_heap_increase_bytes": peak_heap as i64 - heap_before as i64,
+        "memory_note": if a.backend == "cuda" { "host memory only; GPU memory not measured" } else { "NdArray: all tensors on the heap" },
+        "warmup_seconds": warmup_seconds,
+        "step_seconds": seconds,
+        "step_seconds_median": median(&seconds),
+        "step_seconds_min": min(&seconds),
+        "losses": losses,
+        "inference_batch": x.batch_size,
+        "inference_seconds": infer_seconds,
+        "inference_seconds_median": infer_median,
+        "inference_fps": x.batch_size as f64 / infer_median,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    }))
+}

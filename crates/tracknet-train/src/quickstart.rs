@@ -1,0 +1,187 @@
+//! The embedded default (`cargo xtask train` with no config), in two stages, because a frozen
+//! *random* backbone carries too little of the ball for adapters to find in minutes:
+//! (1) a short full pre-training of the small backbone with the decoder on one synthetic
+//! domain, exported as a Hugging Face snapshot; (2) QLoRA fine-tuning on another domain: that
+//! snapshot's projections quantized to NF4 with double quantization, LoRA adapters trained,
+//! decoder and head continued from stage 1. `key=value` overrides apply to both stages.
+//! The bench's quality study runs the same stages.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::backend::NdArray;
+use tracknet_config::RunConfig;
+use tracknet_vit::model::HeatmapModel;
+
+use crate::backend::train_on;
+use crate::error::TrainError;
+use crate::eval::{evaluate, loss_from_config};
+use crate::predict::{checkpoint_dir, export_backbone};
+use crate::trainer::{TrainOptions, TrainSummary, metrics_row, with_head_bias_init};
+
+/// One metrics.csv row by column.
+type MetricsRow = BTreeMap<String, f64>;
+
+/// How to run the two stages.
+#[derive(Debug, Clone, Default)]
+pub struct QuickstartOptions {
+    /// The run folder; the stages go to `1-pretrain/` and `2-qlora/` in it.
+    pub root: PathBuf,
+    /// `key=value` overrides for both stages.
+    pub overrides: Vec<String>,
+    /// No progress output.
+    pub quiet: bool,
+    /// `--device`, when given.
+    pub device: Option<String>,
+}
+
+/// Stage 1's outcome.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// Its run.
+    pub summary: TrainSummary,
+    /// Its best checkpoint folder (where stage 2's decoder and head start from).
+    pub checkpoint: PathBuf,
+    /// The exported backbone snapshot (stage 2's 4-bit base).
+    pub snapshot: PathBuf,
+}
+
+/// Both stages and the untrained floor, on stage 2's validation frames.
+#[derive(Debug, Clone)]
+pub struct QuickstartResult {
+    /// Stage 1.
+    pub pretrained: Pretrained,
+    /// Stage 2 (its `baseline` is the stage-1 model on stage 2's clips).
+    pub qlora: TrainSummary,
+    /// The same architecture untrained (random backbone, decoder and head).
+    pub untrained: BTreeMap<String, f64>,
+    /// Validation frames, and those with a visible ball.
+    pub frames: (usize, usize),
+}
+
+/// Stage 1's configuration: the embedded pre-training config with `overrides`.
+pub fn pretrain_config(overrides: &[String]) -> Result<RunConfig, TrainError> {
+    Ok(RunConfig::from_yaml_str(crate::QUICKSTART_PRETRAIN_CONFIG)?.with_overrides(overrides)?)
+}
+
+/// Stage 2's configuration: the embedded QLoRA config with `overrides`, on `snapshot`.
+pub fn finetune_config(overrides: &[String], snapshot: &Path) -> Result<RunConfig, TrainError> {
+    let mut all = overrides.to_vec();
+    all.push(format!("model.backbone.weights={}", snapshot.display()));
+    Ok(RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?.with_overrides(&all)?)
+}
+
+/// Trains stage 1 (`pre`) into `dir` and exports its best checkpoint's backbone to
+/// `dir/backbone`.
+pub fn pretrain(
+    pre: &RunConfig,
+    dir: &Path,
+    quiet: bool,
+    device: Option<&str>,
+) -> Result<Pretrained, TrainError> {
+    let opts = TrainOptions {
+        run_dir: dir.to_path_buf(),
+        quiet,
+        ..TrainOptions::default()
+    };
+    let summary = train_on(pre, &opts, device)?;
+    let checkpoint = checkpoint_dir(dir, "best")?;
+    let snapshot = dir.join("backbone");
+    export_backbone(pre, &checkpoint, &snapshot)?;
+    Ok(Pretrained {
+        summary,
+        checkpoint,
+        snapshot,
+    })
+}
+
+/// Runs both stages and measures the untrained floor. `report` is called after each stage
+/// with its summary (the CLI prints them).
+pub fn run(
+    opts: &QuickstartOptions,
+    report: &mut dyn FnMut(&str, &TrainSummary),
+) -> Result<QuickstartResult, TrainError> {
+    let pre = pretrain_config(&opts.overrides)?;
+    let (stage1, stage2) = (opts.root.join("1-pretrain"), opts.root.join("2-qlora"));
+    tracing::info!(
+        "== quick-start stage 1/2: full pre-training of the small backbone -> {}",
+        stage1.display()
+    );
+    let pretrained = pretrain(&pre, &stage1, opts.quiet, opts.device.as_deref())?;
+    report("stage 1", &pretrained.summary);
+    tracing::info!(
+        "exported the pre-trained backbone as a Hugging Face snapshot: {}",
+        pretrained.snapshot.display()
+    );
+
+    let cfg = finetune_config(&opts.overrides, &pretrained.snapshot)?;
+    tracing::info!(
+        "== quick-start stage 2/2: QLoRA (NF4 + double quant + LoRA) on new clips -> {}",
+        stage2.display()
+    );
+    let run2 = TrainOptions {
+        run_dir: stage2,
+        quiet: opts.quiet,
+        init_from: Some(pretrained.checkpoint.clone()),
+        ..TrainOptions::default()
+    };
+    let qlora = train_on(&cfg, &run2, opts.device.as_deref())?;
+    report("stage 2", &qlora);
+
+    let (untrained, frames) = untrained_floor(&cfg)?;
+    Ok(QuickstartResult {
+        pretrained,
+        qlora,
+        untrained,
+        frames,
+    })
+}
+
+/// The architecture of `cfg` untrained (random backbone, decoder and head; the head's bias
+/// initialised as in training) on `cfg`'s validation frames: the floor both stages are
+/// measured against.
+fn untrained_floor(cfg: &RunConfig) -> Result<(MetricsRow, (usize, usize)), TrainError> {
+    let mut random_cfg = cfg.clone();
+    random_cfg.model.backbone.weights = None;
+    random_cfg.model.pretrained_model_name = None;
+    let splits = crate::data::scan_splits(&random_cfg)?;
+    let device = Default::default();
+    <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
+    let (random, _) = HeatmapModel::<NdArray>::from_config_frames(
+        &random_cfg.model,
+        random_cfg.data.sequence.frames(),
+        &device,
+    )?;
+    let random = with_head_bias_init(random, &loss_from_config(&random_cfg));
+    let result = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
+    let frames = (result.metrics.frames, result.metrics.visible);
+    Ok((metrics_row(0, f64::NAN, &result, 0.0, 0.0), frames))
+}
+
+/// The closing table: F1, PCK@3 and L2 of the untrained model, after stage 1 and after stage 2.
+pub fn result_table(r: &QuickstartResult) -> String {
+    let row = |name: &str, m: &BTreeMap<String, f64>| {
+        format!(
+            "  {name:<40} {:>6.3} {:>7.3} {:>8.2}",
+            m["f1"], m["pck"], m["l2"]
+        )
+    };
+    let (frames, visible) = r.frames;
+    let mut lines = vec![
+        format!(
+            "== quick-start result on the fine-tuning clips' validation split ({frames} frames, {visible} with a visible ball):"
+        ),
+        format!(
+            "  {:<40} {:>6} {:>7} {:>8}",
+            "model", "F1", "PCK@3", "L2 px"
+        ),
+        row("untrained (random init)", &r.untrained),
+    ];
+    if let Some(b) = &r.qlora.baseline {
+        lines.push(row("after stage 1 (full pre-training)", b));
+    }
+    if let Some(last) = r.qlora.history.last() {
+        lines.push(row("after stage 2 (QLoRA: NF4 + DQ + LoRA)", last));
+    }
+    lines.join("\n")
+}
