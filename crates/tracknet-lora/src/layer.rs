@@ -58,6 +58,37 @@ impl<B: Backend> BaseLinear<B> {
     }
 }
 
+/// Configuration of a fresh [`LoraLinear`]: a dense base initialised like `torch.nn.Linear`
+/// (Kaiming-uniform a = √5, so U(±1/√d_input)), and no adapter yet — PEFT's order: the base
+/// layer exists, then an adapter is attached ([`LoraLinear::with_adapter`]) or the base is
+/// quantized ([`LoraLinear::quantize`]). Existing layers are wrapped with [`LoraLinear::dense`]
+/// and [`LoraLinear::quantized`].
+#[derive(Config, Debug)]
+pub struct LoraLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Whether the base has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl LoraLinearConfig {
+    /// The layer on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LoraLinear<B> {
+        let bound = 1.0 / (self.d_input.max(1) as f64).sqrt();
+        let linear = LinearConfig::new(self.d_input, self.d_output)
+            .with_bias(self.bias)
+            .with_initializer(Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            })
+            .init(device);
+        LoraLinear::dense(linear)
+    }
+}
+
 /// A linear layer that may carry a LoRA adapter. Every backbone projection has this type, with
 /// or without an adapter, so quantizing and wrapping never change the model's type.
 #[derive(Module, Debug)]
@@ -101,19 +132,6 @@ impl<B: Backend> LoraLinear<B> {
             scaling: 0.0,
             merged: false,
         }
-    }
-
-    /// Random dense init (as `torch.nn.Linear`: Kaiming-uniform a = √5, so U(±1/√in)).
-    pub fn init(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        let bound = 1.0 / (d_in as f64).sqrt();
-        let linear = LinearConfig::new(d_in, d_out)
-            .with_bias(bias)
-            .with_initializer(Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            })
-            .init(device);
-        Self::dense(linear)
     }
 
     /// Build from PyTorch tensors: `weight [out, in]`, `bias [out]` (transposed once here).
@@ -274,7 +292,12 @@ impl<B: Backend> LoraLinear<B> {
 }
 
 impl<B: QuantBackend> LoraLinear<B> {
-    /// `x [..., in] → [..., out]`.
+    /// PEFT's LoRA forward: `base(x) + scaling · B(A(dropout(x)))` (the base alone when
+    /// there is no adapter or it is merged).
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let y = self.base.forward(x.clone());
         match (&self.lora_a, &self.lora_b, self.merged) {

@@ -14,7 +14,7 @@ pub mod target;
 
 pub use config::{BiasMode, LoraInit, LoraSettings, TargetSpec};
 pub use error::LoraError;
-pub use layer::{BaseLinear, LoraLinear};
+pub use layer::{BaseLinear, LoraLinear, LoraLinearConfig};
 pub use params::{
     ParamMismatch, ParamReport, PathVisitor, load_params, param_report, set_trainable,
 };

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::Param;
-use burn::nn::Linear;
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
@@ -107,6 +107,70 @@ pub struct QuantizedLinear<B: Backend> {
 }
 
 static HALF_NOTICE: AtomicBool = AtomicBool::new(false);
+
+/// Configuration of a fresh 4-bit layer, as bitsandbytes' `Linear4bit` makes one: a weight
+/// initialised like `torch.nn.Linear` (U(±1/√d_input)), quantized with the config's code book,
+/// block size and double quantization; the bias stays f32. A layer read from a checkpoint is
+/// built with [`QuantizedLinear::from_torch_weight`] or [`QuantizedLinear::from_quantized`].
+#[derive(Config, Debug)]
+pub struct QuantizedLinearConfig {
+    /// Input features.
+    pub d_input: usize,
+    /// Output features.
+    pub d_output: usize,
+    /// Whether the layer has a bias.
+    #[config(default = true)]
+    pub bias: bool,
+    /// NF4 or FP4.
+    #[config(default = "QuantType::Nf4")]
+    pub quant_type: QuantType,
+    /// Elements per absmax block (bitsandbytes: 64).
+    #[config(default = 64)]
+    pub blocksize: usize,
+    /// Double quantization of the absmax.
+    #[config(default = true)]
+    pub double_quant: bool,
+    /// Dtype of the matmul.
+    #[config(default = "ComputeDtype::F32")]
+    pub compute: ComputeDtype,
+}
+
+impl QuantizedLinearConfig {
+    /// The quantization settings.
+    pub fn spec(&self) -> QuantSpec {
+        QuantSpec {
+            quant_type: self.quant_type,
+            blocksize: self.blocksize,
+            double_quant: self.double_quant,
+            compute: self.compute,
+        }
+    }
+
+    /// A layer with code books of its own.
+    pub fn init<B: QuantBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<QuantizedLinear<B>, QuantError> {
+        self.init_with(&CodeBooks::new(device), device)
+    }
+
+    /// A layer that shares a model's code books.
+    pub fn init_with<B: QuantBackend>(
+        &self,
+        books: &CodeBooks<B>,
+        device: &B::Device,
+    ) -> Result<QuantizedLinear<B>, QuantError> {
+        let bound = 1.0 / (self.d_input.max(1) as f64).sqrt();
+        let linear = LinearConfig::new(self.d_input, self.d_output)
+            .with_bias(self.bias)
+            .with_initializer(Initializer::Uniform {
+                min: -bound,
+                max: bound,
+            })
+            .init(device);
+        QuantizedLinear::from_linear(&linear, self.spec(), books)
+    }
+}
 
 impl<B: QuantBackend> QuantizedLinear<B> {
     /// Quantize a dense Burn `Linear` (weight `[in, out]`). Its bias is kept in f32.
@@ -290,7 +354,11 @@ impl<B: QuantBackend> QuantizedLinear<B> {
         }
     }
 
-    /// `x [..., in] → [..., out]`.
+    /// `x · Wᵀ + b` with `W` dequantized block by block inside the matmul.
+    ///
+    /// # Shapes
+    /// - input: `[..., d_input]`
+    /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let rows: usize = dims[..D - 1].iter().product();

@@ -32,7 +32,7 @@ pub struct Q4Layout {
 }
 
 /// Dtype of the dequantized weight and the matmul (bitsandbytes' `compute_dtype`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ComputeDtype {
     /// f32 everywhere (the only choice on NdArray).
     #[default]

@@ -70,12 +70,10 @@ pub fn load_params<B: Backend, M: Module<B>>(
     file: &Path,
 ) -> Result<M, TrainError> {
     tracknet_lora::params::load_params(module, tensors, required).map_err(|m| {
-        TrainError::Checkpoint {
+        TrainError::CheckpointMismatch {
             path: file.to_path_buf(),
-            message: format!(
-                "weights do not fit the model:\n  {}",
-                m.lines().join("\n  ")
-            ),
+            what: "weights",
+            problems: m.lines(),
         }
     })
 }
@@ -162,12 +160,10 @@ pub fn check_optimizer_fits<B: Backend, M: Module<B>, O: Backend>(
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::Checkpoint {
+        Err(TrainError::CheckpointMismatch {
             path: file.to_path_buf(),
-            message: format!(
-                "optimizer state does not fit the model:\n  {}",
-                bad.join("\n  ")
-            ),
+            what: "optimizer state",
+            problems: bad,
         })
     }
 }
@@ -177,9 +173,9 @@ pub fn to_safetensors(
     tensors: &NamedTensors,
     meta: HashMap<String, String>,
 ) -> Result<Vec<u8>, TrainError> {
-    tracknet_lora::params::safetensors_bytes(tensors, meta).map_err(|e| TrainError::Checkpoint {
-        path: PathBuf::new(),
-        message: e.to_string(),
+    tracknet_lora::params::safetensors_bytes(tensors, meta).map_err(|e| TrainError::TensorFile {
+        path: PathBuf::from("<tensors being written>"),
+        problem: format!("cannot be serialized: {e}"),
     })
 }
 
@@ -191,9 +187,9 @@ pub fn read_safetensors(
         path: path.to_path_buf(),
         source,
     })?;
-    let bad = |message: String| TrainError::Checkpoint {
+    let bad = |problem: String| TrainError::TensorFile {
         path: path.to_path_buf(),
-        message,
+        problem,
     };
     let (_, meta) = SafeTensors::read_metadata(&raw)
         .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
@@ -305,12 +301,7 @@ pub fn commit_checkpoint(
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     let previous = read_pointer(ckpt_root, pointer);
     let json = serde_json::to_vec(&serde_json::json!({ "dir": name })).unwrap_or_default();
-    tracknet_data::write_atomic(&ckpt_root.join(format!("{pointer}.json")), &json).map_err(
-        |e| TrainError::Checkpoint {
-            path: ckpt_root.to_path_buf(),
-            message: e.to_string(),
-        },
-    )?;
+    tracknet_data::write_atomic(&ckpt_root.join(format!("{pointer}.json")), &json)?;
     if let Some(prev) = previous
         && prev != dir
     {

@@ -25,13 +25,66 @@ pub enum TrainError {
         /// The error.
         source: std::io::Error,
     },
-    /// A checkpoint that cannot be read or does not fit.
-    #[error("checkpoint {path}: {message}")]
-    Checkpoint {
-        /// The checkpoint file or folder.
+    /// A run without the checkpoint asked for (`best`, `last`).
+    #[error("checkpoint {}: no complete `{which}` checkpoint in this run", pointer.display())]
+    NoCheckpoint {
+        /// The pointer file that is missing or names no complete folder.
+        pointer: PathBuf,
+        /// `best` or `last`.
+        which: String,
+    },
+    /// A checkpoint file whose contents do not fit the model being loaded.
+    #[error("checkpoint {}: {what} does not fit the model:\n  {}", path.display(), problems.join("\n  "))]
+    CheckpointMismatch {
+        /// The file.
         path: PathBuf,
-        /// What is wrong.
-        message: String,
+        /// `weights` or `optimizer state`.
+        what: &'static str,
+        /// One line per tensor: what is missing, unexpected or mis-sized.
+        problems: Vec<String>,
+    },
+    /// A checkpoint whose frozen base the config would not rebuild identically.
+    #[error(
+        "checkpoint {}: the rebuilt frozen base would not be the one this checkpoint trained on:\n  {}",
+        path.display(),
+        differences.join("\n  ")
+    )]
+    BaseMismatch {
+        /// The checkpoint's `state.json`.
+        path: PathBuf,
+        /// One line per setting that differs, naming its key.
+        differences: Vec<String>,
+    },
+    /// A `state.json` whose metrics history lacks columns.
+    #[error(
+        "checkpoint {}: metrics history is incomplete (expected the keys {}): {}",
+        path.display(),
+        columns.join(", "),
+        problems.join("; ")
+    )]
+    IncompleteHistory {
+        /// The `state.json`.
+        path: PathBuf,
+        /// The columns every row needs.
+        columns: Vec<&'static str>,
+        /// `history[i] lacks `key`` per gap.
+        problems: Vec<String>,
+    },
+    /// A `state.json` that is not the run state's JSON.
+    #[error("checkpoint {}: {source}", path.display())]
+    StateJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's (or writer's) error.
+        source: serde_json::Error,
+    },
+    /// A checkpoint tensor file that is not safetensors, or holds a tensor that is not f32.
+    #[error("checkpoint {}: {problem}", path.display())]
+    TensorFile {
+        /// The file.
+        path: PathBuf,
+        /// `not a valid safetensors file: …` or `KEY: expected F32, found …`.
+        problem: String,
     },
     /// The loss or a gradient became NaN/inf.
     #[error(
@@ -104,6 +157,26 @@ pub enum TrainError {
         val: usize,
         /// The data root.
         root: PathBuf,
+    },
+    /// An f32 snapshot asked of a 4-bit backbone.
+    #[error(
+        "model.quantization.enabled: a 4-bit backbone has no dense projection weights to write as an f32 snapshot; export a run trained without quantization"
+    )]
+    QuantizedExport,
+    /// `predict --adapter` with an adapter whose LoRA settings are not the run's.
+    #[error(
+        "predict --adapter: {}: {key} is {adapter} in the adapter but {run} in the run; predict with a run trained with the adapter's settings (or train from it with model.lora.adapter_path)",
+        dir.display()
+    )]
+    AdapterMismatch {
+        /// The adapter folder.
+        dir: PathBuf,
+        /// The setting that differs (`r`, `scaling (lora_alpha, use_rslora)`).
+        key: &'static str,
+        /// Its value in the adapter.
+        adapter: String,
+        /// Its value in the run.
+        run: String,
     },
     /// A bench or tool option out of its range.
     #[error("{option}: {message}")]

@@ -22,13 +22,7 @@ pub fn export_backbone(cfg: &RunConfig, ckpt: &Path, out: &Path) -> Result<(), T
     let device = Default::default();
     let model = load_run_model::<burn::backend::NdArray>(cfg, ckpt, &device)?;
     if model.quantized_weights() > 0 {
-        return Err(tracknet_vit::model::ModelError::Config {
-            key: "model.quantization.enabled".into(),
-            message: "a 4-bit backbone has no dense projection weights to write as an f32 \
-                      snapshot; export a run trained without quantization"
-                .into(),
-        }
-        .into());
+        return Err(TrainError::QuantizedExport);
     }
     let snapshot = tracknet_vit::model::snapshot_dir(&cfg.model)?;
     let extra = tracknet_vit::export::passthrough(snapshot.as_deref(), &model.backbone)
@@ -66,14 +60,12 @@ pub fn with_adapter<B: QuantBackend>(
             ),
         ];
         if let Some((key, run, adapter)) = differs.iter().find(|(_, a, b)| a != b) {
-            return Err(ModelError::Config {
-                key: "predict --adapter".into(),
-                message: format!(
-                    "{}: {key} is {adapter} in the adapter but {run} in the run; predict with a                      run trained with the adapter's settings (or train from it with                      model.lora.adapter_path)",
-                    dir.display()
-                ),
-            }
-            .into());
+            return Err(TrainError::AdapterMismatch {
+                dir: dir.to_path_buf(),
+                key,
+                adapter: adapter.clone(),
+                run: run.clone(),
+            });
         }
         model
     } else {
@@ -93,9 +85,9 @@ pub fn run_config(run_dir: &Path, overrides: &[String]) -> Result<RunConfig, Tra
 /// The checkpoint folder `which` (`best` | `last`) of a run.
 pub fn checkpoint_dir(run_dir: &Path, which: &str) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
-    read_pointer(&root, which).ok_or_else(|| TrainError::Checkpoint {
-        path: root.join(format!("{which}.json")),
-        message: format!("no complete `{which}` checkpoint in this run"),
+    read_pointer(&root, which).ok_or_else(|| TrainError::NoCheckpoint {
+        pointer: root.join(format!("{which}.json")),
+        which: which.to_string(),
     })
 }
 
@@ -160,12 +152,9 @@ fn check_base_matches(cfg: &RunConfig, ckpt: &Path) -> Result<(), TrainError> {
     if diffs.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::Checkpoint {
+        Err(TrainError::BaseMismatch {
             path,
-            message: format!(
-                "the rebuilt frozen base would not be the one this checkpoint trained on:\n  {}",
-                diffs.join("\n  ")
-            ),
+            differences: diffs,
         })
     }
 }

@@ -64,9 +64,9 @@ pub fn metrics_row(
 pub fn read_state(dir: &Path) -> Result<RunState, TrainError> {
     let path = dir.join("state.json");
     let raw = fs::read(&path).map_err(io_err(&path))?;
-    let state: RunState = serde_json::from_slice(&raw).map_err(|e| TrainError::Checkpoint {
+    let state: RunState = serde_json::from_slice(&raw).map_err(|source| TrainError::StateJson {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     })?;
     check_history(&state.history, &path)?;
     Ok(state)
@@ -88,13 +88,10 @@ fn check_history(history: &[BTreeMap<String, f64>], file: &Path) -> Result<(), T
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::Checkpoint {
+        Err(TrainError::IncompleteHistory {
             path: file.to_path_buf(),
-            message: format!(
-                "metrics history is incomplete (expected the keys {}): {}",
-                CSV_COLUMNS.join(", "),
-                problems.join("; ")
-            ),
+            columns: CSV_COLUMNS.to_vec(),
+            problems,
         })
     }
 }
@@ -203,9 +200,9 @@ where
                 cfg.model.pretrained_model_name.clone(),
             )?;
         }
-        let json = serde_json::to_vec_pretty(state).map_err(|e| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
+        let json = serde_json::to_vec_pretty(state).map_err(|source| TrainError::StateJson {
+            path: dir.join("state.json"),
+            source,
         })?;
         fs::write(dir.join("state.json"), json).map_err(io_err(dir))?;
         Ok(())

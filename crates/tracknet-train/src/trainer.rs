@@ -195,9 +195,9 @@ where
     };
     let mut baseline = None;
     if opts.resume {
-        let dir = read_pointer(&ckpt_root, "last").ok_or_else(|| TrainError::Checkpoint {
-            path: ckpt_root.join("last.json"),
-            message: "no complete checkpoint to resume from".into(),
+        let dir = read_pointer(&ckpt_root, "last").ok_or_else(|| TrainError::NoCheckpoint {
+            pointer: ckpt_root.join("last.json"),
+            which: "last".into(),
         })?;
         let (m, o, s) = load_checkpoint::<B>(&dir, cfg, model, kind, device)?;
         model = m;

@@ -38,13 +38,41 @@ pub enum ModelError {
     /// LoRA.
     #[error(transparent)]
     Lora(#[from] LoraError),
-    /// A config value that does not fit the model.
+    /// `model.quantization` disagrees with the 4-bit format the backbone snapshot stores.
     #[error("{key}: {message}")]
-    Config {
-        /// Key path.
+    StoredQuantization {
+        /// The `model.quantization.*` key that disagrees.
         key: String,
-        /// What was expected.
+        /// What the snapshot stores and what the config says.
         message: String,
+    },
+    /// `model.decoder.channels` does not start at the backbone's width.
+    #[error(
+        "model.decoder.channels: the first entry must equal the backbone's hidden size {hidden}, got {first:?}"
+    )]
+    DecoderWidth {
+        /// The backbone's hidden size.
+        hidden: usize,
+        /// The decoder's first width, if any.
+        first: Option<usize>,
+    },
+    /// `model.lora.modules_to_save` entries that match no module.
+    #[error(
+        "model.lora.modules_to_save: {names:?} name no module of the model (PEFT's rule: a module path ending with the name; backbone paths as in the Hugging Face model, e.g. `norm`; ours from the model root: `decoder`, `head`)"
+    )]
+    UnmatchedModulesToSave {
+        /// The names that match nothing.
+        names: Vec<String>,
+    },
+    /// `data.preprocess.resize` that the backbone's patches do not tile.
+    #[error(
+        "data.preprocess.resize: expected [W, H] both positive multiples of the backbone's patch size {patch}, got {resize:?}"
+    )]
+    InputSize {
+        /// The backbone's patch size (a snapshot's own).
+        patch: usize,
+        /// `[W, H]` as configured.
+        resize: [usize; 2],
     },
 }
 
@@ -167,13 +195,8 @@ impl<B: QuantBackend> HeatmapModel<B> {
             .filter(|m| !all_params.iter().any(|p| is_saved_module(p, m)))
             .collect();
         if !unmatched.is_empty() {
-            return Err(ModelError::Config {
-                key: "model.lora.modules_to_save".into(),
-                message: format!(
-                    "{unmatched:?} name no module of the model (PEFT's rule: a module path ending \
-                     with the name; backbone paths as in the Hugging Face model, e.g. `norm`; \
-                     ours from the model root: `decoder`, `head`)"
-                ),
+            return Err(ModelError::UnmatchedModulesToSave {
+                names: unmatched.into_iter().cloned().collect(),
             });
         }
         let bias = settings.bias;
@@ -218,13 +241,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
     pub fn check_input_size(&self, resize: [usize; 2]) -> Result<(), ModelError> {
         let patch = self.backbone.patch_size();
         if resize.iter().any(|&v| v == 0 || !v.is_multiple_of(patch)) {
-            return Err(ModelError::Config {
-                key: "data.preprocess.resize".into(),
-                message: format!(
-                    "expected [W, H] both positive multiples of the backbone's patch size \
-                     {patch}, got {resize:?}"
-                ),
-            });
+            return Err(ModelError::InputSize { patch, resize });
         }
         Ok(())
     }

@@ -5,14 +5,16 @@
 //! only through these functions and call `.forward(x)` on them.
 
 use burn::prelude::*;
-use tracknet_lora::LoraLinear;
+use tracknet_lora::{LoraLinear, LoraLinearConfig};
 
 /// A backbone projection. Input `[..., in]`, output `[..., out]`.
 pub type Proj<B> = LoraLinear<B>;
 
 /// Random init (as `torch.nn.Linear`), used when no pretrained snapshot is given.
 pub fn proj_init<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Proj<B> {
-    LoraLinear::init(d_in, d_out, bias, device)
+    LoraLinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .init(device)
 }
 
 /// Build from PyTorch tensors: `weight` is `[out, in]` (PyTorch layout), `bias` is `[out]`.

@@ -3,7 +3,9 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::module::Module;
 use burn::prelude::*;
-use tracknet_lora::{BaseLinear, LoraInit, LoraLinear, LoraSettings, PathVisitor};
+use tracknet_lora::{
+    BaseLinear, LoraInit, LoraLinear, LoraLinearConfig, LoraSettings, PathVisitor,
+};
 use tracknet_quant::linear::{CodeBooks, QuantSpec};
 
 type B = Autodiff<NdArray<f32>>;
@@ -163,7 +165,9 @@ fn adapter_weights_round_trip_in_peft_layout() {
 #[test]
 fn fresh_adapter_changes_nothing_and_a_has_pytorch_init() {
     let (d_in, d_out, r) = (256, 64, 16);
-    let base = LoraLinear::<B>::init(d_in, d_out, true, &dev());
+    let base = LoraLinearConfig::new(d_in, d_out)
+        .with_bias(true)
+        .init::<B>(&dev());
     let x: Tensor<B, 2> = t2(&vals(3 * d_in, 0.9), [3, d_in]);
     let before = host(base.forward(x.clone()));
     let s = LoraSettings {
@@ -212,7 +216,9 @@ fn random_b_init_is_not_zero() {
         init: LoraInit::RandomB,
         ..Default::default()
     };
-    let layer = LoraLinear::<B>::init(8, 6, false, &dev())
+    let layer = LoraLinearConfig::new(8, 6)
+        .with_bias(false)
+        .init::<B>(&dev())
         .with_adapter(&s, &dev())
         .unwrap();
     let b = host(layer.adapter_weights().unwrap().1);
@@ -470,7 +476,9 @@ fn adapter_weights_of_a_trained_layer_load_into_another() {
     let c = case();
     let src = adapted(&c, &settings(4.0, false));
     let (a, b) = src.adapter_weights().unwrap();
-    let mut dst = LoraLinear::<B>::init(IN, OUT, true, &dev())
+    let mut dst = LoraLinearConfig::new(IN, OUT)
+        .with_bias(true)
+        .init::<B>(&dev())
         .with_adapter(&settings(4.0, false), &dev())
         .unwrap();
     dst.set_adapter_weights(a, b).unwrap();
@@ -513,10 +521,35 @@ fn set_adapter_weights_rejects_wrong_shapes() {
     let (a, b) = layer.adapter_weights().unwrap();
     assert_eq!((host(a), host(b)), (c.a.clone(), c.b.clone()));
     // A layer without an adapter says so.
-    let mut plain = LoraLinear::<B>::init(IN, OUT, false, &dev());
+    let mut plain = LoraLinearConfig::new(IN, OUT)
+        .with_bias(false)
+        .init::<B>(&dev());
     let e = plain
         .set_adapter_weights(t2(&c.a, [R, IN]), t2(&c.b, [OUT, R]))
         .unwrap_err()
         .to_string();
     assert!(e.contains("no adapter"), "{e}");
+}
+
+#[test]
+fn config_init_gives_a_torch_initialised_dense_base_without_adapter() {
+    let cfg = LoraLinearConfig::new(64, 12);
+    assert!(cfg.bias, "a bias by default, as torch.nn.Linear");
+    let layer = cfg.init::<B>(&dev());
+    assert_eq!(layer.dims(), (64, 12));
+    assert!(!layer.has_adapter() && !layer.base.is_quantized());
+    // U(±1/√in): every weight within 1/8, and spread over it.
+    let w = match &layer.base {
+        BaseLinear::Dense(l) => l.weight.val(),
+        BaseLinear::Quant(_) => unreachable!(),
+    };
+    let max = w.clone().abs().max().into_scalar();
+    assert!(max <= 0.125 && max > 0.1, "{max}");
+    let no_bias = LoraLinearConfig::new(8, 4)
+        .with_bias(false)
+        .init::<B>(&dev());
+    assert!(no_bias.base.bias().is_none());
+    // A config round-trips through its JSON like every Burn config.
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(json.contains("\"d_input\":64"), "{json}");
 }

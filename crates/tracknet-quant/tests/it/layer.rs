@@ -209,3 +209,39 @@ fn to_quantized_gives_back_the_bytes_the_layer_was_built_from() {
         assert_eq!(layer.to_quantized(), q, "{spec:?}");
     }
 }
+
+#[test]
+fn config_init_quantizes_a_torch_initialised_weight_with_the_configs_format() {
+    use tracknet_quant::QuantizedLinearConfig;
+    let device = Default::default();
+    let cfg = QuantizedLinearConfig::new(128, 16);
+    assert_eq!(
+        cfg.spec(),
+        QuantSpec::default(),
+        "bitsandbytes' defaults: NF4, 64, DQ"
+    );
+    let layer = cfg.init::<B>(&device).unwrap();
+    assert_eq!(layer.num_weights(), 128 * 16);
+    // NF4 + double quant: 4 bits + 8-bit absmax per 64 + nested fp32 per 256 blocks.
+    let bits = layer.bits_per_weight();
+    assert!((4.0..4.2).contains(&bits), "{bits}");
+    let fp4 = cfg
+        .clone()
+        .with_quant_type(QuantType::Fp4)
+        .with_double_quant(false)
+        .with_bias(false)
+        .init::<B>(&device)
+        .unwrap();
+    assert!(
+        fp4.bits_per_weight() > bits,
+        "f32 absmax costs more than 8-bit"
+    );
+    assert_eq!(fp4.to_quantized().quant_type, QuantType::Fp4);
+    // The weight is U(±1/√128) before quantization: dequantized, within that bound (plus the
+    // 8-bit double quantization's rounding of the block scale, under 1 %).
+    let w = layer.dequantize();
+    let max = w.abs().max().into_scalar().elem::<f32>();
+    assert!(max <= 1.01 / 128f32.sqrt() && max > 0.07, "{max}");
+    let x = Tensor::<B, 3>::ones([2, 3, 128], &device);
+    assert_eq!(layer.forward(x).dims(), [2, 3, 16]);
+}

@@ -268,7 +268,7 @@ fn check_stored_quantization<B: QuantBackend>(
         return Ok(());
     };
     let q = &cfg.quantization;
-    let err = |key: &str, message: String| ModelError::Config {
+    let err = |key: &str, message: String| ModelError::StoredQuantization {
         key: format!("model.quantization.{key}"),
         message,
     };
@@ -378,12 +378,9 @@ pub fn decoder_config(
 ) -> Result<HeatmapDecoderConfig, ModelError> {
     let d = &cfg.decoder;
     if d.channels.first() != Some(&hidden) {
-        return Err(ModelError::Config {
-            key: "model.decoder.channels".into(),
-            message: format!(
-                "the first entry must equal the backbone's hidden size {hidden}, got {:?}",
-                d.channels.first()
-            ),
+        return Err(ModelError::DecoderWidth {
+            hidden,
+            first: d.channels.first().copied(),
         });
     }
     Ok(
