@@ -77,15 +77,12 @@ pub struct LoraLinearConfig {
 impl LoraLinearConfig {
     /// The layer on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> LoraLinear<B> {
-        let bound = 1.0 / (self.d_input.max(1) as f64).sqrt();
-        let linear = LinearConfig::new(self.d_input, self.d_output)
-            .with_bias(self.bias)
-            .with_initializer(Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            })
-            .init(device);
-        LoraLinear::dense(linear)
+        LoraLinear::dense(tracknet_quant::torch_linear(
+            self.d_input,
+            self.d_output,
+            self.bias,
+            device,
+        ))
     }
 }
 

@@ -22,6 +22,6 @@ pub use blockwise::{
 pub use bnb::{BnbConfig, BnbLayer, StoredTensor};
 pub use codebook::QuantType;
 pub use error::QuantError;
-pub use linear::{CodeBooks, QuantSpec, QuantizedLinear, QuantizedLinearConfig};
+pub use linear::{CodeBooks, QuantSpec, QuantizedLinear, QuantizedLinearConfig, torch_linear};
 pub use model::{KeepReason, LayerMemory, LinearInfo, MemoryReport, QuantPlan, segment_match};
 pub use ops::{ComputeDtype, Q4Layout, QuantBackend};

@@ -160,16 +160,28 @@ impl QuantizedLinearConfig {
         books: &CodeBooks<B>,
         device: &B::Device,
     ) -> Result<QuantizedLinear<B>, QuantError> {
-        let bound = 1.0 / (self.d_input.max(1) as f64).sqrt();
-        let linear = LinearConfig::new(self.d_input, self.d_output)
-            .with_bias(self.bias)
-            .with_initializer(Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            })
-            .init(device);
+        let linear = torch_linear(self.d_input, self.d_output, self.bias, device);
         QuantizedLinear::from_linear(&linear, self.spec(), books)
     }
+}
+
+/// A Burn `Linear` `d_input → d_output` initialised as `torch.nn.Linear` is (Kaiming-uniform
+/// a = √5 for the weight and U(±1/√d_input) for the bias, so both U(±1/√d_input)): the base
+/// layer a fresh 4-bit or LoRA layer starts from.
+pub fn torch_linear<B: Backend>(
+    d_input: usize,
+    d_output: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    let bound = 1.0 / (d_input.max(1) as f64).sqrt();
+    LinearConfig::new(d_input, d_output)
+        .with_bias(bias)
+        .with_initializer(Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        })
+        .init(device)
 }
 
 impl<B: QuantBackend> QuantizedLinear<B> {
