@@ -101,7 +101,8 @@ pub fn run(rest: &[String]) -> Result<(), String> {
         return Err("--batches and --batch cannot be combined".into());
     }
     for b in backends_run(cuda) {
-        for n in &batches {
+        // The main cases above already measured these four modes at the bench's default batch.
+        for n in batches.iter().filter(|n| n.as_str() != BENCH_DEFAULT_BATCH) {
             for (mode, ckpt) in [
                 ("full", false),
                 ("lora", false),
@@ -205,6 +206,10 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     report.arg("report").arg(&out).current_dir(root());
     run_cmd(report, "tracknet-bench report")
 }
+
+/// `tracknet-bench case`'s default `--batch` (`bench::config::Sizes::resolve`), at which the
+/// main cases run.
+const BENCH_DEFAULT_BATCH: &str = "2";
 
 /// The backends the bench measures: NdArray, and CUDA when a device is present.
 fn backends_run(cuda: bool) -> Vec<&'static str> {

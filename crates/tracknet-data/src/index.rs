@@ -295,11 +295,11 @@ fn scan_clip(
     // The csv crate handles quoting, CRLF and a UTF-8 byte-order mark; records are read as
     // bytes so that a byte that is not UTF-8 costs its row, not the clip. (Fields are trimmed
     // by us: the reader's own trimming drops the record's position, which issues report.)
+    let raw: &[u8] = text.as_deref().unwrap_or(&bytes);
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(text.as_deref().unwrap_or(&bytes));
-    let raw: &[u8] = text.as_deref().unwrap_or(&bytes);
+        .from_reader(raw);
     let mut records = reader.byte_records();
     let header_ok = match records.next() {
         Some(Ok(h)) => {
@@ -330,6 +330,8 @@ fn scan_clip(
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut clip_frames = Vec::new();
+    // Line feeds in `raw[..counted]`.
+    let (mut counted, mut feeds) = (0usize, 0usize);
     for record in records {
         let record = match record {
             Ok(r) => r,
@@ -357,8 +359,11 @@ fn scan_clip(
         while raw.get(start).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
             start += 1;
         }
-        // Counted from the bytes: the file's own line numbers, whatever the line endings.
-        let line_no = 1 + line_feeds(raw.get(..start).unwrap_or_default());
+        // Counted from the bytes: the file's own line numbers, whatever the line endings
+        // (incrementally, since records only move forward).
+        feeds += line_feeds(raw.get(counted..start).unwrap_or_default());
+        counted = counted.max(start);
+        let line_no = 1 + feeds;
         if record.len() == 1 && record[0].trim_ascii().is_empty() {
             continue; // a line of spaces only
         }

@@ -272,7 +272,7 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
         quiet: a.quiet,
         device: a.device.clone(),
     };
-    let result = crate::quickstart::run(&opts, &mut |_, summary| print_finish(summary))?;
+    let result = crate::quickstart::run(&opts, &mut |summary| print_finish(summary))?;
     println!("{}", result_table(&result));
     Ok(())
 }

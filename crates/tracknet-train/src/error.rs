@@ -180,7 +180,7 @@ pub enum TrainError {
     },
     /// A bench or tool option out of its range.
     #[error("{option}: {message}")]
-    Option {
+    InvalidOption {
         /// The option (`--mode`, `--decoder`, …).
         option: &'static str,
         /// What was expected, and what was given.

@@ -36,7 +36,6 @@ fn terminal_bar(total: usize, prefix: String, template: &str) -> Option<Progress
 /// Reports the steps of one training epoch.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    quiet: bool,
     every: usize,
     start: Instant,
     epoch: usize,
@@ -45,20 +44,16 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// `every`: log interval (steps) when not on a terminal; `quiet` shows nothing.
-    pub fn new(epoch: usize, epochs: usize, total: usize, every: usize, quiet: bool) -> Self {
-        let bar = if quiet {
-            None
-        } else {
-            terminal_bar(
-                total,
-                format!("epoch {epoch}/{epochs}"),
-                "{prefix} [{bar:28.cyan/blue}] {pos}/{len} {msg} {per_sec} ETA {eta}",
-            )
-        };
+    /// `every`: log interval (steps) when not on a terminal; nothing when quiet
+    /// ([`set_quiet`]).
+    pub fn new(epoch: usize, epochs: usize, total: usize, every: usize) -> Self {
+        let bar = terminal_bar(
+            total,
+            format!("epoch {epoch}/{epochs}"),
+            "{prefix} [{bar:28.cyan/blue}] {pos}/{len} {msg} {per_sec} ETA {eta}",
+        );
         Self {
             bar,
-            quiet,
             every: every.max(1),
             start: Instant::now(),
             epoch,
@@ -69,7 +64,7 @@ impl Progress {
 
     /// After step `step` (1-based) with the running mean loss.
     pub fn step(&self, step: usize, loss: f64, lr: f64) {
-        if self.quiet || quiet() {
+        if quiet() {
             return;
         }
         if let Some(bar) = &self.bar {

@@ -99,7 +99,7 @@ pub fn pretrain(
 /// with its summary (the CLI prints them).
 pub fn run(
     opts: &QuickstartOptions,
-    report: &mut dyn FnMut(&str, &TrainSummary),
+    report: &mut dyn FnMut(&TrainSummary),
 ) -> Result<QuickstartResult, TrainError> {
     let pre = pretrain_config(&opts.overrides)?;
     let (stage1, stage2) = (opts.root.join("1-pretrain"), opts.root.join("2-qlora"));
@@ -108,7 +108,7 @@ pub fn run(
         stage1.display()
     );
     let pretrained = pretrain(&pre, &stage1, opts.quiet, opts.device.as_deref())?;
-    report("stage 1", &pretrained.summary);
+    report(&pretrained.summary);
     tracing::info!(
         "exported the pre-trained backbone as a Hugging Face snapshot: {}",
         pretrained.snapshot.display()
@@ -126,7 +126,7 @@ pub fn run(
         ..TrainOptions::default()
     };
     let qlora = train_on(&cfg, &run2, opts.device.as_deref())?;
-    report("stage 2", &qlora);
+    report(&qlora);
 
     let (untrained, frames) = untrained_floor(&cfg)?;
     Ok(QuickstartResult {

@@ -89,6 +89,7 @@ where
             tracing::info!("{s}");
         }
     };
+    // Every bar and progress line of the run (its evaluations' too) follows `opts.quiet`.
     crate::progress::set_quiet(opts.quiet);
     cfg.validate()?;
     // An adapter to start from brings its own LoRA settings: the run (and its config.yaml,
@@ -252,7 +253,7 @@ where
             splits.train.clone(),
             loader_options(cfg, epoch, true, batch_size),
         )?;
-        let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every, opts.quiet);
+        let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every);
         let (mut loss_sum, mut steps) = (0.0, 0usize);
         for (i, batch) in loader.by_ref().take(steps_per_epoch).enumerate() {
             let batch = batch?;

@@ -377,11 +377,14 @@ impl<B: Backend> WeightStore<B> {
             let mut taken = BTreeSet::new();
             let mut pieces: BTreeMap<String, StoredTensor> = BTreeMap::new();
             for key in &weights {
+                // The layer's entries sort right after its `weight` key: `weight`, then
+                // `weight.absmax`, `weight.quant_map`, … (all `weight.` + suffix).
                 let prefix = format!("{key}.");
                 for name in file
                     .entries()
-                    .keys()
-                    .filter(|n| *n == *key || n.starts_with(&prefix))
+                    .range((*key).clone()..)
+                    .map(|(n, _)| n)
+                    .take_while(|n| *n == *key || n.starts_with(&prefix))
                 {
                     if let Some(t) = file.stored(name) {
                         pieces.insert(name.clone(), t);

@@ -33,7 +33,7 @@ pub fn case(a: &CaseArgs) -> Result<Value, TrainError> {
         "ndarray" | "cpu" => DeviceSpec::Cpu,
         "cuda" => DeviceSpec::Cuda(a.device_index),
         other => {
-            return Err(TrainError::Option {
+            return Err(TrainError::InvalidOption {
                 option: "--backend",
                 message: format!("unknown backend `{other}`; expected ndarray|cuda"),
             });

@@ -41,7 +41,7 @@ pub fn mode_overrides(mode: &str) -> Result<Vec<String>, TrainError> {
             "model.lora.enabled=true",
         ],
         other => {
-            return Err(TrainError::Option {
+            return Err(TrainError::InvalidOption {
                 option: "--mode",
                 message: format!(
                     "unknown mode `{other}`; expected one of {}",
@@ -77,7 +77,7 @@ pub struct Sizes {
 fn parse_list(s: &str) -> Result<Vec<usize>, TrainError> {
     s.split(',')
         .map(|x| {
-            x.trim().parse().map_err(|e| TrainError::Option {
+            x.trim().parse().map_err(|e| TrainError::InvalidOption {
                 option: "--decoder",
                 message: format!("`{s}`: {e}"),
             })

@@ -23,7 +23,7 @@ fn find<'a>(cases: &'a [Value], backend: &str, case: &str) -> Option<&'a Value> 
 /// `report FILE`: the tables and the goal checks of a file written by `cargo xtask bench`.
 pub fn report(file: &Path) -> Result<(), TrainError> {
     let raw = std::fs::read_to_string(file).map_err(io_err(file))?;
-    let doc: Value = serde_json::from_str(&raw).map_err(|e| TrainError::Option {
+    let doc: Value = serde_json::from_str(&raw).map_err(|e| TrainError::InvalidOption {
         option: "report FILE",
         message: format!("{}: not a bench JSON file ({e})", file.display()),
     })?;
