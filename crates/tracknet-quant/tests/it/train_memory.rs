@@ -95,7 +95,10 @@ fn quantized_stack_trains_in_less_memory_than_f32() {
     );
     println!("{text}");
     assert!(out.status.success(), "the measuring child failed:\n{text}");
-    assert!(text.contains("train-step peak:"), "the child measured nothing:\n{text}");
+    assert!(
+        text.contains("train-step peak:"),
+        "the child measured nothing:\n{text}"
+    );
 }
 
 /// The measurement, alone in its process (so ignored, and run by the test above with
