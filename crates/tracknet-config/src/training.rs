@@ -261,6 +261,10 @@ pub struct EvalConfig {
     pub tolerance_px: f64,
     /// PCK radius in heatmap pixels.
     pub pck_radius: f64,
+    /// The TrackNet papers' protocol (TP/TN/FP1/FP2/FN): a detection within this distance of
+    /// the label in pixels of the original frame (`Label.csv`'s coordinates, not scaled) is a
+    /// TP. 5 px is the usual figure for 1280×720 tennis frames.
+    pub protocol_tolerance_px: f64,
 }
 
 impl Default for EvalConfig {
@@ -269,6 +273,7 @@ impl Default for EvalConfig {
             threshold: 0.5,
             tolerance_px: 4.0,
             pck_radius: 3.0,
+            protocol_tolerance_px: 5.0,
         }
     }
 }

@@ -492,6 +492,10 @@ fn training(cfg: &RunConfig, c: &mut Checker) {
     }
     c.unit_closed("training.eval.threshold", t.eval.threshold);
     c.positive("training.eval.tolerance_px", t.eval.tolerance_px);
+    c.positive(
+        "training.eval.protocol_tolerance_px",
+        t.eval.protocol_tolerance_px,
+    );
     c.positive("training.eval.pck_radius", t.eval.pck_radius);
     c.int_at_least("training.log_every", t.log_every, 1);
 }

@@ -27,7 +27,9 @@ pub use io::{PredictionRow, csv_text, list_frames, write_atomic, write_predictio
 pub use loader::{
     Batch, BatchLoader, LoadReport, LoaderOptions, SampleMeta, ThroughputReport, measure_throughput,
 };
-pub use metrics::{EvalMetrics, MetricOptions, MetricsAccumulator, argmax, soft_argmax};
+pub use metrics::{
+    EvalMetrics, MetricOptions, MetricsAccumulator, ProtocolCounts, argmax, soft_argmax,
+};
 pub use preprocess::{PreprocessOptions, Preprocessed, flip_decision, preprocess_image};
 pub use synth::{
     SYNTH_STAMP, SynthOptions, SynthSummary, generate, generate_with_progress, read_synth_stamp,

@@ -7,6 +7,13 @@
 //!   `> threshold`. Visible ball: fires within tolerance → TP; fires farther away → FP (not
 //!   also FN); does not fire → FN. Invisible ball: fires → FP; silent → TN. The tolerance is
 //!   given in pixels of a 512-wide frame and scaled to the heatmap: `tol_hm = tol * Wh / 512`.
+//! * The TrackNet papers' protocol ([`ProtocolCounts`], TrackNetV2–V4's evaluation): the same
+//!   per-frame decision, but the distance is measured in pixels of the *original* frame (the
+//!   coordinates of `Label.csv`) against `protocol_tolerance_px` (5 px by default, as at
+//!   1280×720), and false positives are split: FP1 = fires on a visible ball but too far
+//!   away, FP2 = fires on a frame without a visible ball. Visibility-0 frames are negatives.
+//!   Accuracy `(TP+TN)/all`, precision `TP/(TP+FP1+FP2)`, recall `TP/(TP+FN)`, and F1 from
+//!   those counts, so a run can be held against published numbers.
 
 use crate::error::DataError;
 use crate::loader::SampleMeta;
@@ -22,6 +29,8 @@ pub struct MetricOptions {
     pub pck_radius: f32,
     /// Softmax temperature for [`soft_argmax`].
     pub soft_temperature: f32,
+    /// The TrackNet protocol's tolerance in pixels of the original frame (not scaled).
+    pub protocol_tolerance_px: f32,
 }
 
 impl Default for MetricOptions {
@@ -31,7 +40,51 @@ impl Default for MetricOptions {
             tolerance_px: 4.0,
             pck_radius: 3.0,
             soft_temperature: 0.1,
+            protocol_tolerance_px: 5.0,
         }
+    }
+}
+
+/// Per-frame counts of the TrackNet papers' protocol and the ratios computed from them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ProtocolCounts {
+    /// Tolerance used, in original-frame pixels.
+    pub tolerance_px: f32,
+    /// Visible ball, detected within the tolerance.
+    pub tp: usize,
+    /// No visible ball, nothing detected.
+    pub tn: usize,
+    /// Visible ball, detected farther than the tolerance.
+    pub fp1: usize,
+    /// No visible ball, something detected.
+    pub fp2: usize,
+    /// Visible ball, nothing detected.
+    #[serde(rename = "fn")]
+    pub fn_: usize,
+    /// `(tp + tn) / frames`.
+    pub accuracy: f32,
+    /// `tp / (tp + fp1 + fp2)`.
+    pub precision: f32,
+    /// `tp / (tp + fn)`.
+    pub recall: f32,
+    /// Harmonic mean of precision and recall.
+    pub f1: f32,
+}
+
+impl ProtocolCounts {
+    /// Fills in the ratios from the counts (0 where a denominator is 0).
+    fn finish(mut self) -> Self {
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f32 / b as f32 };
+        let frames = self.tp + self.tn + self.fp1 + self.fp2 + self.fn_;
+        self.accuracy = ratio(self.tp + self.tn, frames);
+        self.precision = ratio(self.tp, self.tp + self.fp1 + self.fp2);
+        self.recall = ratio(self.tp, self.tp + self.fn_);
+        self.f1 = if self.precision + self.recall > 0.0 {
+            2.0 * self.precision * self.recall / (self.precision + self.recall)
+        } else {
+            0.0
+        };
+        self
     }
 }
 
@@ -64,6 +117,8 @@ pub struct EvalMetrics {
     pub mean_l2_soft: f32,
     /// Fraction of visible frames with argmax error `<= pck_radius`.
     pub pck: f32,
+    /// The TrackNet papers' protocol (distances in original-frame pixels, FP split in two).
+    pub protocol: ProtocolCounts,
 }
 
 /// `(x, y, value)` of the first maximum of a `[h, w]` heatmap.
@@ -154,9 +209,25 @@ impl MetricsAccumulator {
                         (true, false) => self.m.fp += 1,
                         (false, _) => self.m.fn_ += 1,
                     }
+                    // The same error in original-frame pixels (per axis: the resize need not
+                    // keep the aspect ratio; a mirror keeps distances).
+                    let (ow, oh) = (sample.orig_size.0 as f32, sample.orig_size.1 as f32);
+                    let d_orig = ((px - tx) * ow / w as f32).hypot((py - ty) * oh / h as f32);
+                    let p = &mut self.m.protocol;
+                    match (fires, d_orig <= self.opts.protocol_tolerance_px) {
+                        (true, true) => p.tp += 1,
+                        (true, false) => p.fp1 += 1,
+                        (false, _) => p.fn_ += 1,
+                    }
                 }
-                None if fires => self.m.fp += 1,
-                None => self.m.tn += 1,
+                None if fires => {
+                    self.m.fp += 1;
+                    self.m.protocol.fp2 += 1;
+                }
+                None => {
+                    self.m.tn += 1;
+                    self.m.protocol.tn += 1;
+                }
             }
         }
         Ok(())
@@ -174,6 +245,8 @@ impl MetricsAccumulator {
             0.0
         };
         m.accuracy = ratio(m.tp + m.tn, m.frames);
+        m.protocol.tolerance_px = self.opts.protocol_tolerance_px;
+        m.protocol = m.protocol.finish();
         if m.visible > 0 {
             m.mean_l2 = (self.l2_sum / m.visible as f64) as f32;
             m.mean_l2_soft = (self.l2_soft_sum / m.visible as f64) as f32;

@@ -331,12 +331,14 @@ fn cmd_eval(a: RunArgs) -> Result<(), TrainError> {
         tracing::warn!("{line}");
     }
     println!("{} ({})", summary_line(&result), ckpt.display());
+    println!("{}", crate::eval::protocol_line(&result));
     let json = serde_json::json!({
         "checkpoint": ckpt.display().to_string(),
         "val_loss": result.loss,
         "precision": result.metrics.precision, "recall": result.metrics.recall, "f1": result.metrics.f1,
         "accuracy": result.metrics.accuracy, "pck": result.metrics.pck, "l2": result.metrics.mean_l2,
         "frames": result.metrics.frames, "visible": result.metrics.visible,
+        "tracknet_protocol": result.metrics.protocol,
     });
     tracknet_data::write_atomic(
         &a.run.join("eval.json"),

@@ -35,6 +35,7 @@ pub fn metric_options(cfg: &RunConfig) -> MetricOptions {
         threshold: e.threshold as f32,
         tolerance_px: e.tolerance_px as f32,
         pck_radius: e.pck_radius as f32,
+        protocol_tolerance_px: e.protocol_tolerance_px as f32,
         ..MetricOptions::default()
     }
 }
@@ -174,6 +175,16 @@ pub fn summary_line(r: &EvalResult) -> String {
     )
 }
 
+/// The TrackNet papers' protocol as one line: counts, then the ratios computed from them.
+pub fn protocol_line(r: &EvalResult) -> String {
+    let p = &r.metrics.protocol;
+    format!(
+        "TrackNet protocol at {} px (original frame): TP {} TN {} FP1 {} FP2 {} FN {} | \
+         accuracy {:.3} precision {:.3} recall {:.3} F1 {:.3}",
+        p.tolerance_px, p.tp, p.tn, p.fp1, p.fp2, p.fn_, p.accuracy, p.precision, p.recall, p.f1
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +254,10 @@ mod tests {
         // A radius below the 2-pixel error: not within PCK.
         let tight = run("training: {eval: {threshold: 0.5, pck_radius: 1.0, tolerance_px: 64.0}}");
         assert_eq!(tight.pck, 0.0);
+        // The protocol's tolerance is in original-frame pixels: the 2 px miss is a TP at the
+        // default 5 px and an FP1 at 1 px.
+        assert_eq!((loose.protocol.tp, loose.protocol.fp1), (1, 0));
+        let p = run("training: {eval: {protocol_tolerance_px: 1.0}}").protocol;
+        assert_eq!((p.tp, p.fp1, p.fn_), (0, 1, 0));
     }
 }

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use tracknet_data::{
-    EvalMetrics, MetricOptions, MetricsAccumulator, SampleMeta, argmax, soft_argmax,
+    EvalMetrics, MetricOptions, MetricsAccumulator, ProtocolCounts, SampleMeta, argmax, soft_argmax,
 };
 
 const W: usize = 64;
@@ -35,6 +35,7 @@ fn tracknet_detection_counts_and_localisation() {
         tolerance_px: 32.0,
         pck_radius: 3.0,
         soft_temperature: 0.1,
+        protocol_tolerance_px: 5.0,
     };
     let cases = [
         (peak(12, 10, 0.9), meta(1, Some((10.0, 10.0)))), // TP, d = 2
@@ -84,7 +85,15 @@ fn default_tolerance_scales_with_heatmap_width() {
 #[test]
 fn empty_and_shape_errors() {
     let m = MetricsAccumulator::new(MetricOptions::default()).finish();
-    assert_eq!(m, EvalMetrics::default());
+    // Nothing counted; the protocol records the tolerance it would have used.
+    let want = EvalMetrics {
+        protocol: ProtocolCounts {
+            tolerance_px: 5.0,
+            ..ProtocolCounts::default()
+        },
+        ..EvalMetrics::default()
+    };
+    assert_eq!(m, want);
     let mut acc = MetricsAccumulator::new(MetricOptions::default());
     let err = acc
         .update(&[0.0; 10], &[meta(0, None)], (H, W))
@@ -114,4 +123,52 @@ fn argmax_and_soft_argmax() {
     // Uniform map: the centre of the grid.
     let (ux, uy) = soft_argmax(&[1.0; 6], 3, 1.0);
     assert!((ux - 1.0).abs() < 1e-6 && (uy - 0.5).abs() < 1e-6);
+}
+
+/// The TrackNet papers' protocol: distances in original-frame pixels (here 1280×720 frames
+/// behind a 64×32 heatmap: 20 px per heatmap column, 22.5 px per row), FP split into FP1 (too
+/// far) and FP2 (no ball).
+#[test]
+fn tracknet_protocol_counts_in_original_frame_pixels() {
+    let meta_1280 = |visibility: u8, xy: Option<(f32, f32)>| SampleMeta {
+        xy_orig: xy.map(|(x, y)| (x * 20.0, y * 22.5)),
+        orig_size: (1280, 720),
+        ..meta(visibility, xy)
+    };
+    let opts = |tol: f32| MetricOptions {
+        protocol_tolerance_px: tol,
+        ..MetricOptions::default()
+    };
+    let cases = [
+        (peak(10, 10, 0.9), meta_1280(1, Some((10.0, 10.0)))), // d = 0: TP
+        (peak(11, 10, 0.9), meta_1280(1, Some((10.0, 10.0)))), // d = 20 px: TP at 25, FP1 at 5
+        (peak(10, 11, 0.9), meta_1280(1, Some((10.0, 10.0)))), // d = 22.5 px: TP at 25, FP1 at 5
+        (peak(12, 10, 0.9), meta_1280(2, Some((10.0, 10.0)))), // d = 40 px: FP1
+        (peak(10, 10, 0.3), meta_1280(1, Some((10.0, 10.0)))), // silent on a ball: FN
+        (peak(5, 5, 0.8), meta_1280(0, None)),                 // fires, no ball: FP2
+        (peak(5, 5, 0.8), meta_1280(0, None)),                 // FP2
+        (peak(5, 5, 0.2), meta_1280(0, None)),                 // TN
+    ];
+    let pred: Vec<f32> = cases.iter().flat_map(|c| c.0.clone()).collect();
+    let metas: Vec<SampleMeta> = cases.iter().map(|c| c.1.clone()).collect();
+    let run = |tol: f32| {
+        let mut acc = MetricsAccumulator::new(opts(tol));
+        acc.update(&pred, &metas, (H, W)).unwrap();
+        acc.finish().protocol
+    };
+    let p = run(5.0);
+    assert_eq!((p.tp, p.tn, p.fp1, p.fp2, p.fn_), (1, 1, 3, 2, 1));
+    assert_eq!(p.tolerance_px, 5.0);
+    assert!((p.accuracy - 2.0 / 8.0).abs() < 1e-6);
+    assert!((p.precision - 1.0 / 6.0).abs() < 1e-6);
+    assert!((p.recall - 0.5).abs() < 1e-6);
+    assert!((p.f1 - 2.0 * (1.0 / 6.0) * 0.5 / (1.0 / 6.0 + 0.5)).abs() < 1e-6);
+    let p = run(25.0);
+    assert_eq!((p.tp, p.tn, p.fp1, p.fp2, p.fn_), (3, 1, 1, 2, 1));
+    assert!((p.precision - 0.5).abs() < 1e-6 && (p.recall - 0.75).abs() < 1e-6);
+    // The heatmap-scaled detection counts are a separate figure and do not move with it.
+    let mut acc = MetricsAccumulator::new(opts(25.0));
+    acc.update(&pred, &metas, (H, W)).unwrap();
+    let m = acc.finish();
+    assert_eq!(m.fp, m.protocol.fp1 + m.protocol.fp2 + 2);
 }

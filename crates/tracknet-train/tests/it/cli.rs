@@ -79,6 +79,16 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
     let col = header.iter().position(|h| *h == "val_loss").unwrap();
     let want: f64 = last[col].parse().unwrap();
     let got = eval["val_loss"].as_f64().unwrap();
+    // The TrackNet protocol's counts cover every validation frame.
+    let p = &eval["tracknet_protocol"];
+    let count = |k: &str| p[k].as_u64().unwrap();
+    assert_eq!(
+        count("tp") + count("tn") + count("fp1") + count("fp2") + count("fn"),
+        eval["frames"].as_u64().unwrap(),
+        "{p}"
+    );
+    assert_eq!(p["tolerance_px"].as_f64(), Some(5.0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TrackNet protocol at 5 px"));
     assert!(
         (got - want).abs() <= 1e-5 * want.abs().max(1.0),
         "{got} vs {want}"
