@@ -115,6 +115,10 @@ pub struct BackboneConfig {
     pub rope_theta: f64,
     /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
+    /// DINOv3's training-time RoPE coordinate augmentation (the architecture's
+    /// `pos_embed_shift` / `pos_embed_jitter` / `pos_embed_rescale`, as transformers applies in
+    /// train mode). `false` trains on the fixed patch coordinates inference uses.
+    pub rope_augmentation: bool,
     /// `true`: load pretrained weights when `weights` or `pretrained_model_name` is set;
     /// `false`: random init from the architecture fields.
     pub pretrained: bool,
@@ -138,6 +142,7 @@ impl Default for BackboneConfig {
             layerscale_value: 1.0,
             rope_theta: 100.0,
             layer_norm_eps: 1e-5,
+            rope_augmentation: true,
             pretrained: true,
         }
     }

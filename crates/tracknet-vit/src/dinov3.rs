@@ -433,6 +433,18 @@ impl<B: tracknet_quant::QuantBackend> Dinov3Model<B> {
         self.hidden_size
     }
 
+    /// The model with its training-time RoPE coordinate augmentation off
+    /// (`model.backbone.rope_augmentation: false`).
+    pub fn without_rope_augmentation(mut self) -> Self {
+        self.rope = self.rope.without_augmentation();
+        self
+    }
+
+    /// Whether training perturbs the RoPE patch coordinates.
+    pub fn rope_augments(&self) -> bool {
+        self.rope.augments()
+    }
+
     pub fn patch_size(&self) -> usize {
         self.patch_size
     }

@@ -34,6 +34,23 @@ impl Dinov3Rope {
         }
     }
 
+    /// The same embedding without the training-time coordinate augmentation (shift, jitter
+    /// and rescale off): training sees the coordinates inference uses.
+    pub fn without_augmentation(self) -> Self {
+        Self {
+            shift: None,
+            jitter: None,
+            rescale: None,
+            ..self
+        }
+    }
+
+    /// Whether training perturbs the patch coordinates (shift, jitter or rescale set).
+    pub fn augments(&self) -> bool {
+        let on = |r: Option<f64>, neutral: f64| r.is_some_and(|v| v.is_finite() && v != neutral);
+        on(self.shift, 0.0) || on(self.jitter, 1.0) || on(self.rescale, 1.0)
+    }
+
     /// `(cos, sin)`, each `[gh * gw, head_dim]`, for a `gh × gw` patch grid. With `training`,
     /// the coordinates get the config's random shift / jitter / rescale first.
     pub fn cos_sin<B: Backend>(

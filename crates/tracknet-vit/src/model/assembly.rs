@@ -44,7 +44,22 @@ impl<B: QuantBackend> HeatmapModel<B> {
         report.warnings.extend(notes);
         let (loaded, source) = load_backbone::<B>(cfg, device)?;
         check_stored_quantization(cfg, &loaded)?;
-        let backbone = loaded.backbone;
+        let backbone = match loaded.backbone {
+            Backbone::Dinov3(m) if !cfg.backbone.rope_augmentation => {
+                Backbone::Dinov3(m.without_rope_augmentation())
+            }
+            Backbone::Vit(m) => {
+                if !cfg.backbone.rope_augmentation {
+                    report.warnings.push(
+                        "model.backbone.rope_augmentation: false has no effect on a ViT backbone \
+                         (it has learned position embeddings, no RoPE)"
+                            .into(),
+                    );
+                }
+                Backbone::Vit(m)
+            }
+            other => other,
+        };
         report.backbone_source = source;
         let channels_before = backbone.num_channels();
         let backbone = backbone.with_input_frames(frames)?;

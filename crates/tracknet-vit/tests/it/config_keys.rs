@@ -2,6 +2,7 @@
 //! changes the built shapes, initial values or — with identical weights copied in — the output.
 
 use burn::backend::{Autodiff, NdArray};
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use tracknet_config::RunConfig;
 use tracknet_lora::params::{collect_params, load_params};
@@ -102,6 +103,42 @@ fn attention_heads_rope_theta_and_layer_norm_eps_change_the_output_with_the_same
         let d = max_diff(&tokens(&base), &tokens(&other));
         assert!(d > 1e-4, "{key}: output unchanged ({d})");
     }
+}
+
+#[test]
+fn rope_augmentation_off_trains_on_the_inference_coordinates() {
+    let device = Default::default();
+    AD::seed(&device, 1);
+    // Training mode (autodiff on) against the same weights without autodiff.
+    let train_vs_infer = |m: &HeatmapModel<AD>| max_diff(&tokens(m), &tokens(&m.valid()));
+    let on = build::<AD>(&[]);
+    match &on.backbone {
+        Backbone::Dinov3(d) => assert!(d.rope_augments(), "transformers' default rescale 2.0"),
+        Backbone::Vit(_) => panic!("expected DINOv3"),
+    }
+    let d = train_vs_infer(&on);
+    assert!(d > 1e-4, "augmented training coordinates: {d}");
+    let off = build::<AD>(&["model.backbone.rope_augmentation=false"]);
+    assert_eq!(train_vs_infer(&off), 0.0);
+    // ViT has no RoPE: the key is named in a warning.
+    let (_, report) = HeatmapModel::<B>::from_config(
+        &cfg(&[
+            "model.backbone.family=vit",
+            "model.backbone.num_register_tokens=0",
+            "model.backbone.rope_augmentation=false",
+        ])
+        .model,
+        &device,
+    )
+    .unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("model.backbone.rope_augmentation")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[test]
