@@ -372,13 +372,9 @@ impl<B: QuantBackend> QuantizedLinear<B> {
     /// - input: `[..., d_input]`
     /// - output: `[..., d_output]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let rows: usize = dims[..D - 1].iter().product();
-        let x2 = x.reshape([rows, self.layout.in_features]);
-        let y = B::q4_matmul(x2.into_primitive().tensor(), self.q4_weight(), self.layout);
-        let mut out_dims = dims;
-        out_dims[D - 1] = self.layout.out_features;
-        let y = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(y)).reshape(out_dims);
+        // One op for any rank: no reshape in the autodiff graph (see `QuantBackend::q4_linear`).
+        let y = B::q4_linear(x.into_primitive().tensor(), self.q4_weight(), self.layout);
+        let y = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(y));
         match &self.bias {
             Some(b) => y + b.val().unsqueeze::<D>(),
             None => y,

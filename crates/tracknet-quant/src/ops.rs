@@ -114,6 +114,21 @@ pub trait QuantBackend: Backend {
         y.into_primitive().tensor()
     }
 
+    /// `x [.., in] → [.., out]`: [`QuantBackend::q4_matmul`] over the flattened leading
+    /// dimensions, the reshapes done here rather than as tensor ops around the call. Why: under
+    /// autodiff a reshape is a memory-bound op, and Burn's `BalancedCheckpointing` keeps the
+    /// input of every memory-bound op for its recomputation — a reshape after the 4-bit matmul
+    /// would keep the matmul's output alive until the backward, which the 4-bit op itself never
+    /// needs. The autodiff implementation flattens inside its one graph node.
+    fn q4_linear(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        let (x2, out_shape) = flatten_rows::<Self>(x, layout.in_features, layout.out_features);
+        Self::float_reshape(Self::q4_matmul(x2, weight, layout), out_shape)
+    }
+
     /// `grad [n, out] → grad · W [n, in]`: the input gradient of [`QuantBackend::q4_matmul`].
     fn q4_matmul_grad(
         grad: FloatTensor<Self>,
@@ -341,6 +356,24 @@ impl QuantBackend for NdArray {
     }
 }
 
+/// `x [.., features]` as `[rows, features]`, and the shape `[.., out]` of the result.
+fn flatten_rows<B: Backend>(
+    x: FloatTensor<B>,
+    features: usize,
+    out: usize,
+) -> (FloatTensor<B>, burn::tensor::Shape) {
+    use burn::tensor::TensorMetadata;
+    let mut dims = x.shape().to_vec();
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    (
+        B::float_reshape(x, burn::tensor::Shape::new([rows, features])),
+        burn::tensor::Shape::from(dims),
+    )
+}
+
 /// Host copy of a tensor's data as `T` (the conversion makes the element type match).
 fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
     data.convert::<T>()
@@ -372,44 +405,68 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         weight: Q4Weight<Self>,
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Q4MatmulBackward;
+        q4_linear_tracked::<B, C>(x, weight, layout)
+    }
 
-        impl<B: QuantBackend> Backward<B, 1> for Q4MatmulBackward {
-            /// Only the 4-bit weight (a few bytes per weight) is kept for the backward pass.
-            type State = (Q4Weight<B>, Q4Layout);
+    fn q4_linear(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        q4_linear_tracked::<B, C>(x, weight, layout)
+    }
+}
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (weight, layout) = ops.state;
-                if let Some(node) = node_x {
-                    // dL/dx = dL/dy · W, with W re-dequantized (chunk by chunk on NdArray).
-                    grads.register::<B>(node.id, B::q4_matmul_grad(grad, weight, layout));
-                }
+/// The 4-bit linear `[.., in] → [.., out]` as one graph node: the flattening to rows happens
+/// on the inner backend, in the forward and in the backward, so no reshape (a memory-bound op
+/// that checkpointing would keep inputs for) enters the graph.
+fn q4_linear_tracked<B: QuantBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    weight: Q4Weight<Autodiff<B, C>>,
+    layout: Q4Layout,
+) -> FloatTensor<Autodiff<B, C>> {
+    #[derive(Debug)]
+    struct Q4LinearBackward;
+
+    impl<B: QuantBackend> Backward<B, 1> for Q4LinearBackward {
+        /// Only the 4-bit weight (a few bytes per weight) and the input's shape are kept for
+        /// the backward pass.
+        type State = (Q4Weight<B>, Q4Layout, burn::tensor::Shape);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [node_x] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (weight, layout, x_shape) = ops.state;
+            if let Some(node) = node_x {
+                // dL/dx = dL/dy · W, with W re-dequantized (chunk by chunk on NdArray).
+                let (grad2, _) = flatten_rows::<B>(grad, layout.out_features, layout.in_features);
+                let gx = B::q4_matmul_grad(grad2, weight, layout);
+                grads.register::<B>(node.id, B::float_reshape(gx, x_shape));
             }
         }
+    }
 
-        let inner = Q4Weight::<B> {
-            packed: weight.packed,
-            absmax: weight.absmax.primitive,
-            code: weight.code.primitive,
-        };
-        match Q4MatmulBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let output = B::q4_matmul(x.primitive, inner.clone(), layout);
-                prep.finish((inner, layout), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul(x.primitive, inner, layout)),
+    let inner = Q4Weight::<B> {
+        packed: weight.packed,
+        absmax: weight.absmax.primitive,
+        code: weight.code.primitive,
+    };
+    match Q4LinearBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            use burn::tensor::TensorMetadata;
+            let x_shape = x.primitive.shape();
+            let output = B::q4_linear(x.primitive, inner.clone(), layout);
+            prep.finish((inner, layout, x_shape), output)
         }
+        OpsKind::UnTracked(prep) => prep.finish(B::q4_linear(x.primitive, inner, layout)),
     }
 }

@@ -10,10 +10,12 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
 use tracknet_quant::{CodeBooks, QuantSpec, QuantizedLinear};
 
 struct Counting;
@@ -39,6 +41,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 type AD = Autodiff<NdArray>;
+/// The backend of `training.gradient_checkpointing: true`.
+type Adc = Autodiff<NdArray, BalancedCheckpointing>;
 
 const LAYERS: usize = 32;
 const WIDTH: usize = 512;
@@ -46,9 +50,9 @@ const ROWS: usize = 32;
 
 /// Peak live bytes of one forward + backward through `forward`, counted from the state at the
 /// call (the model already built, its source weights freed).
-fn step_peak(forward: impl Fn(Tensor<AD, 2>) -> Tensor<AD, 2>) -> usize {
+fn step_peak<A: AutodiffBackend>(forward: impl Fn(Tensor<A, 2>) -> Tensor<A, 2>) -> usize {
     let device = Default::default();
-    let x = Tensor::<AD, 2>::random([ROWS, WIDTH], Distribution::Normal(0.0, 1.0), &device)
+    let x = Tensor::<A, 2>::random([ROWS, WIDTH], Distribution::Normal(0.0, 1.0), &device)
         .require_grad();
     let base = CURRENT.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);
@@ -60,12 +64,12 @@ fn step_peak(forward: impl Fn(Tensor<AD, 2>) -> Tensor<AD, 2>) -> usize {
     PEAK.load(Ordering::SeqCst)
 }
 
-fn frozen_dense(device: &burn::tensor::Device<AD>) -> Vec<Linear<AD>> {
+fn frozen_dense<A: AutodiffBackend>(device: &burn::tensor::Device<A>) -> Vec<Linear<A>> {
     (0..LAYERS)
         .map(|_| {
             let mut l = LinearConfig::new(WIDTH, WIDTH)
                 .with_bias(false)
-                .init::<AD>(device);
+                .init::<A>(device);
             l.weight = l.weight.set_require_grad(false);
             l
         })
@@ -136,5 +140,30 @@ fn child_measures_the_train_step_peaks() {
     assert!(
         saved >= 0.8 * weight_bytes as f64,
         "saved {saved} bytes, need ≥ 80 % of {weight_bytes}"
+    );
+
+    // With gradient checkpointing the 4-bit stack keeps no more: the 4-bit linear is one graph
+    // node (no reshape around it whose input `BalancedCheckpointing` would keep), and its
+    // backward needs only the packed codes. It used to keep every layer's output (+16 MiB).
+    let books = CodeBooks::<Adc>::new(&device);
+    let quant_ckpt: Vec<QuantizedLinear<Adc>> = frozen_dense::<Adc>(&device)
+        .iter()
+        .map(|l| QuantizedLinear::from_linear(l, QuantSpec::default(), &books).unwrap())
+        .collect();
+    // Both measured on a second step (the first one of a backend type carries one-time
+    // allocations of its own).
+    let plain = |x| quant.iter().fold(x, |h, l| l.forward(h));
+    let ckpt = |x| quant_ckpt.iter().fold(x, |h, l| l.forward(h));
+    let (_, quant_peak) = (step_peak(plain), step_peak(plain));
+    let (_, ckpt_peak) = (step_peak(ckpt), step_peak(ckpt));
+    let activation = ROWS * WIDTH * 4;
+    println!(
+        "4-bit stack with checkpointing: {:.2} MiB (without: {:.2} MiB)",
+        ckpt_peak as f64 / 1048576.0,
+        quant_peak as f64 / 1048576.0
+    );
+    assert!(
+        ckpt_peak <= quant_peak + activation,
+        "checkpointing raised the 4-bit stack's peak: {ckpt_peak} vs {quant_peak} bytes"
     );
 }

@@ -228,3 +228,92 @@ fn decoder_dropout_and_lora_dropout_act_in_training_only() {
     );
     assert!(max_diff(&heat(&m), &heat(&m)) < 1e-5);
 }
+
+/// Every parameter's gradient (module visiting order) after one forward + backward of `m`.
+fn param_grads<A: burn::tensor::backend::AutodiffBackend + tracknet_quant::QuantBackend>(
+    m: &HeatmapModel<A>,
+) -> Vec<Vec<f32>> {
+    struct Grads<'a> {
+        grads: &'a burn::optim::GradientsParams,
+        out: Vec<Vec<f32>>,
+    }
+    impl<A: burn::tensor::backend::AutodiffBackend> burn::module::ModuleVisitor<A> for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<A, D>>) {
+            if let Some(g) = self.grads.get::<A::InnerBackend, D>(p.id) {
+                self.out
+                    .push(g.into_data().convert::<f32>().into_vec().unwrap());
+            }
+        }
+    }
+    let loss = m.forward(input()).powi_scalar(2).mean();
+    let grads = burn::optim::GradientsParams::from_grads(loss.backward(), m);
+    let mut v = Grads {
+        grads: &grads,
+        out: Vec::new(),
+    };
+    m.visit(&mut v);
+    v.out
+}
+
+/// `training.gradient_checkpointing` trains on `Autodiff<_, BalancedCheckpointing>`, which
+/// recomputes activations in the backward pass: the gradients must be the plain backward's, for
+/// a full fine-tuning, LoRA on an f32 base and LoRA on a 4-bit base.
+#[test]
+fn recomputation_gives_the_same_gradients_for_full_lora_and_4bit() {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    use tracknet_vit::model::{lora_settings, quant_spec};
+    type Adc = Autodiff<B, BalancedCheckpointing>;
+    let device = Default::default();
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    // `to` with `from`'s parameters (a record carries parameters, not the 4-bit constants).
+    let same_params = |from: &HeatmapModel<AD>, to: HeatmapModel<Adc>| {
+        let bytes = recorder.record(from.clone().into_record(), ()).unwrap();
+        to.load_record(recorder.load(bytes, &device).unwrap())
+    };
+    for (lora, quant) in [(false, false), (true, false), (true, true)] {
+        // A dense model twice with the same weights (RoPE augmentation off and no dropout, so
+        // the forward draws nothing), then the same deterministic quantization and the same
+        // adapters on both.
+        let mut keys = vec![
+            "model.backbone.rope_augmentation=false",
+            "model.lora.lora_dropout=0.0",
+        ];
+        if !lora {
+            keys.push("model.backbone.freeze=false");
+        }
+        let c = cfg(&keys).model;
+        let mut plain = build::<AD>(&keys);
+        let mut ckpt = same_params(&plain, build::<Adc>(&keys));
+        if quant {
+            let spec = tracknet_quant::QuantSpec {
+                double_quant: true,
+                ..quant_spec(&c)
+            };
+            plain = plain.quantize_backbone(&spec, &[], &device).unwrap().0;
+            ckpt = ckpt.quantize_backbone(&spec, &[], &device).unwrap().0;
+        }
+        if lora {
+            let settings = lora_settings(&c);
+            plain = plain.add_lora(&settings, &device).unwrap().0;
+            ckpt = same_params(&plain, ckpt.add_lora(&settings, &device).unwrap().0);
+        }
+        let what = format!("lora {lora}, 4-bit {quant}");
+        assert_eq!(
+            max_diff(&heat(&plain.valid()), &heat(&ckpt.valid())),
+            0.0,
+            "{what}: the same weights"
+        );
+        let (plain, recomputed) = (param_grads(&plain), param_grads(&ckpt));
+        assert!(plain.len() > 2, "{what}: {} gradients", plain.len());
+        assert_eq!(plain.len(), recomputed.len(), "{what}");
+        for (i, (a, b)) in plain.iter().zip(&recomputed).enumerate() {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+            let d = max_diff(a, b);
+            assert!(
+                d <= 1e-5 * scale,
+                "{what}: gradient {i} differs by {d} (max {scale})"
+            );
+        }
+    }
+}
