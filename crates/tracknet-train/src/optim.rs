@@ -217,25 +217,38 @@ pub fn params_finite<B: Backend, M: Module<B>>(module: &M) -> bool {
     v.ok
 }
 
-/// Global L2 norm of all gradients of `module`'s parameters.
+/// Global L2 norm of all gradients of `module`'s parameters. Each parameter's sum of squares
+/// stays on the device; they are read back together, once (a read per parameter would be a
+/// device synchronisation each, ~170 per step on a GPU), and added on the host in f64.
 pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
-    struct Norm<'a> {
+    struct Norm<'a, I: Backend> {
         grads: &'a GradientsParams,
-        sum: f64,
+        sums: Vec<Tensor<I, 1>>,
     }
-    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                self.sum += g.powi_scalar(2).sum().into_scalar().elem::<f64>();
+                self.sums.push(g.powi_scalar(2).sum());
             }
         }
     }
-    let mut v = Norm { grads, sum: 0.0 };
+    let mut v = Norm::<B::InnerBackend> {
+        grads,
+        sums: Vec::new(),
+    };
     module.visit(&mut v);
-    v.sum.sqrt()
+    if v.sums.is_empty() {
+        return 0.0;
+    }
+    let per_param: Vec<f64> = Tensor::cat(v.sums, 0)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .unwrap_or_default();
+    per_param.iter().sum::<f64>().sqrt()
 }
 
 /// Global-norm clipping: scale the gradients to `max_norm` when their norm `norm` exceeds it.
