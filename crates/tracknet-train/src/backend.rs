@@ -7,7 +7,7 @@ use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::{DeviceSpec, RunConfig};
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 
 use crate::error::TrainError;
 
@@ -19,8 +19,8 @@ pub trait AutodiffJob {
     /// Runs on backend `B` and `device`.
     fn run<B>(self, device: &B::Device) -> Result<Self::Output, TrainError>
     where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend;
+        B: AutodiffBackend + ModelBackend,
+        B::InnerBackend: ModelBackend;
 }
 
 /// Work without gradients (evaluation, prediction), run on the backend [`with_inference`] picks.
@@ -28,7 +28,7 @@ pub trait InferenceJob {
     /// What the job returns.
     type Output;
     /// Runs on backend `B` and `device`.
-    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<Self::Output, TrainError>;
+    fn run<B: ModelBackend>(self, device: &B::Device) -> Result<Self::Output, TrainError>;
 }
 
 /// The device a command runs on: `flag` (`--device`) when given, else `training.device`.
@@ -121,8 +121,8 @@ impl AutodiffJob for Train<'_> {
     type Output = crate::TrainSummary;
     fn run<B>(self, device: &B::Device) -> Result<Self::Output, TrainError>
     where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
+        B: AutodiffBackend + ModelBackend,
+        B::InnerBackend: ModelBackend,
     {
         crate::train::<B>(self.cfg, self.opts, device)
     }
@@ -164,7 +164,7 @@ mod tests {
         struct Nothing;
         impl InferenceJob for Nothing {
             type Output = ();
-            fn run<B: QuantBackend>(self, _: &B::Device) -> Result<(), TrainError> {
+            fn run<B: ModelBackend>(self, _: &B::Device) -> Result<(), TrainError> {
                 Ok(())
             }
         }

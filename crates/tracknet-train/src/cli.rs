@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use clap::{Args, Parser, Subcommand};
 use tracknet_config::RunConfig;
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 
 use crate::backend::{InferenceJob, device_spec, train_on, with_inference};
@@ -311,7 +311,7 @@ struct Eval<'a> {
 
 impl InferenceJob for Eval<'_> {
     type Output = EvalResult;
-    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<EvalResult, TrainError> {
+    fn run<B: ModelBackend>(self, device: &B::Device) -> Result<EvalResult, TrainError> {
         let model = load_run_model::<B>(self.cfg, self.ckpt, device)?;
         evaluate(&model, self.val, self.cfg, None, 0, device)
     }
@@ -358,7 +358,7 @@ struct Predict<'a> {
 
 impl InferenceJob for Predict<'_> {
     type Output = PredictSummary;
-    fn run<B: QuantBackend>(self, device: &B::Device) -> Result<PredictSummary, TrainError> {
+    fn run<B: ModelBackend>(self, device: &B::Device) -> Result<PredictSummary, TrainError> {
         let (cfg, a) = (self.cfg, self.a);
         let mut model = load_run_model::<B>(cfg, self.ckpt, device)?;
         if let Some(dir) = &a.adapter {

@@ -8,7 +8,7 @@ use tracknet_config::RunConfig;
 use tracknet_data::{
     BatchLoader, DatasetIndex, EvalMetrics, MetricOptions, MetricsAccumulator, SampleMeta,
 };
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 
 use crate::data::{batch_tensors, loader_options};
@@ -65,7 +65,7 @@ pub struct EvalResult {
 }
 
 /// Evaluate `model` on `index` (no autodiff: pass `model.valid()` during training).
-pub fn evaluate<B: QuantBackend>(
+pub fn evaluate<B: ModelBackend>(
     model: &HeatmapModel<B>,
     index: Arc<DatasetIndex>,
     cfg: &RunConfig,

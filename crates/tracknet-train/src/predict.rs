@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use tracknet_config::RunConfig;
 use tracknet_data::{PredictionRow, PreprocessOptions, preprocess_image};
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::{HeatmapModel, ModelError};
 
 use crate::checkpoint::read_pointer;
@@ -40,7 +40,7 @@ pub fn export_backbone(cfg: &RunConfig, ckpt: &Path, out: &Path) -> Result<(), T
 /// `model` (a run's) with its LoRA weights replaced by the PEFT adapter in `dir`. A run
 /// without LoRA gets the adapter's layers; a LoRA run's adapters must have the adapter's
 /// settings (rank, scaling, targets), else an error names the one that differs.
-pub fn with_adapter<B: QuantBackend>(
+pub fn with_adapter<B: ModelBackend>(
     model: HeatmapModel<B>,
     cfg: &RunConfig,
     dir: &Path,
@@ -92,7 +92,7 @@ pub fn checkpoint_dir(run_dir: &Path, which: &str) -> Result<PathBuf, TrainError
 }
 
 /// The trained model of a run, on backend `B`.
-pub fn load_run_model<B: QuantBackend>(
+pub fn load_run_model<B: ModelBackend>(
     cfg: &RunConfig,
     ckpt: &Path,
     device: &B::Device,
@@ -174,7 +174,7 @@ pub struct PredictSummary {
 /// (Label.csv schema + `confidence`, one row per frame), `heatmaps/`, `overlays/` and
 /// `trajectory.png`. With `data.sequence` each frame is predicted from it and its
 /// predecessors in file order, as in training.
-pub fn predict<B: QuantBackend>(
+pub fn predict<B: ModelBackend>(
     model: &HeatmapModel<B>,
     cfg: &RunConfig,
     input: &Path,

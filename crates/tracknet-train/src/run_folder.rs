@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::RunConfig;
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings};
 
 use crate::checkpoint::{
@@ -161,7 +161,7 @@ pub(crate) struct CheckpointWriter<'a> {
     pub(crate) hook: Option<&'a CheckpointHook>,
 }
 
-pub(crate) fn save_checkpoint<B: AutodiffBackend + QuantBackend>(
+pub(crate) fn save_checkpoint<B: AutodiffBackend + ModelBackend>(
     writer: &mut CheckpointWriter<'_>,
     pointer: &str,
     model: &HeatmapModel<B>,
@@ -169,7 +169,7 @@ pub(crate) fn save_checkpoint<B: AutodiffBackend + QuantBackend>(
     state: &RunState,
 ) -> Result<PathBuf, TrainError>
 where
-    B::InnerBackend: QuantBackend,
+    B::InnerBackend: ModelBackend,
 {
     writer.written += 1;
     let n = writer.written;
@@ -217,7 +217,7 @@ pub type Restored<B> = (
 );
 
 /// Load trainable weights, optimizer and run state from a checkpoint folder.
-pub fn load_checkpoint<B: AutodiffBackend + QuantBackend>(
+pub fn load_checkpoint<B: AutodiffBackend + ModelBackend>(
     dir: &Path,
     cfg: &RunConfig,
     model: HeatmapModel<B>,
@@ -235,7 +235,7 @@ pub fn load_checkpoint<B: AutodiffBackend + QuantBackend>(
 
 /// Load only the trained weights (for eval and predict, on any backend). Every tensor the run
 /// trains must be there ([`required_tensors`]), with the model's shapes.
-pub fn load_trainable<B: QuantBackend>(
+pub fn load_trainable<B: ModelBackend>(
     dir: &Path,
     cfg: &RunConfig,
     model: HeatmapModel<B>,

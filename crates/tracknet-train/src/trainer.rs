@@ -15,7 +15,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::RunConfig;
 use tracknet_data::{Batch, BatchLoader};
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 
 use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
@@ -80,8 +80,8 @@ pub fn train<B>(
     device: &B::Device,
 ) -> Result<TrainSummary, TrainError>
 where
-    B: AutodiffBackend + QuantBackend,
-    B::InnerBackend: QuantBackend,
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
 {
     let t = &cfg.training;
     let say = |s: &str| {
@@ -395,7 +395,7 @@ where
 
 /// The update after a batch's gradients: global-norm clipping to `clip` (when set) with the
 /// norm `gnorm` already measured, then one optimizer step at `lr`.
-pub fn update<B: AutodiffBackend + QuantBackend>(
+pub fn update<B: AutodiffBackend + ModelBackend>(
     model: HeatmapModel<B>,
     opt: &mut Optimizer<B::InnerBackend>,
     grads: GradientsParams,
@@ -404,7 +404,7 @@ pub fn update<B: AutodiffBackend + QuantBackend>(
     lr: f64,
 ) -> HeatmapModel<B>
 where
-    B::InnerBackend: QuantBackend,
+    B::InnerBackend: ModelBackend,
 {
     let grads = clip_grads::<B, _>(&model, grads, gnorm, clip);
     opt.step(model, grads, lr)
@@ -413,7 +413,7 @@ where
 /// One whole training step as the loop takes it (without its non-finite checks):
 /// [`step_grads`], the gradient norm, [`update`]. Returns the model, the loss and the norm.
 #[allow(clippy::too_many_arguments)]
-pub fn train_step<B: AutodiffBackend + QuantBackend>(
+pub fn train_step<B: AutodiffBackend + ModelBackend>(
     model: HeatmapModel<B>,
     opt: &mut Optimizer<B::InnerBackend>,
     loss_fn: &crate::loss::HeatmapLoss,
@@ -424,7 +424,7 @@ pub fn train_step<B: AutodiffBackend + QuantBackend>(
     device: &B::Device,
 ) -> (HeatmapModel<B>, f64, f64)
 where
-    B::InnerBackend: QuantBackend,
+    B::InnerBackend: ModelBackend,
 {
     let (loss, grads) = step_grads(&model, loss_fn, batch, micro, device);
     let gnorm = grad_norm::<B, _>(&model, &grads);
@@ -433,7 +433,7 @@ where
 
 /// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
 /// gradients (each micro-batch's loss weighted by its share of the batch).
-pub fn step_grads<B: AutodiffBackend + QuantBackend>(
+pub fn step_grads<B: AutodiffBackend + ModelBackend>(
     model: &HeatmapModel<B>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
@@ -441,7 +441,7 @@ pub fn step_grads<B: AutodiffBackend + QuantBackend>(
     device: &B::Device,
 ) -> (f64, GradientsParams)
 where
-    B::InnerBackend: QuantBackend,
+    B::InnerBackend: ModelBackend,
 {
     let n = batch.batch_size;
     let mut total = 0.0;

@@ -36,7 +36,7 @@ pub enum Backbone<B: Backend> {
     Vit(VitModel<B>),
 }
 
-impl<B: tracknet_quant::QuantBackend> Backbone<B> {
+impl<B: crate::ModelBackend> Backbone<B> {
     /// Randomly initialised backbone (transformers' init: trunc-normal weights, zero biases).
     pub fn random(arch: &BackboneArch, device: &B::Device) -> Result<Self, VitError> {
         arch.validate(Path::new("<in-memory config>"))?;

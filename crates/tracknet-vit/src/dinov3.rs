@@ -156,7 +156,7 @@ pub struct Dinov3Embeddings<B: Backend> {
     pub patch_embeddings: Conv2d<B>,
 }
 
-impl<B: tracknet_quant::QuantBackend> Dinov3Embeddings<B> {
+impl<B: crate::ModelBackend> Dinov3Embeddings<B> {
     /// `[batch, channels, H, W]` → `[batch, 1 + registers + patches, hidden]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
         let batch = pixel_values.dims()[0];
@@ -183,7 +183,7 @@ pub struct Dinov3Attention<B: Backend> {
     num_heads: usize,
 }
 
-impl<B: tracknet_quant::QuantBackend> Dinov3Attention<B> {
+impl<B: crate::ModelBackend> Dinov3Attention<B> {
     /// `x [batch, tokens, hidden]`, `cos`/`sin` `[patches, head_dim]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 3> {
         let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
@@ -224,7 +224,7 @@ pub struct Dinov3Mlp<B: Backend> {
     act: HiddenAct,
 }
 
-impl<B: tracknet_quant::QuantBackend> Dinov3Mlp<B> {
+impl<B: crate::ModelBackend> Dinov3Mlp<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = match &self.gate_proj {
@@ -247,7 +247,7 @@ pub struct Dinov3Layer<B: Backend> {
     drop_path_rate: f64,
 }
 
-impl<B: tracknet_quant::QuantBackend> Dinov3Layer<B> {
+impl<B: crate::ModelBackend> Dinov3Layer<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 3> {
         let h = self
@@ -281,7 +281,7 @@ pub struct Dinov3Model<B: Backend> {
     num_register_tokens: usize,
 }
 
-impl<B: tracknet_quant::QuantBackend> Dinov3Model<B> {
+impl<B: crate::ModelBackend> Dinov3Model<B> {
     /// Random init as transformers (trunc-normal `initializer_range`, LayerScale
     /// `layerscale_value`).
     pub fn random(config: &Dinov3Config, device: &B::Device) -> Result<Self, VitError> {

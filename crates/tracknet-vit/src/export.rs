@@ -12,7 +12,6 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 use tracknet_lora::LoraLinear;
 use tracknet_lora::params::{NamedTensors, collect_params};
-use tracknet_quant::QuantBackend;
 use tracknet_quant::bnb::{self, BnbConfig, StoredTensor};
 
 use crate::backbone::{Backbone, BackboneArch};
@@ -79,7 +78,7 @@ pub fn passthrough<B: Backend>(
 
 /// The backbone with every projection dense and its LoRA adapter folded in: a 4-bit base is
 /// dequantized to f32 first (bitsandbytes' `dequantize_4bit`), as PEFT's `merge_and_unload`.
-pub fn merged<B: QuantBackend>(backbone: Backbone<B>) -> Backbone<B> {
+pub fn merged<B: crate::ModelBackend>(backbone: Backbone<B>) -> Backbone<B> {
     backbone
         .map_projections(&mut |_: &str, p: LoraLinear<B>| {
             Ok::<_, ()>(LoraLinear::dense(p.merge_and_unload()))
@@ -108,7 +107,7 @@ pub fn save_snapshot<B: Backend>(
 /// `quantization_config` = `bnb`, `dir/model.safetensors`): each 4-bit projection's codes and
 /// scales exactly as held (the bytes bitsandbytes' `quantize_4bit` gives for the same f32
 /// weights), every other tensor f32, plus `extra`.
-pub fn save_4bit_snapshot<B: QuantBackend>(
+pub fn save_4bit_snapshot<B: crate::ModelBackend>(
     backbone: &Backbone<B>,
     config: &serde_json::Value,
     bnb_config: &BnbConfig,
@@ -218,7 +217,7 @@ pub struct HeadsConfig {
 
 /// Write the decoder and head parameters (BatchNorm running statistics included) as
 /// `dir/heads.safetensors` (keys `decoder.…`, `head.…`, Burn layout) and `dir/heads.json`.
-pub fn save_heads<B: QuantBackend>(
+pub fn save_heads<B: crate::ModelBackend>(
     model: &HeatmapModel<B>,
     config: &HeadsConfig,
     dir: &Path,
@@ -246,7 +245,7 @@ pub fn save_heads<B: QuantBackend>(
 
 /// Rebuild the whole heatmap model of an export folder: the backbone folder `heads.json` names
 /// (e.g. `backbone-merged`), the decoder and head from `heads.json` + `heads.safetensors`.
-pub fn load_exported_model<B: QuantBackend>(
+pub fn load_exported_model<B: crate::ModelBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(HeatmapModel<B>, HeadsConfig), ModelError> {

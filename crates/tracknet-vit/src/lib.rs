@@ -9,9 +9,12 @@ pub mod dinov3;
 pub mod error;
 pub mod export;
 pub mod fastconv;
+pub mod fused;
 pub mod head;
 pub mod hf;
 pub mod layers;
 pub mod model;
 pub mod proj;
 pub mod vit;
+
+pub use fused::{FusedBackend, ModelBackend};

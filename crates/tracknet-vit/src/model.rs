@@ -5,9 +5,7 @@ use tracknet_lora::{
     BiasMode, LoraError, LoraLinear, LoraSettings, ParamReport, param_report, saved_module_match,
     select_targets, set_trainable,
 };
-use tracknet_quant::{
-    CodeBooks, LayerMemory, MemoryReport, QuantBackend, QuantError, QuantPlan, QuantSpec,
-};
+use tracknet_quant::{CodeBooks, LayerMemory, MemoryReport, QuantError, QuantPlan, QuantSpec};
 
 use crate::backbone::Backbone;
 use crate::decoder::{DecoderError, HeatmapDecoder};
@@ -104,7 +102,7 @@ pub struct BuildReport {
     pub input_note: Option<String>,
 }
 
-impl<B: QuantBackend> HeatmapModel<B> {
+impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// True when the input is several stacked frames (the patch embedding takes more than 3
     /// channels); that embedding then always trains.
     pub fn multi_frame(&self) -> bool {
@@ -253,7 +251,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
     }
 }
 
-impl<B: QuantBackend> HeatmapModel<B> {
+impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// Measured storage of every backbone projection (4-bit or f32) and the shared code books.
     pub fn memory_report(&self) -> MemoryReport {
         let mut layers = Vec::new();

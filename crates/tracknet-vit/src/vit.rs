@@ -146,7 +146,7 @@ pub struct VitEmbeddings<B: Backend> {
     trained_grid: (usize, usize),
 }
 
-impl<B: tracknet_quant::QuantBackend> VitEmbeddings<B> {
+impl<B: crate::ModelBackend> VitEmbeddings<B> {
     /// `[batch, channels, H, W]` → `[batch, 1 + patches, hidden]`.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
         let batch = pixel_values.dims()[0];
@@ -221,7 +221,7 @@ pub struct VitAttention<B: Backend> {
     num_heads: usize,
 }
 
-impl<B: tracknet_quant::QuantBackend> VitAttention<B> {
+impl<B: crate::ModelBackend> VitAttention<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
@@ -249,7 +249,7 @@ pub struct VitLayer<B: Backend> {
     drop_path_rate: f64,
 }
 
-impl<B: tracknet_quant::QuantBackend> VitLayer<B> {
+impl<B: crate::ModelBackend> VitLayer<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self
@@ -276,7 +276,7 @@ pub struct VitModel<B: Backend> {
     num_channels: usize,
 }
 
-impl<B: tracknet_quant::QuantBackend> VitModel<B> {
+impl<B: crate::ModelBackend> VitModel<B> {
     /// Random init as transformers (trunc-normal `initializer_range`, zero biases).
     pub fn random(config: &VitConfig, device: &B::Device) -> Result<Self, VitError> {
         config.validate(Path::new("<in-memory config>"))?;

@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Value, json};
 use tracknet_config::{DeviceSpec, RunConfig};
 use tracknet_data::{Batch, SampleMeta};
-use tracknet_quant::QuantBackend;
+use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 
 use super::args::CaseArgs;
@@ -57,8 +57,8 @@ impl AutodiffJob for Case<'_> {
     type Output = Value;
     fn run<B>(self, device: &B::Device) -> Result<Value, TrainError>
     where
-        B: AutodiffBackend + QuantBackend,
-        B::InnerBackend: QuantBackend,
+        B: AutodiffBackend + ModelBackend,
+        B::InnerBackend: ModelBackend,
     {
         run_case::<B>(self.a, self.sizes, self.cfg, device)
     }
@@ -140,8 +140,8 @@ fn run_case<B>(
     device: &B::Device,
 ) -> Result<Value, TrainError>
 where
-    B: AutodiffBackend + QuantBackend,
-    B::InnerBackend: QuantBackend,
+    B: AutodiffBackend + ModelBackend,
+    B::InnerBackend: ModelBackend,
 {
     let label = format!(
         "{}{} on {}",

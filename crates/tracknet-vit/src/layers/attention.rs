@@ -1,19 +1,27 @@
 //! Multi-head softmax attention as both backbone families compute it.
 
 use burn::prelude::*;
-use burn::tensor::activation;
+use burn::tensor::TensorPrimitive;
+
+use crate::fused::FusedBackend;
 
 /// Softmax attention over heads. q, k, v: `[batch, heads, tokens, head_dim]` →
 /// `[batch, tokens, heads * head_dim]`.
-pub(crate) fn attention<B: Backend>(
+/// One fused op ([`FusedBackend::fused_attention`]): under autodiff only q, k and v are kept.
+pub(crate) fn attention<B: FusedBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 ) -> Tensor<B, 3> {
     let [b, h, t, d] = q.dims();
-    let scores = q.matmul(k.swap_dims(2, 3)) * (d as f64).powf(-0.5);
-    let probs = activation::softmax(scores, 3);
-    probs.matmul(v).swap_dims(1, 2).reshape([b, t, h * d])
+    let out = B::fused_attention(
+        q.into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+    );
+    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out))
+        .swap_dims(1, 2)
+        .reshape([b, t, h * d])
 }
 
 /// `[batch, tokens, hidden]` → `[batch, heads, tokens, hidden / heads]`.

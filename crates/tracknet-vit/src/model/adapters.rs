@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use tracknet_lora::{BiasMode, LoraError, LoraLinear, LoraSettings};
-use tracknet_quant::{LinearInfo, QuantBackend};
+use tracknet_quant::LinearInfo;
 
 use super::{HeatmapModel, ModelError, is_saved_module};
 
-impl<B: QuantBackend> HeatmapModel<B> {
+impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// Path, shape and finiteness of every backbone projection.
     pub fn projection_infos(&self) -> Vec<LinearInfo> {
         let mut infos = Vec::new();

@@ -10,7 +10,7 @@ use tracknet_config::{
     QuantKind, TargetModules,
 };
 use tracknet_lora::{BiasMode, LoraInit, LoraLinear, LoraSettings, TargetSpec};
-use tracknet_quant::{ComputeDtype, QuantBackend, QuantSpec, QuantType};
+use tracknet_quant::{ComputeDtype, QuantSpec, QuantType};
 
 use crate::backbone::{Backbone, BackboneArch, LoadedSnapshot};
 use crate::decoder::{DecoderActivation, DecoderNormKind, HeatmapDecoderConfig};
@@ -20,7 +20,7 @@ use crate::hf;
 
 use super::{BuildReport, HeatmapModel, Materialize, ModelError};
 
-impl<B: QuantBackend> HeatmapModel<B> {
+impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// Build the whole model from the `model:` section, for single-frame input.
     pub fn from_config(
         cfg: &ModelConfig,
@@ -124,7 +124,7 @@ impl<B: QuantBackend> HeatmapModel<B> {
     }
 }
 
-fn load_backbone<B: QuantBackend>(
+fn load_backbone<B: crate::ModelBackend>(
     cfg: &ModelConfig,
     device: &B::Device,
 ) -> Result<(LoadedSnapshot<B>, String), ModelError> {
@@ -258,7 +258,7 @@ pub fn backbone_hf_config(cfg: &ModelConfig) -> Result<serde_json::Value, ModelE
 }
 
 /// Paths of the projections whose base is 4-bit.
-fn quantized_paths<B: QuantBackend>(backbone: &Backbone<B>) -> Vec<(String, QuantSpec)> {
+fn quantized_paths<B: crate::ModelBackend>(backbone: &Backbone<B>) -> Vec<(String, QuantSpec)> {
     let mut out = Vec::new();
     let _ = backbone.clone().map_projections(&mut |path: &str,
                                                    p: LoraLinear<B>|
@@ -274,7 +274,7 @@ fn quantized_paths<B: QuantBackend>(backbone: &Backbone<B>) -> Vec<(String, Quan
 /// A snapshot stored in 4 bits fixes the format of its layers: the `model.quantization`
 /// section must say the same (enabled, code book, block size, double quantization) and must
 /// not ask to keep one of them in full precision. An error names the key that disagrees.
-fn check_stored_quantization<B: QuantBackend>(
+fn check_stored_quantization<B: crate::ModelBackend>(
     cfg: &ModelConfig,
     loaded: &LoadedSnapshot<B>,
 ) -> Result<(), ModelError> {

@@ -33,7 +33,7 @@ fn cfg(extra: &[&str]) -> RunConfig {
     RunConfig::default().with_overrides(&ov).unwrap()
 }
 
-fn build<Bk: tracknet_quant::QuantBackend>(extra: &[&str]) -> HeatmapModel<Bk> {
+fn build<Bk: tracknet_vit::ModelBackend>(extra: &[&str]) -> HeatmapModel<Bk> {
     HeatmapModel::<Bk>::from_config(&cfg(extra).model, &Default::default())
         .unwrap()
         .0
@@ -52,7 +52,7 @@ fn input<Bk: Backend>() -> Tensor<Bk, 4> {
     Tensor::<Bk, 1>::from_floats(v.as_slice(), &Default::default()).reshape([1, 3, 32, 64])
 }
 
-fn heat<Bk: tracknet_quant::QuantBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
+fn heat<Bk: tracknet_vit::ModelBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
     m.forward(input())
         .into_data()
         .convert::<f32>()
@@ -60,7 +60,7 @@ fn heat<Bk: tracknet_quant::QuantBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
         .unwrap()
 }
 
-fn tokens<Bk: tracknet_quant::QuantBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
+fn tokens<Bk: tracknet_vit::ModelBackend>(m: &HeatmapModel<Bk>) -> Vec<f32> {
     m.backbone
         .forward(input())
         .last_hidden_state
@@ -230,7 +230,7 @@ fn decoder_dropout_and_lora_dropout_act_in_training_only() {
 }
 
 /// Every parameter's gradient (module visiting order) after one forward + backward of `m`.
-fn param_grads<A: burn::tensor::backend::AutodiffBackend + tracknet_quant::QuantBackend>(
+fn param_grads<A: burn::tensor::backend::AutodiffBackend + tracknet_vit::ModelBackend>(
     m: &HeatmapModel<A>,
 ) -> Vec<Vec<f32>> {
     struct Grads<'a> {
