@@ -5,9 +5,12 @@ use burn::tensor::TensorPrimitive;
 
 use crate::fused::FusedBackend;
 
-/// Softmax attention over heads. q, k, v: `[batch, heads, tokens, head_dim]` →
-/// `[batch, tokens, heads * head_dim]`.
-/// One fused op ([`FusedBackend::fused_attention`]): under autodiff only q, k and v are kept.
+/// Softmax attention over heads, as one fused op ([`FusedBackend::fused_attention`]): under
+/// autodiff only q, k and v are kept for the backward.
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, tokens, head_dim]`
+/// - output: `[batch, tokens, heads * head_dim]`
 pub(crate) fn attention<B: FusedBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
