@@ -74,17 +74,26 @@ pub struct ProtocolCounts {
 impl ProtocolCounts {
     /// Fills in the ratios from the counts (0 where a denominator is 0).
     fn finish(mut self) -> Self {
-        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f32 / b as f32 };
         let frames = self.tp + self.tn + self.fp1 + self.fp2 + self.fn_;
         self.accuracy = ratio(self.tp + self.tn, frames);
         self.precision = ratio(self.tp, self.tp + self.fp1 + self.fp2);
         self.recall = ratio(self.tp, self.tp + self.fn_);
-        self.f1 = if self.precision + self.recall > 0.0 {
-            2.0 * self.precision * self.recall / (self.precision + self.recall)
-        } else {
-            0.0
-        };
+        self.f1 = f1(self.precision, self.recall);
         self
+    }
+}
+
+/// `a / b`, 0 when `b` is 0.
+fn ratio(a: usize, b: usize) -> f32 {
+    if b == 0 { 0.0 } else { a as f32 / b as f32 }
+}
+
+/// Harmonic mean of precision and recall, 0 when both are 0.
+fn f1(precision: f32, recall: f32) -> f32 {
+    if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
     }
 }
 
@@ -235,15 +244,10 @@ impl MetricsAccumulator {
 
     /// Final numbers (ratios are 0 when their denominator is 0).
     pub fn finish(&self) -> EvalMetrics {
-        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f32 / b as f32 };
         let mut m = self.m;
         m.precision = ratio(m.tp, m.tp + m.fp);
         m.recall = ratio(m.tp, m.tp + m.fn_);
-        m.f1 = if m.precision + m.recall > 0.0 {
-            2.0 * m.precision * m.recall / (m.precision + m.recall)
-        } else {
-            0.0
-        };
+        m.f1 = f1(m.precision, m.recall);
         m.accuracy = ratio(m.tp + m.tn, m.frames);
         m.protocol.tolerance_px = self.opts.protocol_tolerance_px;
         m.protocol = m.protocol.finish();

@@ -247,7 +247,7 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
         .into_data()
         .convert::<f64>()
         .into_vec::<f64>()
-        .unwrap_or_default();
+        .expect("TensorData::convert yields f64");
     per_param.iter().sum::<f64>().sqrt()
 }
 

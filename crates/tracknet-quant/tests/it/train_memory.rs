@@ -144,7 +144,8 @@ fn child_measures_the_train_step_peaks() {
 
     // With gradient checkpointing the 4-bit stack keeps no more: the 4-bit linear is one graph
     // node (no reshape around it whose input `BalancedCheckpointing` would keep), and its
-    // backward needs only the packed codes. It used to keep every layer's output (+16 MiB).
+    // backward needs only the packed codes. It used to keep every layer's output (measured
+    // before the fix: 13.54 MiB against 11.58 MiB, i.e. 32 outputs of 64 KiB).
     let books = CodeBooks::<Adc>::new(&device);
     let quant_ckpt: Vec<QuantizedLinear<Adc>> = frozen_dense::<Adc>(&device)
         .iter()

@@ -108,7 +108,6 @@ fn attention_heads_rope_theta_and_layer_norm_eps_change_the_output_with_the_same
 #[test]
 fn rope_augmentation_off_trains_on_the_inference_coordinates() {
     let device = Default::default();
-    AD::seed(&device, 1);
     // Training mode (autodiff on) against the same weights without autodiff.
     let train_vs_infer = |m: &HeatmapModel<AD>| max_diff(&tokens(m), &tokens(&m.valid()));
     let on = build::<AD>(&[]);
