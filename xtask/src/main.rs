@@ -2,8 +2,10 @@
 //!
 //! - `train | eval | predict | synth | quantize-report [ARGS]`: run the `tracknet` CLI (no
 //!   arguments to `train`: the embedded synthetic QLoRA default).
-//! - `test`: fmt check, clippy -D warnings, the whole test suite on NdArray, and the `cuda`
-//!   feature compile; plus the tests on CUDA when a CUDA device is present.
+//! - `test`: fmt check, clippy -D warnings (with the `wgpu` and `cuda` features, so both
+//!   backends' code is compiled), the whole test suite with the backend-generic tests on
+//!   NdArray **and** wgpu (Mesa's lavapipe, installed when absent), plus the tests on CUDA
+//!   when a CUDA device is present.
 //! - `bench [--quick] [--quality] [--out FILE] [FLAGS]`: every mode in its own process, one
 //!   JSON file (`bench-results/bench.json`) + a table and the goal checks (see `bench.rs`).
 //! - `ci`: what CI runs (`test`).
@@ -71,19 +73,87 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 fn tracknet(task: &str, rest: &[String]) -> Result<(), String> {
     let mut c = cargo();
     c.args(["run", "-p", "tracknet-train", "--bin", "tracknet"]);
-    if cuda_requested(rest) {
+    if device_requested(rest, "cuda") {
         c.args(["--features", "cuda"]);
+    }
+    if device_requested(rest, "wgpu") {
+        c.args(["--features", "wgpu"]);
     }
     c.arg("--").arg(task).args(rest);
     run(c, &format!("tracknet {task}"))
 }
 
-/// `--device cuda[:N]` or `--device=cuda[:N]` asks for the CUDA build.
-fn cuda_requested(rest: &[String]) -> bool {
-    rest.iter().any(|a| a.starts_with("--device=cuda"))
+/// `--device cuda[:N]` / `--device=cuda[:N]` asks for the CUDA build, `--device wgpu` for the
+/// wgpu one.
+fn device_requested(rest: &[String], backend: &str) -> bool {
+    rest.iter()
+        .any(|a| a.starts_with(&format!("--device={backend}")))
         || rest
             .windows(2)
-            .any(|w| w[0] == "--device" && w[1].starts_with("cuda"))
+            .any(|w| w[0] == "--device" && w[1].starts_with(backend))
+}
+
+/// `PKG/feature` for every crate that has the backend feature.
+fn backend_features(backends: &[&str]) -> String {
+    let mut list = Vec::new();
+    for b in backends {
+        for pkg in [
+            "tracknet-quant",
+            "tracknet-lora",
+            "tracknet-vit",
+            "tracknet-train",
+        ] {
+            list.push(format!("{pkg}/{b}"));
+        }
+    }
+    list.join(",")
+}
+
+/// A Vulkan driver for the wgpu tests: Mesa's lavapipe (a CPU Vulkan device) when no Vulkan
+/// ICD is installed, from Debian's `mesa-vulkan-drivers` + `libvulkan1`.
+fn ensure_vulkan() -> Result<(), String> {
+    let icd_dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
+    let has_icd = icd_dirs.iter().any(|d| {
+        std::fs::read_dir(d)
+            .map(|mut e| e.next().is_some())
+            .unwrap_or(false)
+    });
+    let has_loader = [
+        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
+        "/usr/lib/libvulkan.so.1",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    if has_icd && has_loader {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: no Vulkan driver; installing Mesa's lavapipe (mesa-vulkan-drivers, libvulkan1)"
+    );
+    let sudo = std::env::var("USER").map(|u| u != "root").unwrap_or(false)
+        && Command::new("sudo")
+            .arg("-n")
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success());
+    let apt = |args: &[&str]| -> Result<(), String> {
+        let mut c = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("-n").arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(c, &format!("apt-get {}", args.join(" ")))
+    };
+    apt(&["update", "-qq"])
+        .and_then(|()| apt(&["install", "-y", "-qq", "mesa-vulkan-drivers", "libvulkan1"]))
+        .map_err(|e| {
+            format!(
+                "{e}; the wgpu tests need a Vulkan driver: install Debian's mesa-vulkan-drivers and libvulkan1"
+            )
+        })
 }
 
 fn cuda_device_present() -> bool {
@@ -94,29 +164,52 @@ fn test() -> Result<(), String> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
     run(fmt, "cargo fmt --check")?;
+    // One check of every target with both GPU backends compiled in (burn-cuda builds without a
+    // CUDA toolkit and loads the driver at run time).
     let mut clippy = cargo();
     clippy.args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        &backend_features(&["wgpu", "cuda"]),
         "--",
         "-D",
         "warnings",
     ]);
-    run(clippy, "cargo clippy --workspace --all-targets -D warnings")?;
-    let mut t = cargo();
-    t.args(["test", "--workspace"]);
-    run(t, "cargo test --workspace (ndarray)")?;
-    let mut check = cargo();
-    check.args(["check", "--workspace", "--features", "tracknet-train/cuda"]);
     run(
-        check,
-        "cargo check --features cuda (backend swap compile; needs no CUDA toolkit)",
+        clippy,
+        "cargo clippy --workspace --all-targets --features wgpu,cuda -D warnings",
+    )?;
+    ensure_vulkan()?;
+    let mut t = cargo();
+    t.args([
+        "test",
+        "--workspace",
+        "--features",
+        &backend_features(&["wgpu"]),
+    ]);
+    // The Vulkan loader asks for a runtime folder (for window surfaces, which the tests never
+    // make) and prints an error per device when it has none, as in a CI container.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        t.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+    run(
+        t,
+        "cargo test --workspace --features wgpu (backend-generic tests on ndarray and wgpu)",
     )?;
     if cuda_device_present() {
         let mut t = cargo();
-        t.args(["test", "--workspace", "--features", "tracknet-train/cuda"]);
-        run(t, "cargo test --features cuda (a CUDA device is present)")?;
+        t.args([
+            "test",
+            "--workspace",
+            "--features",
+            &backend_features(&["wgpu", "cuda"]),
+        ]);
+        run(
+            t,
+            "cargo test --features wgpu,cuda (a CUDA device is present)",
+        )?;
     } else {
         eprintln!(
             "xtask: no CUDA device present; CUDA tests not run (the cuda feature was compiled)"

@@ -237,13 +237,16 @@ string_enum! {
     default = Mse;
 }
 
-/// Where training runs (`training.device`): `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Where training runs (`training.device`): `cpu`, `cuda` (= `cuda:0`), `cuda:N` or `wgpu`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeviceSpec {
     /// The CPU.
     Cpu,
     /// The CUDA device with this ordinal.
     Cuda(usize),
+    /// wgpu's default adapter (Vulkan/Metal/DX12; `CUBECL_WGPU_DEFAULT_DEVICE` picks another),
+    /// through the same CubeCL kernels as CUDA.
+    Wgpu,
 }
 
 impl FromStr for DeviceSpec {
@@ -252,6 +255,7 @@ impl FromStr for DeviceSpec {
         match s {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(0)),
+            "wgpu" => Ok(Self::Wgpu),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| {
@@ -262,7 +266,7 @@ impl FromStr for DeviceSpec {
                     }
                 })
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("expected `cpu`, `cuda` or `cuda:N`, got `{s}`")),
+                .ok_or_else(|| format!("expected `cpu`, `cuda`, `cuda:N` or `wgpu`, got `{s}`")),
         }
     }
 }
@@ -272,6 +276,7 @@ impl fmt::Display for DeviceSpec {
         match self {
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda(n) => write!(f, "cuda:{n}"),
+            Self::Wgpu => f.write_str("wgpu"),
         }
     }
 }
@@ -301,5 +306,8 @@ mod tests {
         assert!("cuda:".parse::<DeviceSpec>().is_err());
         assert!("cuda:+1".parse::<DeviceSpec>().is_err());
         assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu);
+        assert_eq!(DeviceSpec::Wgpu.to_string(), "wgpu");
+        assert!("wgpu:0".parse::<DeviceSpec>().is_err());
     }
 }

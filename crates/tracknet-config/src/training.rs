@@ -51,7 +51,7 @@ pub struct TrainingConfig {
     pub loss: LossConfig,
     /// Recompute backbone activations in the backward pass to save memory.
     pub gradient_checkpointing: bool,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `cpu`, `cuda`, `cuda:N` or `wgpu`.
     pub device: String,
     /// Cap on optimizer steps per epoch (`null`: the whole split).
     pub steps_per_epoch: Option<usize>,

@@ -11,6 +11,8 @@
 pub mod blockwise;
 pub mod bnb;
 pub mod codebook;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 pub mod error;
 pub mod linear;
 pub mod model;

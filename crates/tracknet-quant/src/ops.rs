@@ -381,8 +381,27 @@ fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
         .expect("TensorData::convert yields the requested element type")
 }
 
+/// CUDA and wgpu dequantize with one CubeCL kernel ([`crate::cube`]) and multiply with
+/// Burn's matmul (the default methods), as bitsandbytes' `MatMul4Bit` does for training
+/// batches; never the NdArray host kernel.
 #[cfg(feature = "cuda")]
-impl QuantBackend for burn::backend::Cuda {}
+impl QuantBackend for burn::backend::Cuda {
+    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+        crate::cube::dequantize(weight.packed, weight.absmax, weight.code, layout)
+    }
+}
+
+/// wgpu's WGSL has no bf16, and f16 is an optional device feature: f32 (one warning).
+#[cfg(feature = "wgpu")]
+impl QuantBackend for burn::backend::Wgpu {
+    fn q4_supports_half() -> bool {
+        false
+    }
+
+    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+        crate::cube::dequantize(weight.packed, weight.absmax, weight.code, layout)
+    }
+}
 
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
     fn q4_supports_half() -> bool {

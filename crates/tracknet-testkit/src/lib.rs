@@ -68,3 +68,56 @@ pub fn write_jpeg(path: &Path, w: u32, h: u32) {
     img.save(path)
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
+
+/// Instantiates backend-generic tests once per backend present in the build.
+///
+/// Each named function has the signature `fn name<B: …>(device: &B::Device)`; the macro makes
+/// `ndarray::name` always, `wgpu::name` when the calling package is built with its `wgpu`
+/// feature (CI runs it on Mesa's lavapipe) and `cuda::name` with its `cuda` feature (run only
+/// where a CUDA device is present). The same test body runs on every backend, so a backend
+/// that computes differently fails the same assertion.
+///
+/// ```ignore
+/// fn forward_matches<B: Backend>(device: &B::Device) { /* … */ }
+/// tracknet_testkit::backend_tests!(forward_matches);
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($($test:ident),+ $(,)?) => {
+        /// The tests on NdArray (the CPU backend).
+        mod ndarray {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<::burn::backend::NdArray>(&::core::default::Default::default());
+                }
+            )+
+        }
+
+        /// The tests on wgpu (CubeCL; on lavapipe in CI, the code path CUDA runs).
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<::burn::backend::Wgpu>(
+                        &::burn::backend::wgpu::WgpuDevice::default(),
+                    );
+                }
+            )+
+        }
+
+        /// The tests on CUDA (run by `cargo xtask test` only where a CUDA device is present).
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<::burn::backend::Cuda>(
+                        &::burn::backend::cuda::CudaDevice::default(),
+                    );
+                }
+            )+
+        }
+    };
+}

@@ -1,5 +1,6 @@
 //! The one place a command picks its Burn backend: NdArray on the CPU (for training with or
-//! without Burn's `BalancedCheckpointing`), or CUDA when built with the `cuda` feature. A
+//! without Burn's `BalancedCheckpointing`), CUDA when built with the `cuda` feature, wgpu
+//! (Vulkan/Metal/DX12 through CubeCL) with the `wgpu` feature. A
 //! command hands over a job generic over the backend ([`AutodiffJob`] to train,
 //! [`InferenceJob`] to evaluate or predict); nothing else names a backend type.
 
@@ -57,6 +58,7 @@ pub fn with_autodiff<J: AutodiffJob>(
             }
         }
         DeviceSpec::Cuda(index) => cuda::autodiff(index, recompute, job),
+        DeviceSpec::Wgpu => wgpu::autodiff(recompute, job),
     }
 }
 
@@ -65,6 +67,7 @@ pub fn with_inference<J: InferenceJob>(spec: DeviceSpec, job: J) -> Result<J::Ou
     match spec {
         DeviceSpec::Cpu => job.run::<NdArray>(&Default::default()),
         DeviceSpec::Cuda(index) => cuda::inference(index, job),
+        DeviceSpec::Wgpu => wgpu::inference(job),
     }
 }
 
@@ -106,6 +109,43 @@ mod cuda {
 
     pub fn inference<J: InferenceJob>(_: usize, _: J) -> Result<J::Output, TrainError> {
         Err(TrainError::NoCuda)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::backend::{Autodiff, Wgpu};
+
+    use super::{AutodiffJob, InferenceJob};
+    use crate::error::TrainError;
+
+    pub fn autodiff<J: AutodiffJob>(recompute: bool, job: J) -> Result<J::Output, TrainError> {
+        let device = WgpuDevice::default();
+        if recompute {
+            job.run::<Autodiff<Wgpu, BalancedCheckpointing>>(&device)
+        } else {
+            job.run::<Autodiff<Wgpu>>(&device)
+        }
+    }
+
+    pub fn inference<J: InferenceJob>(job: J) -> Result<J::Output, TrainError> {
+        job.run::<Wgpu>(&WgpuDevice::default())
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+mod wgpu {
+    use super::{AutodiffJob, InferenceJob};
+    use crate::error::TrainError;
+
+    pub fn autodiff<J: AutodiffJob>(_: bool, _: J) -> Result<J::Output, TrainError> {
+        Err(TrainError::NoWgpu)
+    }
+
+    pub fn inference<J: InferenceJob>(_: J) -> Result<J::Output, TrainError> {
+        Err(TrainError::NoWgpu)
     }
 }
 
@@ -173,5 +213,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--features cuda"), "{e}");
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    #[test]
+    fn wgpu_without_the_feature_is_an_error_saying_how_to_build_it() {
+        struct Nothing;
+        impl InferenceJob for Nothing {
+            type Output = ();
+            fn run<B: ModelBackend>(self, _: &B::Device) -> Result<(), TrainError> {
+                Ok(())
+            }
+        }
+        let e = with_inference(DeviceSpec::Wgpu, Nothing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--features wgpu"), "{e}");
     }
 }

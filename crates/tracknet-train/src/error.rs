@@ -129,6 +129,11 @@ pub enum TrainError {
         "this build has no CUDA backend; rebuild with `--features cuda` (cargo xtask … --device cuda does)"
     )]
     NoCuda,
+    /// `wgpu` asked for in a build without the backend.
+    #[error(
+        "this build has no wgpu backend; rebuild with `--features wgpu` (cargo xtask … --device wgpu does)"
+    )]
+    NoWgpu,
     /// Config files named in a combination that selects nothing.
     #[error(
         "give either --config FILE, or all three of --model, --data and --training (or nothing, for the embedded quick-start)"

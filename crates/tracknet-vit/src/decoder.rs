@@ -197,7 +197,7 @@ pub struct DecoderStage<B: Backend> {
     pub blocks: Vec<ResidualBlock<B>>,
 }
 
-impl<B: Backend> DecoderStage<B> {
+impl<B: crate::fused::FusedBackend> DecoderStage<B> {
     /// `[batch, C_in, h, w]` → `[batch, C_out, h * upsample, w * upsample]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
@@ -219,7 +219,7 @@ pub struct HeatmapDecoder<B: Backend> {
     pub output_size: [usize; 2],
 }
 
-impl<B: Backend> HeatmapDecoder<B> {
+impl<B: crate::fused::FusedBackend> HeatmapDecoder<B> {
     /// `[batch, C0, h, w]` (channels-first patch grid) → `[batch, C_last, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = self.stages.iter().fold(x, |x, stage| stage.forward(x));

@@ -11,8 +11,14 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
-/// `conv.forward(x)`, computed with matmuls / shifted slices where the shape allows.
-pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+use crate::fused::FusedBackend;
+
+/// `conv.forward(x)`, computed with matmuls / shifted slices where the shape allows and the
+/// backend gains by it ([`FusedBackend::matmul_convolutions`]); Burn's conv otherwise.
+pub fn conv2d<B: FusedBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    if !B::matmul_convolutions() {
+        return conv.forward(x);
+    }
     let [out_c, in_per_group, kh, kw] = conv.weight.dims();
     let [_, in_c, _, _] = x.dims();
     let unit = conv.stride == [1, 1] && conv.dilation == [1, 1];

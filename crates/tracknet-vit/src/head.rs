@@ -35,7 +35,7 @@ pub struct HeatmapHead<B: Backend> {
     pub conv: Conv2d<B>,
 }
 
-impl<B: Backend> HeatmapHead<B> {
+impl<B: crate::fused::FusedBackend> HeatmapHead<B> {
     /// `[batch, C, H, W]` → `[batch, 1, H, W]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         crate::fastconv::conv2d(&self.conv, x)

@@ -416,7 +416,7 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
     (
         "training: {device: gpu}",
         "training.device",
-        "`cpu`, `cuda` or `cuda:N`",
+        "`cpu`, `cuda`, `cuda:N` or `wgpu`",
         None,
     ),
     (

@@ -6,6 +6,7 @@ use burn::prelude::*;
 use tracknet_lora::{
     BaseLinear, LoraInit, LoraLinear, LoraLinearConfig, LoraSettings, PathVisitor,
 };
+use tracknet_quant::QuantBackend;
 use tracknet_quant::linear::{CodeBooks, QuantSpec};
 
 type B = Autodiff<NdArray<f32>>;
@@ -15,7 +16,7 @@ fn dev() -> burn::backend::ndarray::NdArrayDevice {
 }
 
 /// Deterministic, irregular values (no RNG needed).
-fn vals(n: usize, seed: f32) -> Vec<f32> {
+pub(crate) fn vals(n: usize, seed: f32) -> Vec<f32> {
     (0..n)
         .map(|i| ((i as f32 * 0.7311 + seed).sin() * 0.9) + 0.05 * (i % 3) as f32)
         .collect()
@@ -25,11 +26,11 @@ fn t2(v: &[f32], shape: [usize; 2]) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), &dev())
 }
 
-fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+pub(crate) fn host<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(b)
@@ -58,20 +59,20 @@ fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     out
 }
 
-const N: usize = 4; // rows of x
-const IN: usize = 5;
-const OUT: usize = 3;
-const R: usize = 2;
+pub(crate) const N: usize = 4; // rows of x
+pub(crate) const IN: usize = 5;
+pub(crate) const OUT: usize = 3;
+pub(crate) const R: usize = 2;
 
-struct Case {
-    x: Vec<f32>,    // [N, IN]
-    w: Vec<f32>,    // [OUT, IN] (PyTorch)
-    bias: Vec<f32>, // [OUT]
-    a: Vec<f32>,    // [R, IN] (PEFT lora_A.weight)
-    b: Vec<f32>,    // [OUT, R] (PEFT lora_B.weight)
+pub(crate) struct Case {
+    pub x: Vec<f32>,    // [N, IN]
+    pub w: Vec<f32>,    // [OUT, IN] (PyTorch)
+    pub bias: Vec<f32>, // [OUT]
+    pub a: Vec<f32>,    // [R, IN] (PEFT lora_A.weight)
+    pub b: Vec<f32>,    // [OUT, R] (PEFT lora_B.weight)
 }
 
-fn case() -> Case {
+pub(crate) fn case() -> Case {
     Case {
         x: vals(N * IN, 0.3),
         w: vals(OUT * IN, 1.1),
@@ -82,7 +83,7 @@ fn case() -> Case {
 }
 
 /// `x·Wᵀ + b + x·Aᵀ·Bᵀ·scaling`, in f64 from the PyTorch-layout tensors.
-fn reference(c: &Case, scaling: f64) -> Vec<f32> {
+pub(crate) fn reference(c: &Case, scaling: f64) -> Vec<f32> {
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     let (x, w, a, b) = (f(&c.x), f(&c.w), f(&c.a), f(&c.b));
     let base = matmul(&x, &transpose(&w, OUT, IN), N, IN, OUT);
@@ -94,57 +95,33 @@ fn reference(c: &Case, scaling: f64) -> Vec<f32> {
 }
 
 fn adapted(c: &Case, settings: &LoraSettings) -> LoraLinear<B> {
-    let base = LoraLinear::<B>::from_torch(
-        t2(&c.w, [OUT, IN]),
-        Some(Tensor::from_data(
-            TensorData::new(c.bias.clone(), [OUT]),
-            &dev(),
-        )),
+    adapted_on(c, settings, &dev())
+}
+
+/// The case's layer with its adapter, on any backend.
+pub(crate) fn adapted_on<Bk: QuantBackend>(
+    c: &Case,
+    settings: &LoraSettings,
+    device: &Bk::Device,
+) -> LoraLinear<Bk> {
+    let base = LoraLinear::<Bk>::from_torch(
+        tg(&c.w, [OUT, IN], device),
+        Some(tg(&c.bias, [OUT], device)),
     );
-    let mut layer = base.with_adapter(settings, &dev()).unwrap();
+    let mut layer = base.with_adapter(settings, device).unwrap();
     layer
-        .set_adapter_weights(t2(&c.a, [R, IN]), t2(&c.b, [OUT, R]))
+        .set_adapter_weights(tg(&c.a, [R, IN], device), tg(&c.b, [OUT, R], device))
         .unwrap();
     layer
 }
 
-fn settings(alpha: f64, rslora: bool) -> LoraSettings {
+pub(crate) fn settings(alpha: f64, rslora: bool) -> LoraSettings {
     LoraSettings {
         r: R,
         alpha,
         use_rslora: rslora,
         ..Default::default()
     }
-}
-
-#[test]
-fn forward_is_peft_math_plain_scaling() {
-    let c = case();
-    let s = settings(6.0, false);
-    assert_eq!(s.scaling(), 3.0); // alpha / r
-    let layer = adapted(&c, &s);
-    assert_eq!(layer.scaling, 3.0);
-    let y = host(layer.forward(t2(&c.x, [N, IN])));
-    let err = max_abs_diff(&y, &reference(&c, 3.0));
-    println!("plain scaling: max abs error vs hand computation {err:e}");
-    assert!(err < 1e-5, "{err}");
-    // The adapter really contributes (a wrong scaling would be caught).
-    assert!(max_abs_diff(&y, &reference(&c, 0.0)) > 1e-2);
-    assert!(max_abs_diff(&y, &reference(&c, 1.5)) > 1e-2);
-}
-
-#[test]
-fn forward_is_peft_math_rslora_scaling() {
-    let c = case();
-    let s = settings(6.0, true);
-    let expected = 6.0 / (R as f64).sqrt(); // alpha / sqrt(r)
-    assert!((s.scaling() - expected).abs() < 1e-12);
-    let layer = adapted(&c, &s);
-    let y = host(layer.forward(t2(&c.x, [N, IN])));
-    let err = max_abs_diff(&y, &reference(&c, expected));
-    println!("rsLoRA scaling: max abs error vs hand computation {err:e}");
-    assert!(err < 1e-5, "{err}");
-    assert!(max_abs_diff(&y, &reference(&c, 3.0)) > 1e-2);
 }
 
 #[test]
@@ -228,7 +205,7 @@ fn random_b_init_is_not_zero() {
 }
 
 /// Every float parameter as `(path, trainable)`.
-fn param_paths<M: Module<B>>(m: &M) -> Vec<(String, bool)> {
+pub(crate) fn param_paths<Bk: Backend, M: Module<Bk>>(m: &M) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     m.visit(&mut PathVisitor::new(|p: &str, _n: usize, t: bool| {
         out.push((p.to_string(), t))
@@ -238,8 +215,13 @@ fn param_paths<M: Module<B>>(m: &M) -> Vec<(String, bool)> {
 
 /// Checks `dL/d(Aᵀ)` and `dL/d(Bᵀ)` for `L = sum(y)` against the closed forms
 /// `s·colsum(x) ⊗ rowsum(Bᵀ)` and `s·colsum(x·Aᵀ) ⊗ 1`.
-fn check_adapter_grads(layer: &LoraLinear<B>, c: &Case, scaling: f64) {
-    let x = t2(&c.x, [N, IN]);
+pub(crate) fn check_adapter_grads<I: QuantBackend>(
+    layer: &LoraLinear<Autodiff<I>>,
+    c: &Case,
+    scaling: f64,
+    device: &I::Device,
+) {
+    let x = tg(&c.x, [N, IN], device);
     let grads = layer.forward(x).sum().backward();
     let ga = host(
         layer
@@ -282,84 +264,28 @@ fn check_adapter_grads(layer: &LoraLinear<B>, c: &Case, scaling: f64) {
     assert!(ga.iter().any(|v| v.abs() > 1e-3) && gb.iter().any(|v| v.abs() > 1e-3));
 }
 
-#[test]
-fn gradients_reach_a_and_b_never_the_dense_base_weight() {
-    let c = case();
-    let layer = adapted(&c, &settings(4.0, false));
-    let grads = layer.forward(t2(&c.x, [N, IN])).sum().backward();
-    let BaseLinear::Dense(base) = &layer.base else {
-        panic!("dense base expected")
-    };
-    assert!(
-        base.weight.grad(&grads).is_none(),
-        "the base weight must stay frozen"
-    );
-    assert!(!base.weight.val().is_require_grad());
-    check_adapter_grads(&layer, &c, 2.0);
-    let trainable: Vec<String> = param_paths(&layer)
-        .into_iter()
-        .filter(|(_, t)| *t)
-        .map(|(p, _)| p)
-        .collect();
-    // The bias is left to the bias mode (the model freezes it unless asked); the weight never trains.
-    assert!(
-        !trainable.iter().any(|p| p == "base.weight"),
-        "{trainable:?}"
-    );
-    assert!(
-        trainable.iter().any(|p| p == "lora_a.weight"),
-        "{trainable:?}"
-    );
-    assert!(
-        trainable.iter().any(|p| p == "lora_b.weight"),
-        "{trainable:?}"
-    );
-}
-
-#[test]
-fn gradients_on_a_4bit_base_reach_only_the_adapter() {
-    // QLoRA order: quantize the dense layer, then wrap it.
-    let (d_in, d_out) = (64, 32);
-    let w = vals(d_out * d_in, 0.5);
-    let base = LoraLinear::<B>::from_torch(t2(&w, [d_out, d_in]), None)
-        .quantize(QuantSpec::default(), &CodeBooks::new(&dev()))
-        .unwrap();
-    assert!(base.base.is_quantized());
-    let mut layer = base.with_adapter(&settings(4.0, false), &dev()).unwrap();
-    let a = vals(R * d_in, 7.0);
-    let b = vals(d_out * R, 8.0);
-    layer
-        .set_adapter_weights(t2(&a, [R, d_in]), t2(&b, [d_out, R]))
-        .unwrap();
-    let params = param_paths(&layer);
-    let names: Vec<&str> = params.iter().map(|(p, _)| p.as_str()).collect();
-    // No weight parameter at all: the 4-bit codes are constants.
-    assert_eq!(names, ["lora_a.weight", "lora_b.weight"], "{params:?}");
-    assert!(params.iter().all(|(_, t)| *t));
-
-    let x = t2(&vals(N * d_in, 0.1), [N, d_in]);
-    let grads = layer.forward(x).sum().backward();
-    let ga = host(layer.lora_a.as_ref().unwrap().weight.grad(&grads).unwrap());
-    let gb = host(layer.lora_b.as_ref().unwrap().weight.grad(&grads).unwrap());
-    assert!(ga.iter().any(|v| v.abs() > 1e-3));
-    assert!(gb.iter().any(|v| v.abs() > 1e-3));
-}
-
 /// The merge tests run on the plain backend (inference after training) and on the autodiff
 /// backend the model trains on (merging right after training, without a backend switch).
-fn tg<Bk: Backend, const D: usize>(v: &[f32], shape: [usize; D]) -> Tensor<Bk, D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), &Default::default())
+pub(crate) fn tg<Bk: Backend, const D: usize>(
+    v: &[f32],
+    shape: [usize; D],
+    device: &Bk::Device,
+) -> Tensor<Bk, D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), device)
 }
 
-fn merge_then_unmerge<Bk: tracknet_quant::QuantBackend>() {
+pub(crate) fn merge_then_unmerge<Bk: QuantBackend>(device: &Bk::Device) {
     let c = case();
-    let mut layer = LoraLinear::<Bk>::from_torch(tg(&c.w, [OUT, IN]), Some(tg(&c.bias, [OUT])))
-        .with_adapter(&settings(6.0, false), &Default::default())
-        .unwrap();
+    let mut layer = LoraLinear::<Bk>::from_torch(
+        tg(&c.w, [OUT, IN], device),
+        Some(tg(&c.bias, [OUT], device)),
+    )
+    .with_adapter(&settings(6.0, false), device)
+    .unwrap();
     layer
-        .set_adapter_weights(tg(&c.a, [R, IN]), tg(&c.b, [OUT, R]))
+        .set_adapter_weights(tg(&c.a, [R, IN], device), tg(&c.b, [OUT, R], device))
         .unwrap();
-    let x: Tensor<Bk, 2> = tg(&c.x, [N, IN]);
+    let x: Tensor<Bk, 2> = tg(&c.x, [N, IN], device);
     let unmerged = host(layer.forward(x.clone()));
     let BaseLinear::Dense(l) = &layer.base else {
         panic!()
@@ -399,27 +325,18 @@ fn merge_then_unmerge<Bk: tracknet_quant::QuantBackend>() {
     assert!(max_abs_diff(&host(layer.forward(x)), &unmerged) < 1e-5);
 }
 
-#[test]
-fn merge_then_unmerge_on_a_dense_base() {
-    merge_then_unmerge::<NdArray<f32>>();
-}
-
-#[test]
-fn merge_then_unmerge_on_a_dense_base_autodiff() {
-    merge_then_unmerge::<B>();
-}
-
-fn merge_4bit<Bk: tracknet_quant::QuantBackend>() {
+pub(crate) fn merge_4bit<Bk: QuantBackend>(device: &Bk::Device) {
     let (d_in, d_out) = (64, 32);
-    let device = Default::default();
     // Weights at a realistic scale (≈ U(±1/√in)), so that 1e-5 is a meaningful bound.
     let w: Vec<f32> = vals(d_out * d_in, 0.5).iter().map(|v| v * 0.125).collect();
-    let mut layer =
-        LoraLinear::<Bk>::from_torch(tg(&w, [d_out, d_in]), Some(tg(&vals(d_out, 0.25), [d_out])))
-            .quantize(QuantSpec::default(), &CodeBooks::new(&device))
-            .unwrap()
-            .with_adapter(&settings(4.0, false), &device)
-            .unwrap();
+    let mut layer = LoraLinear::<Bk>::from_torch(
+        tg(&w, [d_out, d_in], device),
+        Some(tg(&vals(d_out, 0.25), [d_out], device)),
+    )
+    .quantize(QuantSpec::default(), &CodeBooks::new(device))
+    .unwrap()
+    .with_adapter(&settings(4.0, false), device)
+    .unwrap();
     layer
         .set_adapter_weights(
             tg(
@@ -428,6 +345,7 @@ fn merge_4bit<Bk: tracknet_quant::QuantBackend>() {
                     .map(|v| v * 0.125)
                     .collect::<Vec<_>>(),
                 [R, d_in],
+                device,
             ),
             tg(
                 &vals(d_out * R, 8.0)
@@ -435,10 +353,11 @@ fn merge_4bit<Bk: tracknet_quant::QuantBackend>() {
                     .map(|v| v * 0.1)
                     .collect::<Vec<_>>(),
                 [d_out, R],
+                device,
             ),
         )
         .unwrap();
-    let x: Tensor<Bk, 2> = tg(&vals(N * d_in, 0.1), [N, d_in]);
+    let x: Tensor<Bk, 2> = tg(&vals(N * d_in, 0.1), [N, d_in], device);
     let y = host(layer.forward(x.clone()));
 
     let err = layer.merge().unwrap_err().to_string();
@@ -457,16 +376,6 @@ fn merge_4bit<Bk: tracknet_quant::QuantBackend>() {
     let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
     println!("merge_and_unload (4-bit → f32) forward diff {e:e} (max |y| {scale})");
     assert!(e < 1e-5, "{e}");
-}
-
-#[test]
-fn merge_on_4bit_errors_and_merge_and_unload_is_dense_and_equal() {
-    merge_4bit::<NdArray<f32>>();
-}
-
-#[test]
-fn merge_on_4bit_errors_and_merge_and_unload_is_dense_and_equal_autodiff() {
-    merge_4bit::<B>();
 }
 
 #[test]

@@ -13,17 +13,17 @@ use tracknet_quant::{Absmax, QuantType, dequantize_4bit, quantize_4bit};
 use tracknet_testkit::{fixtures, read};
 
 /// One entry of `cases.json`.
-struct Case {
-    name: String,
-    quant_type: QuantType,
-    double_quant: bool,
-    blocksize: usize,
-    shape: Vec<usize>,
-    nested_blocksize: Option<usize>,
-    file: PathBuf,
+pub(crate) struct Case {
+    pub name: String,
+    pub quant_type: QuantType,
+    pub double_quant: bool,
+    pub blocksize: usize,
+    pub shape: Vec<usize>,
+    pub nested_blocksize: Option<usize>,
+    pub file: PathBuf,
 }
 
-fn load_cases() -> Vec<Case> {
+pub(crate) fn load_cases() -> Vec<Case> {
     let dir = fixtures().join("bnb");
     let path = dir.join("cases.json");
     let json: Value = serde_json::from_slice(&read(&path))
@@ -71,9 +71,9 @@ fn load_cases() -> Vec<Case> {
         .collect()
 }
 
-struct Tensors<'a> {
-    st: SafeTensors<'a>,
-    path: &'a Path,
+pub(crate) struct Tensors<'a> {
+    pub st: SafeTensors<'a>,
+    pub path: &'a Path,
 }
 
 impl Tensors<'_> {
@@ -91,7 +91,7 @@ impl Tensors<'_> {
         (view.shape().to_vec(), view.data())
     }
 
-    fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+    pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
         let (shape, data) = self.raw(name, Dtype::F32);
         let values = data
             .chunks_exact(4)
@@ -100,18 +100,18 @@ impl Tensors<'_> {
         (shape, values)
     }
 
-    fn u8(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
+    pub fn u8(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
         let (shape, data) = self.raw(name, Dtype::U8);
         (shape, data.to_vec())
     }
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
+pub(crate) fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Index and values of the first difference, for a readable failure.
-fn first_diff<T: PartialEq + Copy + std::fmt::Debug>(a: &[T], b: &[T]) -> String {
+pub(crate) fn first_diff<T: PartialEq + Copy + std::fmt::Debug>(a: &[T], b: &[T]) -> String {
     match a.iter().zip(b).position(|(x, y)| x != y) {
         Some(i) => format!("first difference at {i}: ours {:?}, bnb {:?}", a[i], b[i]),
         None => format!("lengths differ: ours {}, bnb {}", a.len(), b.len()),

@@ -3,11 +3,9 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::LinearConfig;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorPrimitive};
-use tracknet_quant::ops::{Q4Weight, dequantize_generic};
+use burn::tensor::Distribution;
 use tracknet_quant::{
-    CodeBooks, ComputeDtype, QuantBackend, QuantSpec, QuantType, QuantizedLinear, dequantize_4bit,
-    quantize_4bit,
+    CodeBooks, ComputeDtype, QuantSpec, QuantType, QuantizedLinear, dequantize_4bit, quantize_4bit,
 };
 
 type B = NdArray;
@@ -72,31 +70,6 @@ fn forward_equals_dense_matmul_with_host_dequantized_weight() {
         // The on-device dequantization matches the host one to the bit pattern's precision.
         let err = max_abs(layer.dequantize(), dense.transpose());
         assert!(err < 1e-6, "{spec:?}: dequantize error {err}");
-    }
-}
-
-#[test]
-fn generic_tensor_op_dequantizer_matches_the_ndarray_fast_path() {
-    let device = Default::default();
-    let books = CodeBooks::<B>::new(&device);
-    let (out, inp) = (33, 70);
-    let w = weights(out, inp, 2);
-    for spec in specs() {
-        let layer =
-            QuantizedLinear::<B>::from_torch_weight(&w, inp, out, None, spec, &books).unwrap();
-        let q = Q4Weight::<B> {
-            packed: layer.packed.clone().into_primitive(),
-            absmax: layer.absmax_f32().into_primitive().tensor(),
-            code: layer.code.clone().into_primitive().tensor(),
-        };
-        let generic = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
-            dequantize_generic::<B>(q.clone(), layer.layout),
-        ));
-        let fast = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(
-            q,
-            layer.layout,
-        )));
-        assert_eq!(max_abs(generic, fast), 0.0, "{spec:?}");
     }
 }
 

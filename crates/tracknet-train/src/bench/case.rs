@@ -32,10 +32,11 @@ pub fn case(a: &CaseArgs) -> Result<Value, TrainError> {
     let spec = match a.backend.as_str() {
         "ndarray" | "cpu" => DeviceSpec::Cpu,
         "cuda" => DeviceSpec::Cuda(a.device_index),
+        "wgpu" => DeviceSpec::Wgpu,
         other => {
             return Err(TrainError::InvalidOption {
                 option: "--backend",
-                message: format!("unknown backend `{other}`; expected ndarray|cuda"),
+                message: format!("unknown backend `{other}`; expected ndarray|cuda|wgpu"),
             });
         }
     };
@@ -265,7 +266,7 @@ where
         "heap_before_step_bytes": heap_before,
         "peak_heap_bytes": peak_heap,
         "step_heap_increase_bytes": peak_heap as i64 - heap_before as i64,
-        "memory_note": if a.backend == "cuda" { "host memory only; GPU memory not measured" } else { "NdArray: all tensors on the heap" },
+        "memory_note": if a.backend == "cuda" || a.backend == "wgpu" { "host memory only; GPU memory not measured" } else { "NdArray: all tensors on the heap" },
         "warmup_seconds": warmup_seconds,
         "step_seconds": seconds,
         "step_seconds_median": median(&seconds),

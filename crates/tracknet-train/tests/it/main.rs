@@ -2,6 +2,7 @@
 //! training, checkpoints, resume equality, a kill in the middle of a checkpoint, eval, predict,
 //! export and the CLI.
 
+mod backends;
 mod checkpoints;
 mod cli;
 mod common;

@@ -108,7 +108,7 @@ pub struct ResidualBlock<B: Backend> {
     pub dropout: f64,
 }
 
-impl<B: Backend> ResidualBlock<B> {
+impl<B: crate::fused::FusedBackend> ResidualBlock<B> {
     /// `[batch, C, h, w]` → `[batch, C, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = crate::fastconv::conv2d(&self.dw, x.clone());

@@ -44,7 +44,7 @@ pub struct SqueezeExcite<B: Backend> {
     pub expand: Conv2d<B>,
 }
 
-impl<B: Backend> SqueezeExcite<B> {
+impl<B: crate::fused::FusedBackend> SqueezeExcite<B> {
     /// `[batch, C, h, w]` → same shape, each channel scaled by a gate in `(0, 1)`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let pooled = x.clone().mean_dim(3).mean_dim(2); // [batch, C, 1, 1]

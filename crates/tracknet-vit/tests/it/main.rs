@@ -1,6 +1,7 @@
 //! Integration tests of `tracknet-vit` in one binary (one link of Burn instead of one per file): a
 //! module per topic.
 
+mod backends;
 mod bnb_serialized;
 mod common;
 mod config_keys;

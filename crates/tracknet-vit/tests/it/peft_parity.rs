@@ -12,6 +12,7 @@ use tracknet_lora::peft::{
     AdapterConfig, AdapterTensors, CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter,
 };
 use tracknet_lora::{LoraLinear, LoraSettings, select_targets};
+use tracknet_vit::ModelBackend;
 use tracknet_vit::backbone::Backbone;
 use tracknet_vit::hf::read_safetensors;
 use tracknet_vit::model::adapter_base_dir;
@@ -19,10 +20,10 @@ use tracknet_vit::model::adapter_base_dir;
 type B = NdArray<f32>;
 
 /// `(in, out)` of every projection, by path.
-fn projection_dims(backbone: &Backbone<B>) -> BTreeMap<String, (usize, usize)> {
+fn projection_dims<Bk: ModelBackend>(backbone: &Backbone<Bk>) -> BTreeMap<String, (usize, usize)> {
     let mut dims = BTreeMap::new();
     let _ = backbone.clone().map_projections(&mut |path: &str,
-                                                   p: LoraLinear<B>|
+                                                   p: LoraLinear<Bk>|
      -> Result<_, ()> {
         dims.insert(path.to_string(), p.dims());
         Ok(p)
@@ -35,7 +36,7 @@ fn projection_dims(backbone: &Backbone<B>) -> BTreeMap<String, (usize, usize)> {
 /// (`peft/adapter` names `../dinov3`, i.e. `fixtures/dinov3`: PEFT records the path as the
 /// generating script saw it). The library-only rule is checked, and fails, in
 /// `peft_fixture_base_model_resolves_with_adapter_base_dir` below.
-fn resolve_base(adapter_dir: &Path, base: &str) -> PathBuf {
+pub(crate) fn resolve_base(adapter_dir: &Path, base: &str) -> PathBuf {
     let dir = adapter_base_dir(adapter_dir, base);
     if dir.join("config.json").is_file() {
         return dir;
@@ -47,9 +48,16 @@ fn resolve_base(adapter_dir: &Path, base: &str) -> PathBuf {
 /// settings from `adapter_config.json`, PEFT's targeting rules, `with_adapter`, `assign`,
 /// `set_adapter_weights`. Returns the model, its settings and the adapted paths.
 fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<String>) {
+    backbone_with_adapter_on::<B>(adapter_dir, &Default::default())
+}
+
+/// [`backbone_with_adapter`] on any backend.
+pub(crate) fn backbone_with_adapter_on<Bk: ModelBackend>(
+    adapter_dir: &Path,
+    device: &Bk::Device,
+) -> (Backbone<Bk>, LoraSettings, Vec<String>) {
     need(&adapter_dir.join(CONFIG_FILE));
     need(&adapter_dir.join(WEIGHTS_FILE));
-    let device = Default::default();
     let loaded = load_adapter(adapter_dir).unwrap();
     let settings = loaded.config.to_settings(adapter_dir).unwrap();
     let base = loaded
@@ -58,7 +66,7 @@ fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<
         .as_deref()
         .expect("the adapter names its base model");
     let base_dir = resolve_base(adapter_dir, base);
-    let backbone = Backbone::<B>::from_snapshot(need(&base_dir), &device).unwrap();
+    let backbone = Backbone::<Bk>::from_snapshot(need(&base_dir), device).unwrap();
 
     let targets = select_targets(&backbone.projection_paths(), &settings.targets).unwrap();
     let dims = projection_dims(&backbone);
@@ -68,12 +76,12 @@ fn backbone_with_adapter(adapter_dir: &Path) -> (Backbone<B>, LoraSettings, Vec<
     assert_eq!(assigned.len(), targets.len());
 
     let backbone = backbone
-        .map_projections(&mut |path: &str, p: LoraLinear<B>| {
+        .map_projections(&mut |path: &str, p: LoraLinear<Bk>| {
             if !targets.iter().any(|t| t == path) {
                 return Ok(p);
             }
-            let mut p = p.with_adapter(&settings, &device)?;
-            let (a, b) = assigned[path].to_tensors::<B>(&device);
+            let mut p = p.with_adapter(&settings, device)?;
+            let (a, b) = assigned[path].to_tensors::<Bk>(device);
             p.set_adapter_weights(a, b)?;
             Ok::<_, tracknet_lora::LoraError>(p)
         })
@@ -106,23 +114,29 @@ fn theirs_base(adapter_dir: &Path) -> String {
 
 /// `(pixel_values, last_hidden_state)` of `peft/io.safetensors`.
 fn peft_io() -> (Tensor<B, 4>, Tensor<B, 3>) {
-    let device = Default::default();
+    peft_io_on::<B>(&Default::default())
+}
+
+/// [`peft_io`] on any backend.
+pub(crate) fn peft_io_on<Bk: Backend>(device: &Bk::Device) -> (Tensor<Bk, 4>, Tensor<Bk, 3>) {
     let io = read_safetensors(need(&fixtures().join("peft/io.safetensors"))).unwrap();
     (
-        io["pixel_values"].to_tensor(&device).unwrap(),
-        io["last_hidden_state"].to_tensor(&device).unwrap(),
+        io["pixel_values"].to_tensor(device).unwrap(),
+        io["last_hidden_state"].to_tensor(device).unwrap(),
     )
 }
 
-fn max_abs(a: Tensor<B, 3>, b: Tensor<B, 3>) -> f32 {
+pub(crate) fn max_abs<Bk: Backend>(a: Tensor<Bk, 3>, b: Tensor<Bk, 3>) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
+    (a - b).abs().max().into_scalar().elem::<f32>()
 }
 
-#[test]
-fn peft_adapter_parity_with_transformers_peft() {
+tracknet_testkit::backend_tests!(peft_adapter_parity_with_transformers_peft);
+
+/// PEFT's adapter on the fixture backbone reproduces PEFT's output, on every backend.
+fn peft_adapter_parity_with_transformers_peft<Bk: ModelBackend>(device: &Bk::Device) {
     let adapter_dir = fixtures().join("peft/adapter");
-    let (backbone, settings, targets) = backbone_with_adapter(&adapter_dir);
+    let (backbone, settings, targets) = backbone_with_adapter_on::<Bk>(&adapter_dir, device);
 
     // What adapter_config.json asked for, read from the fixture's own file.
     let json: serde_json::Value =
@@ -149,7 +163,7 @@ fn peft_adapter_parity_with_transformers_peft() {
     sorted.sort();
     assert_eq!(sorted, in_file);
 
-    let (pixels, expected) = peft_io();
+    let (pixels, expected) = peft_io_on::<Bk>(device);
     let out = backbone.try_forward(pixels.clone()).unwrap();
     let err = max_abs(out.last_hidden_state, expected.clone());
     println!("peft parity: max abs error vs PEFT last_hidden_state = {err:e}");
@@ -158,7 +172,7 @@ fn peft_adapter_parity_with_transformers_peft() {
     // The adapters matter: the base model alone is much further from PEFT's output.
     let base = json["base_model_name_or_path"].as_str().unwrap();
     let base_dir = resolve_base(&adapter_dir, base);
-    let plain = Backbone::<B>::from_snapshot(&base_dir, &Default::default()).unwrap();
+    let plain = Backbone::<Bk>::from_snapshot(&base_dir, device).unwrap();
     let base_err = max_abs(plain.forward(pixels).last_hidden_state, expected);
     println!("peft parity: base model without adapter differs by {base_err:e}");
     assert!(base_err > 100.0 * err.max(1e-7), "{base_err} vs {err}");

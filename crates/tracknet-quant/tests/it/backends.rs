@@ -1,0 +1,221 @@
+//! The 4-bit layer on every backend in the build — NdArray always, wgpu (lavapipe in CI) and
+//! CUDA with their features: the same bodies, instantiated per backend by `backend_tests!`.
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorPrimitive};
+use safetensors::SafeTensors;
+use tracknet_quant::ops::{Q4Weight, dequantize_generic};
+use tracknet_quant::{
+    Absmax, CodeBooks, ComputeDtype, QuantBackend, QuantSpec, QuantType, Quantized4,
+    QuantizedLinear, dequantize_4bit, quantize_4bit,
+};
+use tracknet_testkit::read;
+
+use crate::bnb_parity::{Tensors, bits, first_diff, load_cases};
+
+tracknet_testkit::backend_tests!(
+    bnb_codes_dequantize_bit_exact_on_the_device,
+    the_backend_dequantizer_equals_the_generic_tensor_ops,
+    forward_and_input_gradient_equal_the_dense_layer,
+);
+
+fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// bitsandbytes' own codes and scales, uploaded and dequantized on the device (double
+/// quantization undone there too), give bitsandbytes' dequantized tensor bit for bit.
+fn bnb_codes_dequantize_bit_exact_on_the_device<B: QuantBackend>(device: &B::Device) {
+    let books = CodeBooks::<B>::new(device);
+    let cases = load_cases();
+    assert!(!cases.is_empty(), "bnb/cases.json lists no cases");
+    for case in cases {
+        let bytes = read(&case.file);
+        let t = Tensors {
+            st: SafeTensors::deserialize(&bytes)
+                .unwrap_or_else(|e| panic!("{}: not safetensors: {e}", case.file.display())),
+            path: &case.file,
+        };
+        let absmax = if case.double_quant {
+            Absmax::Double {
+                absmax_u8: t.u8("absmax_u8").1,
+                nested_absmax: t.f32("nested_absmax").1,
+                offset: t.f32("offset").1[0],
+                nested_blocksize: case
+                    .nested_blocksize
+                    .unwrap_or_else(|| panic!("{}: dq case without nested_blocksize", case.name)),
+            }
+        } else {
+            Absmax::Plain(t.f32("absmax").1)
+        };
+        let [out, inp] = case.shape[..] else {
+            panic!("{}: expected a 2-D weight, got {:?}", case.name, case.shape)
+        };
+        let q = Quantized4 {
+            quant_type: case.quant_type,
+            blocksize: case.blocksize,
+            numel: out * inp,
+            packed: t.u8("packed").1,
+            absmax,
+        };
+        let layer = QuantizedLinear::<B>::from_quantized(
+            &q,
+            inp,
+            out,
+            None,
+            ComputeDtype::F32,
+            &books,
+            device,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        // `dequantize` is Burn's `[in, out]`; bitsandbytes' tensor is PyTorch's `[out, in]`.
+        let ours = host(layer.dequantize().transpose());
+        let (_, expected) = t.f32("dequantized");
+        assert!(
+            bits(&ours) == bits(&expected),
+            "{}: device dequantization differs from bitsandbytes ({})",
+            case.name,
+            first_diff(&ours, &expected)
+        );
+    }
+}
+
+/// Deterministic weights with outliers.
+fn weights(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let x = ((i as u64)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(seed)
+                >> 33) as f32
+                / (1u64 << 31) as f32;
+            let v = (x - 0.5) * 0.2;
+            if i % 397 == 0 { v * 30.0 } else { v }
+        })
+        .collect()
+}
+
+fn max_rel<const D: usize, B: Backend>(got: Tensor<B, D>, want: Tensor<B, D>) -> f32 {
+    let scale = want
+        .clone()
+        .abs()
+        .max()
+        .into_scalar()
+        .elem::<f32>()
+        .max(1e-6);
+    (got - want).abs().max().into_scalar().elem::<f32>() / scale
+}
+
+/// Under autodiff, the 4-bit layer's output and input gradient equal those of a dense layer
+/// holding the dequantized weight (which also matches the host dequantizer), for NF4/FP4 with
+/// and without double quantization, on a weight whose last absmax block is partial.
+fn forward_and_input_gradient_equal_the_dense_layer<B: QuantBackend>(device: &B::Device) {
+    let books = CodeBooks::<Autodiff<B>>::new(device);
+    let (out, inp) = (37, 45);
+    let w = weights(out * inp, 3);
+    for quant_type in [QuantType::Nf4, QuantType::Fp4] {
+        for double_quant in [false, true] {
+            let spec = QuantSpec {
+                quant_type,
+                blocksize: 64,
+                double_quant,
+                compute: ComputeDtype::F32,
+            };
+            let bias = Tensor::<Autodiff<B>, 1>::random([out], Distribution::Default, device);
+            let layer = QuantizedLinear::<Autodiff<B>>::from_torch_weight(
+                &w,
+                inp,
+                out,
+                Some(bias.clone()),
+                spec,
+                &books,
+            )
+            .unwrap();
+            let dense = layer.dequantize();
+            let want_w = dequantize_4bit(&quantize_4bit(&w, quant_type, 64, double_quant).unwrap());
+            let host_w = Tensor::<Autodiff<B>, 1>::from_floats(want_w.as_slice(), device)
+                .reshape([out, inp])
+                .transpose();
+            assert!(
+                bits(&host(dense.clone())) == bits(&host(host_w)),
+                "{spec:?}: device dequantization differs from the host's"
+            );
+
+            let x0 = Tensor::<Autodiff<B>, 3>::random(
+                [2, 5, inp],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
+            let g = Tensor::<Autodiff<B>, 3>::random(
+                [2, 5, out],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
+            let x = x0.clone().require_grad();
+            let y = layer.forward(x.clone());
+            assert_eq!(y.dims(), [2, 5, out]);
+            let grads = (y.clone() * g.clone()).sum().backward();
+            let dx = x.grad(&grads).expect("input gradient");
+
+            let xr = x0.require_grad();
+            let yr = xr.clone().matmul(dense.unsqueeze::<3>()) + bias.clone().unsqueeze::<3>();
+            let grads_r = (yr.clone() * g).sum().backward();
+            let dxr = xr.grad(&grads_r).expect("reference input gradient");
+
+            let e = max_rel(y.inner(), yr.inner());
+            assert!(e < 1e-5, "{spec:?}: forward differs by {e} (relative)");
+            let e = max_rel(dx, dxr);
+            assert!(
+                e < 1e-5,
+                "{spec:?}: input gradient differs by {e} (relative)"
+            );
+            assert!(
+                layer
+                    .bias
+                    .as_ref()
+                    .and_then(|b| b.val().grad(&grads))
+                    .is_none(),
+                "{spec:?}: the frozen bias got a gradient"
+            );
+        }
+    }
+}
+
+/// The backend's own dequantizer (NdArray's host kernel, the CubeCL kernel on wgpu and CUDA)
+/// gives exactly what the generic tensor-op dequantizer gives, for every format.
+fn the_backend_dequantizer_equals_the_generic_tensor_ops<B: QuantBackend>(device: &B::Device) {
+    let books = CodeBooks::<B>::new(device);
+    // 2310 weights: not a multiple of 64 (a partial last block) nor of 8 (a partial last word).
+    let (out, inp) = (33, 70);
+    let w = weights(out * inp, 2);
+    for quant_type in [QuantType::Nf4, QuantType::Fp4] {
+        for double_quant in [false, true] {
+            let spec = QuantSpec {
+                quant_type,
+                blocksize: 64,
+                double_quant,
+                compute: ComputeDtype::F32,
+            };
+            let layer =
+                QuantizedLinear::<B>::from_torch_weight(&w, inp, out, None, spec, &books).unwrap();
+            let q = Q4Weight::<B> {
+                packed: layer.packed.clone().into_primitive(),
+                absmax: layer.absmax_f32().into_primitive().tensor(),
+                code: layer.code.clone().into_primitive().tensor(),
+            };
+            let generic = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(
+                dequantize_generic::<B>(q.clone(), layer.layout),
+            ));
+            let fast = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(
+                q,
+                layer.layout,
+            )));
+            assert_eq!(fast.dims(), [out, inp], "{spec:?}");
+            assert!(bits(&host(generic)) == bits(&host(fast)), "{spec:?}");
+        }
+    }
+}

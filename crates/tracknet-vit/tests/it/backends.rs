@@ -1,0 +1,205 @@
+//! The whole heatmap model on every backend in the build (wgpu on lavapipe in CI, CUDA where a
+//! device is present), held against NdArray: the same weights moved across as a record, the
+//! same deterministic 4-bit quantization and the same adapters, then the same heatmap and the
+//! same gradients. This covers what a backend runs for the model: DINOv3 with RoPE, the fused
+//! attention's forward and written-out backward, the 4-bit matmul and its backward, LoRA, the
+//! decoder's convolutions, norms and upsampling, and the head.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use tracknet_config::RunConfig;
+use tracknet_vit::ModelBackend;
+use tracknet_vit::model::{HeatmapModel, lora_settings, quant_spec};
+
+tracknet_testkit::backend_tests!(
+    full_model_output_and_gradients_equal_ndarrays,
+    qlora_model_output_and_gradients_equal_ndarrays,
+);
+
+type Reference = Autodiff<NdArray>;
+
+/// A tiny random-init DINOv3 heatmap model (two layers, registers, a two-stage decoder), no
+/// augmentation or dropout so that the forward draws nothing.
+fn cfg(extra: &[&str]) -> RunConfig {
+    let mut ov: Vec<String> = [
+        "model.backbone.pretrained=false",
+        "model.pretrained_model_name=null",
+        "model.backbone.hidden_size=32",
+        "model.backbone.num_hidden_layers=2",
+        "model.backbone.num_attention_heads=2",
+        "model.backbone.intermediate_size=64",
+        "model.backbone.num_register_tokens=2",
+        "model.backbone.rope_augmentation=false",
+        "model.decoder.channels=[32,16]",
+        "model.decoder.upsample=[2]",
+        "model.heatmap.size=[8,4]",
+        "model.lora.lora_dropout=0.0",
+        "data.preprocess.resize=[64,32]",
+    ]
+    .map(String::from)
+    .to_vec();
+    ov.extend(extra.iter().map(|s| s.to_string()));
+    RunConfig::default().with_overrides(&ov).unwrap()
+}
+
+fn input<B: Backend>(device: &B::Device) -> Tensor<B, 4> {
+    let v: Vec<f32> = (0..2 * 3 * 32 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([2, 3, 32, 64])
+}
+
+/// `to` with `from`'s parameters (a record carries parameters, not the 4-bit constants).
+fn transfer<A: AutodiffBackend + ModelBackend>(
+    from: &HeatmapModel<Reference>,
+    to: HeatmapModel<A>,
+    device: &A::Device,
+) -> HeatmapModel<A> {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(from.clone().into_record(), ()).unwrap();
+    to.load_record(recorder.load(bytes, device).unwrap())
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// The heatmap and the gradient of every trainable parameter (in module order) for
+/// `L = mean(heatmap²)`.
+fn heat_and_grads<A: AutodiffBackend + ModelBackend>(
+    m: &HeatmapModel<A>,
+    device: &A::Device,
+) -> (Vec<f32>, Vec<(String, Vec<f32>)>) {
+    struct Grads<'a> {
+        grads: &'a GradientsParams,
+        out: Vec<(String, Vec<f32>)>,
+        path: Vec<String>,
+    }
+    impl<A: AutodiffBackend> ModuleVisitor<A> for Grads<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<A, D>>) {
+            if let Some(g) = self.grads.get::<A::InnerBackend, D>(p.id) {
+                self.out.push((self.path.join("."), host(g)));
+            }
+        }
+    }
+    let heat = m.forward(input(device));
+    let out = host(heat.clone().inner());
+    let grads = GradientsParams::from_grads(heat.powi_scalar(2).mean().backward(), m);
+    let mut v = Grads {
+        grads: &grads,
+        out: Vec::new(),
+        path: Vec::new(),
+    };
+    m.visit(&mut v);
+    (out, v.out)
+}
+
+/// Largest difference relative to the largest magnitude of `want` (at least `floor`).
+fn rel(got: &[f32], want: &[f32], floor: f32) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want
+        .iter()
+        .fold(0f32, |m, v| m.max(v.abs()))
+        .max(floor)
+        .max(1e-12);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+/// Builds the model for `keys` on NdArray and on `B` with the same weights (then 4-bit and
+/// LoRA as asked), and compares the heatmap (1e-4) and every gradient (1e-3, relative).
+fn same_as_ndarray<B: ModelBackend>(keys: &[&str], quant: bool, lora: bool, device: &B::Device) {
+    let c = cfg(keys).model;
+    let cpu = Default::default();
+    let mut reference = HeatmapModel::<Reference>::from_config(&c, &cpu).unwrap().0;
+    let mut ours = transfer(
+        &reference,
+        HeatmapModel::<Autodiff<B>>::from_config(&c, device)
+            .unwrap()
+            .0,
+        device,
+    );
+    if quant {
+        let spec = tracknet_quant::QuantSpec {
+            double_quant: true,
+            ..quant_spec(&c)
+        };
+        reference = reference.quantize_backbone(&spec, &[], &cpu).unwrap().0;
+        ours = ours.quantize_backbone(&spec, &[], device).unwrap().0;
+    }
+    if lora {
+        let settings = lora_settings(&c);
+        reference = reference.add_lora(&settings, &cpu).unwrap().0;
+        // PEFT's default init leaves B = 0; the record gives both the same non-zero adapters.
+        ours = transfer(
+            &reference,
+            ours.add_lora(&settings, device).unwrap().0,
+            device,
+        );
+    }
+    let what = format!("4-bit {quant}, LoRA {lora}");
+    let (want_heat, want_grads) = heat_and_grads(&reference, &cpu);
+    let (heat, grads) = heat_and_grads(&ours, device);
+    let e = rel(&heat, &want_heat, 0.0);
+    println!("{what}: heatmap differs from NdArray's by {e:e} (relative)");
+    assert!(e < 1e-4, "{what}: heatmap differs by {e} (relative)");
+    assert!(
+        want_grads.len() > 2,
+        "{what}: {} gradients",
+        want_grads.len()
+    );
+    let names = |g: &[(String, Vec<f32>)]| g.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&grads),
+        names(&want_grads),
+        "{what}: which parameters train"
+    );
+    // Weight gradients are sums over batch × positions, which a GPU reduces in another order
+    // than NdArray: they agree to ~1e-4 of their largest entry (measured on lavapipe: up to
+    // 1.8e-4), so 1e-3; a wrong or missing gradient is off by order 1.
+    // A gradient that is zero in exact arithmetic (a conv bias right before a GroupNorm of one
+    // channel per group) is rounding noise on both backends: it is compared against a floor of
+    // 1e-3 of the largest gradient of the model rather than against its own noise.
+    let largest = want_grads
+        .iter()
+        .flat_map(|(_, w)| w.iter())
+        .fold(0f32, |m, v| m.max(v.abs()));
+    let mut worst = (0.0f32, String::new());
+    for ((path, g), (_, w)) in grads.iter().zip(&want_grads) {
+        let e = rel(g, w, 1e-3 * largest);
+        if e > worst.0 {
+            worst = (e, path.clone());
+        }
+    }
+    println!(
+        "{what}: worst gradient {} differs by {:e} (relative)",
+        worst.1, worst.0
+    );
+    assert!(
+        worst.0 < 1e-3,
+        "{what}: gradient of {} differs by {} (relative)",
+        worst.1,
+        worst.0
+    );
+}
+
+fn full_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::Device) {
+    same_as_ndarray::<B>(&["model.backbone.freeze=false"], false, false, device);
+}
+
+fn qlora_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::Device) {
+    same_as_ndarray::<B>(&[], true, true, device);
+}
