@@ -77,7 +77,7 @@ pub fn write_jpeg(path: &Path, w: u32, h: u32) {
 /// where a CUDA device is present). The same test body runs on every backend, so a backend
 /// that computes differently fails the same assertion.
 ///
-/// ```ignore
+/// ```text
 /// fn forward_matches<B: Backend>(device: &B::Device) { /* … */ }
 /// tracknet_testkit::backend_tests!(forward_matches);
 /// ```
