@@ -14,8 +14,6 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use crate::ops::Q4Layout;
-
 /// `out[e] = code[nibble(e)] · absmax[e / blocksize]`; element `8j + i` sits in bits
 /// `28 - 4i .. 32 - 4i` of word `j` (bitsandbytes' byte and nibble order).
 #[cube(launch)]
@@ -38,7 +36,8 @@ fn dequant4_kernel(
     output[e] = code[nibble as usize] * absmax[e / blocksize];
 }
 
-/// The dense `[out_features, in_features]` f32 weight of packed 4-bit codes.
+/// The dense `[out_features, in_features]` f32 weight of packed 4-bit codes in blocks of
+/// `blocksize` consecutive weights.
 ///
 /// # Shapes
 /// - packed: `[num_words]` i32, absmax: `[num_blocks]` f32 (already de-double-quantized),
@@ -48,7 +47,8 @@ pub fn dequantize<R: CubeRuntime>(
     packed: CubeTensor<R>,
     absmax: CubeTensor<R>,
     code: CubeTensor<R>,
-    layout: Q4Layout,
+    [out_features, in_features]: [usize; 2],
+    blocksize: usize,
 ) -> CubeTensor<R> {
     assert_eq!(
         packed.dtype,
@@ -57,7 +57,7 @@ pub fn dequantize<R: CubeRuntime>(
     );
     assert_eq!(absmax.dtype, DType::F32, "absmax is f32");
     assert_eq!(code.dtype, DType::F32, "the code book is f32");
-    let numel = layout.numel();
+    let numel = out_features * in_features;
     let packed = into_contiguous(packed);
     let absmax = into_contiguous(absmax);
     let code = into_contiguous(code);
@@ -65,7 +65,7 @@ pub fn dequantize<R: CubeRuntime>(
     let output = empty_device_contiguous_dtype::<R>(
         client.clone(),
         packed.device.clone(),
-        Shape::new([layout.out_features, layout.in_features]),
+        Shape::new([out_features, in_features]),
         DType::F32,
     );
     if numel == 0 {
@@ -82,7 +82,7 @@ pub fn dequantize<R: CubeRuntime>(
         code.into_array_arg(),
         output.clone().into_array_arg(),
         numel,
-        layout.blocksize,
+        blocksize,
     );
     output
 }

@@ -387,7 +387,13 @@ fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
 #[cfg(feature = "cuda")]
 impl QuantBackend for burn::backend::Cuda {
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
-        crate::cube::dequantize(weight.packed, weight.absmax, weight.code, layout)
+        crate::cube::dequantize(
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
     }
 }
 
@@ -399,7 +405,13 @@ impl QuantBackend for burn::backend::Wgpu {
     }
 
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
-        crate::cube::dequantize(weight.packed, weight.absmax, weight.code, layout)
+        crate::cube::dequantize(
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
     }
 }
 

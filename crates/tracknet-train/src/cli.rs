@@ -103,7 +103,7 @@ pub struct TrainArgs {
     /// folder (its best checkpoint), e.g. a pre-training stage's.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
-    /// `cpu` or `cuda[:N]` (overrides training.device).
+    /// `cpu`, `cuda[:N]` or `wgpu` (overrides training.device).
     #[arg(long)]
     pub device: Option<String>,
     /// No progress output.
@@ -120,7 +120,7 @@ pub struct RunArgs {
     /// `best` or `last`.
     #[arg(long, default_value = "best")]
     pub checkpoint: String,
-    /// `cpu` or `cuda[:N]`.
+    /// `cpu`, `cuda[:N]` or `wgpu`.
     #[arg(long)]
     pub device: Option<String>,
     /// Overrides applied to the run's config (e.g. `data.root=/data/tracknet`).
@@ -150,7 +150,7 @@ pub struct PredictArgs {
     /// Peak value above which the ball counts as visible (default: training.eval.threshold).
     #[arg(long)]
     pub threshold: Option<f32>,
-    /// `cpu` or `cuda[:N]`.
+    /// `cpu`, `cuda[:N]` or `wgpu`.
     #[arg(long)]
     pub device: Option<String>,
     /// Overrides applied to the run's config.

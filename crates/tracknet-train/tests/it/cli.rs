@@ -193,6 +193,34 @@ fn cli_run_folder_follows_output_dir_and_model_name_and_says_gradient_checkpoint
         assert!(log.contains("--features cuda"), "{log}");
         assert!(!root.join("cuda-run/metrics.csv").exists());
     }
+    // training.device=wgpu: trains and evaluates there in a build with the backend (CI's, on
+    // lavapipe); a clear error naming the feature in one without.
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+        .args(["train", "--config"])
+        .arg(&cfg_path)
+        .arg("--run-dir")
+        .arg(root.join("wgpu-run"))
+        .arg("training.device=wgpu")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    if cfg!(feature = "wgpu") {
+        assert!(out.status.success(), "{log}");
+        assert!(root.join("wgpu-run/metrics.csv").exists(), "{log}");
+        let out = Command::new(env!("CARGO_BIN_EXE_tracknet"))
+            .args(["eval", "--device", "wgpu", "--checkpoint", "last", "--run"])
+            .arg(root.join("wgpu-run"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("F1"), "{text}");
+    } else {
+        assert!(!out.status.success());
+        assert!(log.contains("--features wgpu"), "{log}");
+        assert!(!root.join("wgpu-run/metrics.csv").exists());
+    }
 }
 
 #[test]

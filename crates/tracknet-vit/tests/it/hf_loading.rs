@@ -482,9 +482,10 @@ fn rope_augmentation_runs_only_with_autodiff() {
     config["pos_embed_rescale"] = serde_json::json!(2.0);
     std::fs::write(with_aug.join("config.json"), config.to_string()).unwrap();
     let model = Backbone::<A>::from_snapshot(&with_aug, &device).unwrap();
-    // The rescale factor is drawn per forward (log-uniform in [1/2, 2]); a draw near 1 changes
-    // little, so look at a few draws.
-    let diff = (0..4)
+    // The rescale factor is drawn per forward (log-uniform in [1/2, 2]) from the process-wide
+    // RNG that parallel tests share; a draw near 1 changes little (four draws once gave 7.8e-4
+    // at most), so look at many draws.
+    let diff = (0..24)
         .map(|_| {
             let trained = model.forward(pixels.clone()).last_hidden_state;
             (trained - expected.clone()).abs().max().into_scalar()
