@@ -7,12 +7,25 @@
 //! `--batches 1,2,4,8` adds the memory-vs-batch sweep: full, LoRA, QLoRA NF4+dq and QLoRA
 //! NF4+dq with checkpointing at each batch size; the report prints the per-image slope and
 //! writes `memory-vs-batch.png` beside the JSON.
+//! `--vs-torch` runs the peer stack's model (`peer.rs`) before our case of the same mode, each in
+//! its own process, and the report prints the ratios (`--torch-python PY`, `--torch-anchor FILE`).
 //! Unrecognised flags (`--steps 3`, `--batch 1`, `--hidden 192`, …) go to every `case`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::peer::{PAIRS, Peer};
 use crate::{cargo, cuda_device_present, root, run as run_cmd};
+
+/// One process the bench runs: a `tracknet-bench` subcommand, or the peer's anchor in `mode`
+/// (compared with our case `pair`).
+enum Job {
+    Ours(Vec<String>),
+    Torch {
+        mode: &'static str,
+        pair: &'static str,
+    },
+}
 
 /// Cases on one backend: the five modes, then LoRA and QLoRA NF4+dq with checkpointing.
 fn cases(backend: &str) -> Vec<Vec<String>> {
@@ -35,12 +48,24 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     let mut quality_epochs: Option<String> = None;
     let mut batches: Vec<String> = Vec::new();
     let mut out = root().join("bench-results").join("bench.json");
+    let mut vs_torch = false;
+    let mut torch_python: Option<PathBuf> = None;
+    let mut torch_anchor: Option<PathBuf> = None;
     let mut pass = Vec::new();
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--quality" => quality = true,
+            "--vs-torch" => vs_torch = true,
+            "--torch-python" => {
+                vs_torch = true;
+                torch_python = Some(it.next().ok_or("--torch-python needs a file")?.into());
+            }
+            "--torch-anchor" => {
+                vs_torch = true;
+                torch_anchor = Some(it.next().ok_or("--torch-anchor needs a file")?.into());
+            }
             "--quality-epochs" => {
                 quality = true;
                 quality_epochs = Some(it.next().ok_or("--quality-epochs needs a number")?.clone());
@@ -66,6 +91,36 @@ pub fn run(rest: &[String]) -> Result<(), String> {
         }
     }
     let cuda = cuda_device_present();
+    let peer = if vs_torch {
+        if quick {
+            return Err(
+                "--vs-torch compares the seed's size; it cannot be combined with --quick".into(),
+            );
+        }
+        Some(Peer::prepare(torch_python, torch_anchor)?)
+    } else {
+        None
+    };
+    // The peer runs at our cases' batch and step count.
+    let flag_value = |name: &str, default: usize| -> Result<usize, String> {
+        let eq = format!("{name}=");
+        let v = pass
+            .windows(2)
+            .find(|w| w[0] == name)
+            .map(|w| w[1].clone())
+            .or_else(|| {
+                pass.iter()
+                    .find_map(|p| p.strip_prefix(&eq).map(str::to_string))
+            });
+        match v {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| format!("{name}: `{v}` is not a positive integer")),
+        }
+    };
+    let peer_batch = flag_value("--batch", 2)?;
+    let peer_steps = flag_value("--steps", 5)?;
 
     let mut build = cargo();
     build.args(["build", "-p", "tracknet-train", "--bin", "tracknet-bench"]);
@@ -83,14 +138,20 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     } else {
         Vec::new()
     };
-    let mut jobs: Vec<(String, Vec<String>)> = Vec::new();
+    let mut jobs: Vec<(String, Job)> = Vec::new();
     for b in backends_run(cuda) {
         for c in cases(b) {
+            // The peer's run of this mode goes right before ours (CPU cases only, no checkpointing).
+            if peer.is_some() && b == "ndarray" && c.len() == 4 {
+                for (mode, pair) in PAIRS.iter().filter(|(_, pair)| *pair == c[1]) {
+                    jobs.push((format!("torch_anchor.py {mode}"), Job::Torch { mode, pair }));
+                }
+            }
             let mut args = vec!["case".to_string()];
             args.extend(c);
             args.extend(quick_flag.iter().cloned());
             args.extend(pass.iter().cloned());
-            jobs.push((args[1..].join(" "), args));
+            jobs.push((args[1..].join(" "), Job::Ours(args)));
         }
     }
     if !batches.is_empty()
@@ -118,25 +179,34 @@ pub fn run(rest: &[String]) -> Result<(), String> {
                 }
                 args.extend(quick_flag.iter().cloned());
                 args.extend(pass.iter().cloned());
-                jobs.push((args[1..].join(" "), args));
+                jobs.push((args[1..].join(" "), Job::Ours(args)));
             }
         }
     }
     let mut d = vec!["data".to_string()];
     d.extend(quick_flag.iter().cloned());
-    jobs.push(("data".into(), d));
+    jobs.push(("data".into(), Job::Ours(d)));
     if quality {
         let mut q = vec!["quality".to_string()];
         q.extend(quick_flag.iter().cloned());
         if let Some(e) = &quality_epochs {
             q.extend(["--epochs".to_string(), e.clone()]);
         }
-        jobs.push(("quality".into(), q));
+        jobs.push(("quality".into(), Job::Ours(q)));
     }
 
     let mut objects = Vec::new();
-    for (i, (label, args)) in jobs.iter().enumerate() {
+    for (i, (label, job)) in jobs.iter().enumerate() {
         eprintln!("xtask: bench [{}/{}] {label}", i + 1, jobs.len());
+        let args = match job {
+            Job::Ours(args) => args,
+            Job::Torch { mode, pair } => {
+                if let Some(p) = &peer {
+                    objects.push(p.run(mode, pair, peer_batch, peer_steps));
+                }
+                continue;
+            }
+        };
         let output = Command::new(&bin)
             .args(args)
             .current_dir(root())
@@ -186,13 +256,14 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     }
 
     let machine = format!(
-        "{{\"nproc\":{},\"cpu\":{},\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"flags\":[{}]}}",
+        "{{\"nproc\":{},\"cpu\":{},\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"vs_torch\":{},\"flags\":[{}]}}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         quote(&cpu_model()),
         quote(&capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         quote(&capture("git", &["rev-parse", "--short", "HEAD"])),
         cuda,
         quick,
+        vs_torch,
         pass.iter().map(|p| quote(p)).collect::<Vec<_>>().join(",")
     );
     let doc = format!(
@@ -244,7 +315,7 @@ fn capture(cmd: &str, args: &[&str]) -> String {
 }
 
 /// A JSON string literal.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     o.push('"');
     for c in s.chars() {

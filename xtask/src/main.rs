@@ -6,11 +6,13 @@
 //!   backends' code is compiled), the whole test suite with the backend-generic tests on
 //!   NdArray **and** wgpu (Mesa's lavapipe, installed when absent), plus the tests on CUDA
 //!   when a CUDA device is present.
-//! - `bench [--quick] [--quality] [--out FILE] [FLAGS]`: every mode in its own process, one
-//!   JSON file (`bench-results/bench.json`) + a table and the goal checks (see `bench.rs`).
+//! - `bench [--quick] [--quality] [--vs-torch] [--out FILE] [FLAGS]`: every mode in its own
+//!   process, one JSON file (`bench-results/bench.json`) + a table and the goal checks (see
+//!   `bench.rs`); `--vs-torch` adds the PyTorch peer mode by mode (`peer.rs`).
 //! - `ci`: what CI runs (`test`).
 
 mod bench;
+mod peer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -86,17 +86,7 @@ fn bnb_codes_dequantize_bit_exact_on_the_device<B: QuantBackend>(device: &B::Dev
 
 /// Deterministic weights with outliers.
 fn weights(n: usize, seed: u64) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let x = ((i as u64)
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(seed)
-                >> 33) as f32
-                / (1u64 << 31) as f32;
-            let v = (x - 0.5) * 0.2;
-            if i % 397 == 0 { v * 30.0 } else { v }
-        })
-        .collect()
+    super::layer::outlier_weights(n, seed, 397, 30.0)
 }
 
 fn max_rel<const D: usize, B: Backend>(got: Tensor<B, D>, want: Tensor<B, D>) -> f32 {

@@ -16,8 +16,13 @@ fn max_abs<const D: usize, BB: Backend>(a: Tensor<BB, D>, b: Tensor<BB, D>) -> f
 }
 
 fn weights(out: usize, inp: usize, seed: u64) -> Vec<f32> {
-    // Deterministic, with outliers, not a multiple of 64 when out*in is odd-sized.
-    (0..out * inp)
+    outlier_weights(out * inp, seed, 997, 40.0)
+}
+
+/// Deterministic weights in ±0.1 with every `every`-th one `scale` times larger (outliers put
+/// absmax blocks on very different scales); shared by the tests of this binary.
+pub(crate) fn outlier_weights(n: usize, seed: u64, every: usize, scale: f32) -> Vec<f32> {
+    (0..n)
         .map(|i| {
             let x = ((i as u64)
                 .wrapping_mul(6364136223846793005)
@@ -25,7 +30,7 @@ fn weights(out: usize, inp: usize, seed: u64) -> Vec<f32> {
                 >> 33) as f32
                 / (1u64 << 31) as f32;
             let v = (x - 0.5) * 0.2;
-            if i % 997 == 0 { v * 40.0 } else { v }
+            if i % every == 0 { v * scale } else { v }
         })
         .collect()
 }

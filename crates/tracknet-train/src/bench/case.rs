@@ -14,7 +14,7 @@ use tracknet_vit::model::HeatmapModel;
 
 use super::args::CaseArgs;
 use super::config::{Sizes, mode_overrides, quickstart_with};
-use super::memory::{heap_live, heap_peak, proc_status_bytes, reset_peaks};
+use super::memory::{cpu_seconds, heap_live, heap_peak, proc_status_bytes, reset_peaks};
 use crate::backend::{AutodiffJob, with_autodiff};
 use crate::error::TrainError;
 use crate::eval::loss_from_config;
@@ -185,11 +185,13 @@ where
     let mut seconds = Vec::new();
     // Peaks are reset after the warm-up steps, so they are the timed steps' own.
     let (mut clear_refs_ok, mut rss_before, mut heap_before) = (false, None, 0);
+    let mut cpu_before = None;
     for i in 0..s.warmup + s.steps {
         if i == s.warmup {
             clear_refs_ok = reset_peaks();
             rss_before = proc_status_bytes("VmRSS");
             heap_before = heap_live();
+            cpu_before = cpu_seconds();
         }
         let (m, loss, secs) = step(model);
         model = m;
@@ -209,6 +211,11 @@ where
         None
     };
     let peak_heap = heap_peak();
+    // Cores kept busy through the timed steps: (user + system CPU time) / wall time.
+    let step_cpu_cores = match (cpu_before, cpu_seconds()) {
+        (Some(b), Some(e)) if !seconds.is_empty() => Some((e - b) / seconds.iter().sum::<f64>()),
+        _ => None,
+    };
 
     // Inference: no autodiff graph, the inner backend.
     let infer = model.valid();
@@ -271,6 +278,7 @@ where
         "step_seconds": seconds,
         "step_seconds_median": median(&seconds),
         "step_seconds_min": min(&seconds),
+        "step_cpu_cores": step_cpu_cores,
         "losses": losses,
         "inference_batch": x.batch_size,
         "inference_seconds": infer_seconds,

@@ -83,6 +83,40 @@ pub fn malloc_trim() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn malloc_trim() {}
 
+/// CPU time (user + system) this process has used so far, in seconds; divided by a wall time
+/// it gives the cores kept busy.
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+pub fn cpu_seconds() -> Option<f64> {
+    #[repr(C)]
+    struct Timeval {
+        sec: i64,
+        usec: i64,
+    }
+    #[repr(C)]
+    struct Rusage {
+        utime: Timeval,
+        stime: Timeval,
+        rest: [i64; 14],
+    }
+    unsafe extern "C" {
+        fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+    }
+    let mut r = Rusage {
+        utime: Timeval { sec: 0, usec: 0 },
+        stime: Timeval { sec: 0, usec: 0 },
+        rest: [0; 14],
+    };
+    // SAFETY: RUSAGE_SELF (0) fills the struct, which has Linux's 64-bit `struct rusage` layout.
+    let rc = unsafe { getrusage(0, &mut r) };
+    let t = |v: &Timeval| v.sec as f64 + v.usec as f64 * 1e-6;
+    (rc == 0).then(|| t(&r.utime) + t(&r.stime))
+}
+
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+pub fn cpu_seconds() -> Option<f64> {
+    None
+}
+
 /// A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`).
 pub fn proc_status_bytes(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

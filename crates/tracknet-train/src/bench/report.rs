@@ -39,9 +39,9 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
     );
     println!();
     println!(
-        "| case | backend | batch | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | step median s | step min s | infer fps |"
+        "| case | backend | batch | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | step median s | step min s | CPU cores | infer fps |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in cases.iter().filter(|c| c["kind"] == "case") {
         if !c["error"].is_null() {
             println!(
@@ -53,7 +53,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             continue;
         }
         println!(
-            "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} | {} |",
             c["case"].as_str().unwrap_or("?"),
             c["backend"].as_str().unwrap_or("?"),
             c["sizes"]["batch"],
@@ -67,9 +67,11 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             mb(&c["heap_before_step_bytes"]),
             num(&c["step_seconds_median"], 3),
             num(&c["step_seconds_min"], 3),
+            num(&c["step_cpu_cores"], 2),
             num(&c["inference_fps"], 2),
         );
     }
+    vs_torch(cases);
     memory_vs_batch(cases, &file.with_file_name("memory-vs-batch.png"))?;
     for c in cases.iter().filter(|c| c["kind"] == "data") {
         println!();
@@ -177,6 +179,77 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
         }
     }
     Ok(())
+}
+
+/// The side-by-side table of `cargo xtask bench --vs-torch`: each peer run against our NdArray
+/// case of the same mode, measured in the same bench run; ratio = ours / PyTorch (below 1: we
+/// are faster or smaller). Inference is per frame (the peer times a batch of `batch` frames).
+fn vs_torch(cases: &[Value]) {
+    let peers: Vec<&Value> = cases.iter().filter(|c| c["kind"] == "torch").collect();
+    if peers.is_empty() {
+        return;
+    }
+    println!();
+    println!("side by side with PyTorch + PEFT + bitsandbytes (same run; ratio = ours / PyTorch):");
+    println!(
+        "| mode | PyTorch s | ours s | time ratio | PyTorch peak RSS MB | ours peak RSS MB | RSS ratio | PyTorch threads | our CPU cores |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for p in peers {
+        let mode = p["mode"].as_str().unwrap_or("?");
+        let pair = p["pair"].as_str().unwrap_or("?");
+        if !p["error"].is_null() {
+            println!(
+                "| {mode} | failed: {} |",
+                p["error"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
+        let a = &p["anchor"];
+        let Some(ours) = find(cases, "ndarray", pair) else {
+            println!("| {mode} | our case `{pair}` is missing or failed |");
+            continue;
+        };
+        let infer = mode == "infer";
+        let (theirs_s, ours_s) = if infer {
+            let batch = a["batch"].as_f64().unwrap_or(f64::NAN);
+            let ib = ours["inference_batch"].as_f64().unwrap_or(f64::NAN);
+            (
+                a["step_s_median"].as_f64().unwrap_or(f64::NAN) / batch,
+                ours["inference_seconds_median"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+                    / ib,
+            )
+        } else {
+            (
+                a["step_s_median"].as_f64().unwrap_or(f64::NAN),
+                ours["step_seconds_median"].as_f64().unwrap_or(f64::NAN),
+            )
+        };
+        let theirs_rss = a["peak_rss_mb"].as_f64().unwrap_or(f64::NAN);
+        let ours_rss = ours["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1e6;
+        let label = if infer {
+            "infer (per frame)".to_string()
+        } else {
+            format!("{mode} step (ours: {pair})")
+        };
+        if infer {
+            println!(
+                "| {label} | {theirs_s:.3} | {ours_s:.3} | {:.2}x | {theirs_rss:.0} | - | - | {} | - |",
+                ours_s / theirs_s,
+                a["torch_threads"]
+            );
+        } else {
+            println!(
+                "| {label} | {theirs_s:.3} | {ours_s:.3} | {:.2}x | {theirs_rss:.0} | {ours_rss:.0} | {:.2}x | {} | {} |",
+                ours_s / theirs_s,
+                ours_rss / theirs_rss,
+                a["torch_threads"],
+                num(&ours["step_cpu_cores"], 2)
+            );
+        }
+    }
 }
 
 /// Least-squares line `y = a + b·x` through `points` (at least two distinct x).
