@@ -49,10 +49,13 @@ impl Peer {
         }
         let python =
             match python.or_else(|| std::env::var_os("TRACKNET_TORCH_PYTHON").map(PathBuf::from)) {
-                Some(p) => p,
+                Some(p) => {
+                    check_packages(&p)?;
+                    p
+                }
+                // Checked there: a reused venv before use, a new one after pip.
                 None => make_venv()?,
             };
-        check_packages(&python)?;
         Ok(Self { python, anchor })
     }
 
@@ -126,6 +129,7 @@ fn make_venv() -> Result<PathBuf, String> {
         pip,
         "pip install torch transformers peft bitsandbytes (PyPI, ~4 GB)",
     )?;
+    check_packages(&python)?;
     Ok(python)
 }
 
