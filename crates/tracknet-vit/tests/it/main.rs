@@ -10,4 +10,5 @@ mod export;
 mod hf_loading;
 mod hf_parity;
 mod model_assembly;
+mod numerics;
 mod peft_parity;
