@@ -9,6 +9,9 @@
 //! writes `memory-vs-batch.png` beside the JSON.
 //! `--vs-torch` runs the peer stack's model (`peer.rs`) before our case of the same mode, each in
 //! its own process, and the report prints the ratios (`--torch-python PY`, `--torch-anchor FILE`).
+//! `q4-matmul` runs on each backend: the 4-bit matmul as dispatched (the fused CubeCL kernel for
+//! few rows) against dequantize + matmul. `--wgpu` builds with the wgpu backend and adds its
+//! `q4-matmul` row (Mesa's lavapipe on a machine without a GPU: the CubeCL path on the CPU).
 //! Unrecognised flags (`--steps 3`, `--batch 1`, `--hidden 192`, …) go to every `case`.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +52,7 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     let mut batches: Vec<String> = Vec::new();
     let mut out = root().join("bench-results").join("bench.json");
     let mut vs_torch = false;
+    let mut wgpu = false;
     let mut torch_python: Option<PathBuf> = None;
     let mut torch_anchor: Option<PathBuf> = None;
     let mut pass = Vec::new();
@@ -58,6 +62,7 @@ pub fn run(rest: &[String]) -> Result<(), String> {
             "--quick" => quick = true,
             "--quality" => quality = true,
             "--vs-torch" => vs_torch = true,
+            "--wgpu" => wgpu = true,
             "--torch-python" => {
                 vs_torch = true;
                 torch_python = Some(it.next().ok_or("--torch-python needs a file")?.into());
@@ -124,8 +129,16 @@ pub fn run(rest: &[String]) -> Result<(), String> {
 
     let mut build = cargo();
     build.args(["build", "-p", "tracknet-train", "--bin", "tracknet-bench"]);
-    if cuda {
-        build.args(["--features", "cuda"]);
+    let features: Vec<&str> = [("cuda", cuda), ("wgpu", wgpu)]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    if wgpu {
+        crate::ensure_vulkan()?;
     }
     run_cmd(build, "cargo build --bin tracknet-bench")?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -182,6 +195,20 @@ pub fn run(rest: &[String]) -> Result<(), String> {
                 jobs.push((args[1..].join(" "), Job::Ours(args)));
             }
         }
+    }
+    let mut q4_backends: Vec<&str> = backends_run(cuda)
+        .into_iter()
+        .map(|b| if b == "ndarray" { "cpu" } else { b })
+        .collect();
+    if wgpu {
+        q4_backends.push("wgpu");
+    }
+    for b in q4_backends {
+        let mut args = vec!["q4-matmul".to_string(), "--backend".into(), b.into()];
+        if quick {
+            args.extend(["--runs".into(), "3".into()]);
+        }
+        jobs.push((format!("q4-matmul --backend {b}"), Job::Ours(args)));
     }
     let mut d = vec!["data".to_string()];
     d.extend(quick_flag.iter().cloned());

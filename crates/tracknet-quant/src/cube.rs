@@ -5,6 +5,12 @@
 //! 4-bit matmul, forward and backward. This kernel reads the packed words, the absmax and the
 //! code book and writes the dense `[out, in]` weight once: one thread per weight, one launch.
 //! It is what bitsandbytes' `dequantize_4bit` kernel does before its matmul.
+//!
+//! For a few rows (inference, a frame at a time) the dense weight is not worth writing at all:
+//! [`dequant_matmul`] and [`dequant_matmul_grad`] decode each code where they multiply it, as
+//! bitsandbytes' `gemv_4bit` does for a batch of one. For many rows (training batches) a tiled
+//! matmul reuses each weight across rows and wins, so [`crate::FUSED_MAX_ROWS`] picks the path, as
+//! bitsandbytes' `matmul_4bit` does.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
@@ -36,6 +42,330 @@ fn dequant4_kernel(
     output[e] = code[nibble as usize] * absmax[e / blocksize];
 }
 
+/// The f32 weight `W[o, i]` of element `e = o·in + i`: its nibble times its block's absmax.
+#[cube]
+fn weight_at(
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    e: usize,
+    blocksize: usize,
+) -> f32 {
+    let word = packed[e / 8];
+    let shift = 28i32 - 4i32 * ((e % 8) as i32);
+    let nibble = (word >> shift) & 15i32;
+    code[nibble as usize] * absmax[e / blocksize]
+}
+
+/// Rows one thread of the fused kernels multiplies: each decoded weight is used this many times.
+const ROW_TILE: usize = 8;
+
+/// `output[r, o] = Σ_i x[r, i] · W[o, i]`: one thread per output feature and tile of
+/// [`ROW_TILE`] rows, each weight decoded once per tile; `W` is never written.
+#[cube(launch)]
+fn dequant_matmul_kernel(
+    x: &Array<f32>,
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    output: &mut Array<f32>,
+    rows: usize,
+    out_features: usize,
+    in_features: usize,
+    blocksize: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    let tiles = (rows + 7) / 8;
+    if pos >= tiles * out_features {
+        terminate!();
+    }
+    let tile = pos / out_features;
+    let o = pos % out_features;
+    // Rows past the end repeat row r0 (always valid) and are not written.
+    let r0 = tile * 8;
+    let r1 = if r0 + 1 < rows { r0 + 1 } else { r0 };
+    let r2 = if r0 + 2 < rows { r0 + 2 } else { r0 };
+    let r3 = if r0 + 3 < rows { r0 + 3 } else { r0 };
+    let r4 = if r0 + 4 < rows { r0 + 4 } else { r0 };
+    let r5 = if r0 + 5 < rows { r0 + 5 } else { r0 };
+    let r6 = if r0 + 6 < rows { r0 + 6 } else { r0 };
+    let r7 = if r0 + 7 < rows { r0 + 7 } else { r0 };
+    let mut acc0 = f32::new(0.0);
+    let mut acc1 = f32::new(0.0);
+    let mut acc2 = f32::new(0.0);
+    let mut acc3 = f32::new(0.0);
+    let mut acc4 = f32::new(0.0);
+    let mut acc5 = f32::new(0.0);
+    let mut acc6 = f32::new(0.0);
+    let mut acc7 = f32::new(0.0);
+    let w_row = o * in_features;
+    for i in 0..in_features {
+        let w = weight_at(packed, absmax, code, w_row + i, blocksize);
+        acc0 += x[r0 * in_features + i] * w;
+        acc1 += x[r1 * in_features + i] * w;
+        acc2 += x[r2 * in_features + i] * w;
+        acc3 += x[r3 * in_features + i] * w;
+        acc4 += x[r4 * in_features + i] * w;
+        acc5 += x[r5 * in_features + i] * w;
+        acc6 += x[r6 * in_features + i] * w;
+        acc7 += x[r7 * in_features + i] * w;
+    }
+    output[r0 * out_features + o] = acc0;
+    if r0 + 1 < rows {
+        output[r1 * out_features + o] = acc1;
+    }
+    if r0 + 2 < rows {
+        output[r2 * out_features + o] = acc2;
+    }
+    if r0 + 3 < rows {
+        output[r3 * out_features + o] = acc3;
+    }
+    if r0 + 4 < rows {
+        output[r4 * out_features + o] = acc4;
+    }
+    if r0 + 5 < rows {
+        output[r5 * out_features + o] = acc5;
+    }
+    if r0 + 6 < rows {
+        output[r6 * out_features + o] = acc6;
+    }
+    if r0 + 7 < rows {
+        output[r7 * out_features + o] = acc7;
+    }
+}
+
+/// `output[r, i] = Σ_o grad[r, o] · W[o, i]` (the input gradient): one thread per input feature
+/// and tile of [`ROW_TILE`] rows.
+#[cube(launch)]
+fn dequant_matmul_grad_kernel(
+    grad: &Array<f32>,
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    output: &mut Array<f32>,
+    rows: usize,
+    out_features: usize,
+    in_features: usize,
+    blocksize: usize,
+) {
+    let pos = ABSOLUTE_POS;
+    let tiles = (rows + 7) / 8;
+    if pos >= tiles * in_features {
+        terminate!();
+    }
+    let tile = pos / in_features;
+    let i = pos % in_features;
+    let r0 = tile * 8;
+    let r1 = if r0 + 1 < rows { r0 + 1 } else { r0 };
+    let r2 = if r0 + 2 < rows { r0 + 2 } else { r0 };
+    let r3 = if r0 + 3 < rows { r0 + 3 } else { r0 };
+    let r4 = if r0 + 4 < rows { r0 + 4 } else { r0 };
+    let r5 = if r0 + 5 < rows { r0 + 5 } else { r0 };
+    let r6 = if r0 + 6 < rows { r0 + 6 } else { r0 };
+    let r7 = if r0 + 7 < rows { r0 + 7 } else { r0 };
+    let mut acc0 = f32::new(0.0);
+    let mut acc1 = f32::new(0.0);
+    let mut acc2 = f32::new(0.0);
+    let mut acc3 = f32::new(0.0);
+    let mut acc4 = f32::new(0.0);
+    let mut acc5 = f32::new(0.0);
+    let mut acc6 = f32::new(0.0);
+    let mut acc7 = f32::new(0.0);
+    for o in 0..out_features {
+        let w = weight_at(packed, absmax, code, o * in_features + i, blocksize);
+        acc0 += grad[r0 * out_features + o] * w;
+        acc1 += grad[r1 * out_features + o] * w;
+        acc2 += grad[r2 * out_features + o] * w;
+        acc3 += grad[r3 * out_features + o] * w;
+        acc4 += grad[r4 * out_features + o] * w;
+        acc5 += grad[r5 * out_features + o] * w;
+        acc6 += grad[r6 * out_features + o] * w;
+        acc7 += grad[r7 * out_features + o] * w;
+    }
+    output[r0 * in_features + i] = acc0;
+    if r0 + 1 < rows {
+        output[r1 * in_features + i] = acc1;
+    }
+    if r0 + 2 < rows {
+        output[r2 * in_features + i] = acc2;
+    }
+    if r0 + 3 < rows {
+        output[r3 * in_features + i] = acc3;
+    }
+    if r0 + 4 < rows {
+        output[r4 * in_features + i] = acc4;
+    }
+    if r0 + 5 < rows {
+        output[r5 * in_features + i] = acc5;
+    }
+    if r0 + 6 < rows {
+        output[r6 * in_features + i] = acc6;
+    }
+    if r0 + 7 < rows {
+        output[r7 * in_features + i] = acc7;
+    }
+}
+
+/// One row (`rows == 1`, a frame at a time): [`dequant_matmul_kernel`] without the row tile,
+/// whose repeated rows would multiply every weight [`ROW_TILE`] times for nothing.
+#[cube(launch)]
+fn dequant_matvec_kernel(
+    x: &Array<f32>,
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    output: &mut Array<f32>,
+    rows: usize,
+    out_features: usize,
+    in_features: usize,
+    blocksize: usize,
+) {
+    let o = ABSOLUTE_POS;
+    if o >= out_features || rows != 1 {
+        terminate!();
+    }
+    let w_row = o * in_features;
+    let mut acc = f32::new(0.0);
+    for i in 0..in_features {
+        acc += x[i] * weight_at(packed, absmax, code, w_row + i, blocksize);
+    }
+    output[o] = acc;
+}
+
+/// The input gradient of [`dequant_matvec_kernel`] (one row).
+#[cube(launch)]
+fn dequant_matvec_grad_kernel(
+    grad: &Array<f32>,
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    output: &mut Array<f32>,
+    rows: usize,
+    out_features: usize,
+    in_features: usize,
+    blocksize: usize,
+) {
+    let i = ABSOLUTE_POS;
+    if i >= in_features || rows != 1 {
+        terminate!();
+    }
+    let mut acc = f32::new(0.0);
+    for o in 0..out_features {
+        acc += grad[o] * weight_at(packed, absmax, code, o * in_features + i, blocksize);
+    }
+    output[i] = acc;
+}
+
+fn check_q4_inputs<R: CubeRuntime>(
+    packed: &CubeTensor<R>,
+    absmax: &CubeTensor<R>,
+    code: &CubeTensor<R>,
+) {
+    assert_eq!(
+        packed.dtype,
+        DType::I32,
+        "4-bit codes are packed in i32 words"
+    );
+    assert_eq!(absmax.dtype, DType::F32, "absmax is f32");
+    assert_eq!(code.dtype, DType::F32, "the code book is f32");
+}
+
+/// Launches one of the two fused kernels over `rows × cols` outputs.
+#[allow(clippy::too_many_arguments)]
+fn launch_fused<R: CubeRuntime>(
+    grad: bool,
+    input: CubeTensor<R>,
+    packed: CubeTensor<R>,
+    absmax: CubeTensor<R>,
+    code: CubeTensor<R>,
+    [out_features, in_features]: [usize; 2],
+    blocksize: usize,
+) -> CubeTensor<R> {
+    check_q4_inputs(&packed, &absmax, &code);
+    assert_eq!(
+        input.dtype,
+        DType::F32,
+        "the fused 4-bit matmul runs in f32"
+    );
+    let (inner, cols) = if grad {
+        (out_features, in_features)
+    } else {
+        (in_features, out_features)
+    };
+    let dims = input.meta.shape().dims::<2>();
+    assert_eq!(
+        dims[1], inner,
+        "4-bit matmul: input has {} features, expected {inner}",
+        dims[1]
+    );
+    let rows = dims[0];
+    let input = into_contiguous(input);
+    let (packed, absmax, code) = (
+        into_contiguous(packed),
+        into_contiguous(absmax),
+        into_contiguous(code),
+    );
+    let client = input.client.clone();
+    let output = empty_device_contiguous_dtype::<R>(
+        client.clone(),
+        input.device.clone(),
+        Shape::new([rows, cols]),
+        DType::F32,
+    );
+    if rows * cols == 0 {
+        return output;
+    }
+    let threads = rows.div_ceil(ROW_TILE) * cols;
+    let cube_dim = CubeDim::new(&client, threads);
+    let cube_count = calculate_cube_count_elemwise(&client, threads, cube_dim);
+    let launch = match (grad, rows == 1) {
+        (false, true) => dequant_matvec_kernel::launch::<R>,
+        (true, true) => dequant_matvec_grad_kernel::launch::<R>,
+        (false, false) => dequant_matmul_kernel::launch::<R>,
+        (true, false) => dequant_matmul_grad_kernel::launch::<R>,
+    };
+    launch(
+        &client,
+        cube_count,
+        cube_dim,
+        input.into_array_arg(),
+        packed.into_array_arg(),
+        absmax.into_array_arg(),
+        code.into_array_arg(),
+        output.clone().into_array_arg(),
+        rows,
+        out_features,
+        in_features,
+        blocksize,
+    );
+    output
+}
+
+/// `x [rows, in] → x · Wᵀ [rows, out]` with each 4-bit weight decoded where it is multiplied
+/// (never a dense `W`), in f32.
+pub fn dequant_matmul<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    packed: CubeTensor<R>,
+    absmax: CubeTensor<R>,
+    code: CubeTensor<R>,
+    shape: [usize; 2],
+    blocksize: usize,
+) -> CubeTensor<R> {
+    launch_fused(false, x, packed, absmax, code, shape, blocksize)
+}
+
+/// `grad [rows, out] → grad · W [rows, in]`, the input gradient of [`dequant_matmul`].
+pub fn dequant_matmul_grad<R: CubeRuntime>(
+    grad: CubeTensor<R>,
+    packed: CubeTensor<R>,
+    absmax: CubeTensor<R>,
+    code: CubeTensor<R>,
+    shape: [usize; 2],
+    blocksize: usize,
+) -> CubeTensor<R> {
+    launch_fused(true, grad, packed, absmax, code, shape, blocksize)
+}
+
 /// The dense `[out_features, in_features]` f32 weight of packed 4-bit codes in blocks of
 /// `blocksize` consecutive weights.
 ///
@@ -50,13 +380,7 @@ pub fn dequantize<R: CubeRuntime>(
     [out_features, in_features]: [usize; 2],
     blocksize: usize,
 ) -> CubeTensor<R> {
-    assert_eq!(
-        packed.dtype,
-        DType::I32,
-        "4-bit codes are packed in i32 words"
-    );
-    assert_eq!(absmax.dtype, DType::F32, "absmax is f32");
-    assert_eq!(code.dtype, DType::F32, "the code book is f32");
+    check_q4_inputs(&packed, &absmax, &code);
     let numel = out_features * in_features;
     let packed = into_contiguous(packed);
     let absmax = into_contiguous(absmax);

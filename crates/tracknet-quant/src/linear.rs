@@ -411,7 +411,9 @@ impl<B: QuantBackend> QuantizedLinear<B> {
         }
     }
 
-    fn q4_weight(&self) -> Q4Weight<B> {
+    /// The operands of the 4-bit matmul: packed codes, f32 absmax (double quantization undone),
+    /// code book.
+    pub fn q4_weight(&self) -> Q4Weight<B> {
         Q4Weight {
             packed: self.packed.clone().into_primitive(),
             absmax: self.absmax_f32().into_primitive().tensor(),

@@ -98,20 +98,7 @@ pub trait QuantBackend: Backend {
         weight: Q4Weight<Self>,
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
-        let w = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(Self::q4_dequantize(
-            weight, layout,
-        )));
-        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
-        let y = match layout.compute.dtype() {
-            Some(dtype) if Self::q4_supports_half() => {
-                let out_dtype = x.dtype();
-                x.cast(dtype)
-                    .matmul(w.cast(dtype).transpose())
-                    .cast(out_dtype)
-            }
-            _ => x.matmul(w.transpose()),
-        };
-        y.into_primitive().tensor()
+        dequantize_then_matmul::<Self>(x, weight, layout)
     }
 
     /// `x [.., in] → [.., out]`: [`QuantBackend::q4_matmul`] over the flattened leading
@@ -135,19 +122,63 @@ pub trait QuantBackend: Backend {
         weight: Q4Weight<Self>,
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
-        let w = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(Self::q4_dequantize(
-            weight, layout,
-        )));
-        let grad = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad));
-        let g = match layout.compute.dtype() {
-            Some(dtype) if Self::q4_supports_half() => {
-                let out_dtype = grad.dtype();
-                grad.cast(dtype).matmul(w.cast(dtype)).cast(out_dtype)
-            }
-            _ => grad.matmul(w),
-        };
-        g.into_primitive().tensor()
+        dequantize_then_matmul_grad::<Self>(grad, weight, layout)
     }
+}
+
+/// [`QuantBackend::q4_matmul`] as dequantize (in `layout.compute`) + the backend's matmul.
+pub fn dequantize_then_matmul<B: QuantBackend>(
+    x: FloatTensor<B>,
+    weight: Q4Weight<B>,
+    layout: Q4Layout,
+) -> FloatTensor<B> {
+    let w =
+        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(weight, layout)));
+    let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
+    let y = match layout.compute.dtype() {
+        Some(dtype) if B::q4_supports_half() => {
+            let out_dtype = x.dtype();
+            x.cast(dtype)
+                .matmul(w.cast(dtype).transpose())
+                .cast(out_dtype)
+        }
+        _ => x.matmul(w.transpose()),
+    };
+    y.into_primitive().tensor()
+}
+
+/// [`QuantBackend::q4_matmul_grad`] as dequantize + the backend's matmul.
+pub fn dequantize_then_matmul_grad<B: QuantBackend>(
+    grad: FloatTensor<B>,
+    weight: Q4Weight<B>,
+    layout: Q4Layout,
+) -> FloatTensor<B> {
+    let w =
+        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(weight, layout)));
+    let grad = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
+    let g = match layout.compute.dtype() {
+        Some(dtype) if B::q4_supports_half() => {
+            let out_dtype = grad.dtype();
+            grad.cast(dtype).matmul(w.cast(dtype)).cast(out_dtype)
+        }
+        _ => grad.matmul(w),
+    };
+    g.into_primitive().tensor()
+}
+
+/// Rows up to which the CubeCL backends' [`QuantBackend::q4_matmul`] and its gradient use the
+/// fused kernels that decode each 4-bit code where they multiply it (above: dequantize once,
+/// then the backend's tiled matmul, which reuses each weight across rows). NdArray's host
+/// kernel always decodes in row chunks. Measured on wgpu/lavapipe (docs/performance.md): the
+/// fused kernels take 0.5–0.7× the time of dequantize + matmul for 1–8 rows and break even at
+/// 16.
+pub const FUSED_MAX_ROWS: usize = 8;
+
+/// Whether a CubeCL backend multiplies `rows` rows with the fused kernels of [`crate::cube`]:
+/// few rows, f32 compute.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn use_fused<B: QuantBackend>(rows: usize, layout: Q4Layout) -> bool {
+    rows <= FUSED_MAX_ROWS && !(layout.compute.dtype().is_some() && B::q4_supports_half())
 }
 
 /// Unpack `n` fields of `bits` bits (4 or 8) from big-endian-ordered int32 words with tensor
@@ -381,13 +412,50 @@ fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
         .expect("TensorData::convert yields the requested element type")
 }
 
-/// CUDA and wgpu dequantize with one CubeCL kernel ([`crate::cube`]) and multiply with
-/// Burn's matmul (the default methods), as bitsandbytes' `MatMul4Bit` does for training
-/// batches; never the NdArray host kernel.
+/// CUDA and wgpu: up to [`FUSED_MAX_ROWS`] rows (f32) multiply with the fused
+/// CubeCL kernels that decode each code where they use it (bitsandbytes' `gemv_4bit`); more rows
+/// dequantize with one CubeCL kernel and multiply with Burn's tiled matmul, as bitsandbytes'
+/// `MatMul4Bit` does for training batches. Never the NdArray host kernel.
 #[cfg(feature = "cuda")]
 impl QuantBackend for burn::backend::Cuda {
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
         crate::cube::dequantize(
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
+    }
+
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        if !use_fused::<Self>(x.meta.shape()[0], layout) {
+            return dequantize_then_matmul::<Self>(x, weight, layout);
+        }
+        crate::cube::dequant_matmul(
+            x,
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
+    }
+
+    fn q4_matmul_grad(
+        grad: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        if !use_fused::<Self>(grad.meta.shape()[0], layout) {
+            return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
+        }
+        crate::cube::dequant_matmul_grad(
+            grad,
             weight.packed,
             weight.absmax,
             weight.code,
@@ -406,6 +474,42 @@ impl QuantBackend for burn::backend::Wgpu {
 
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
         crate::cube::dequantize(
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
+    }
+
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        if !use_fused::<Self>(x.meta.shape()[0], layout) {
+            return dequantize_then_matmul::<Self>(x, weight, layout);
+        }
+        crate::cube::dequant_matmul(
+            x,
+            weight.packed,
+            weight.absmax,
+            weight.code,
+            [layout.out_features, layout.in_features],
+            layout.blocksize,
+        )
+    }
+
+    fn q4_matmul_grad(
+        grad: FloatTensor<Self>,
+        weight: Q4Weight<Self>,
+        layout: Q4Layout,
+    ) -> FloatTensor<Self> {
+        if !use_fused::<Self>(grad.meta.shape()[0], layout) {
+            return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
+        }
+        crate::cube::dequant_matmul_grad(
+            grad,
             weight.packed,
             weight.absmax,
             weight.code,

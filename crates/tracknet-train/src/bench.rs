@@ -7,12 +7,14 @@
 //! - `data`: decode + preprocess throughput ([`data`]).
 //! - `quality`: the quick-start's stages per mode ([`quality`]).
 //! - `report FILE`: tables, the memory-vs-batch chart and the goal checks ([`report`]).
+//! - `q4-matmul [--backend B]`: the 4-bit matmul as dispatched vs dequantize + matmul ([`q4`]).
 
 pub mod args;
 pub mod case;
 pub mod config;
 pub mod data;
 pub mod memory;
+pub mod q4;
 pub mod quality;
 pub mod report;
 
@@ -28,5 +30,6 @@ pub fn run(cli: Cli) -> Result<Value, TrainError> {
         Cmd::Data(a) => data::data(&a),
         Cmd::Quality(a) => quality::quality(&a),
         Cmd::Report(a) => report::report(&a.file).map(|()| Value::Null),
+        Cmd::Q4Matmul(a) => q4::q4_matmul(&a),
     }
 }

@@ -18,6 +18,7 @@ tracknet_testkit::backend_tests!(
     bnb_codes_dequantize_bit_exact_on_the_device,
     the_backend_dequantizer_equals_the_generic_tensor_ops,
     forward_and_input_gradient_equal_the_dense_layer,
+    bnb_weights_multiply_and_backpropagate_on_the_fused_and_the_tiled_path,
 );
 
 fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
@@ -40,38 +41,7 @@ fn bnb_codes_dequantize_bit_exact_on_the_device<B: QuantBackend>(device: &B::Dev
                 .unwrap_or_else(|e| panic!("{}: not safetensors: {e}", case.file.display())),
             path: &case.file,
         };
-        let absmax = if case.double_quant {
-            Absmax::Double {
-                absmax_u8: t.u8("absmax_u8").1,
-                nested_absmax: t.f32("nested_absmax").1,
-                offset: t.f32("offset").1[0],
-                nested_blocksize: case
-                    .nested_blocksize
-                    .unwrap_or_else(|| panic!("{}: dq case without nested_blocksize", case.name)),
-            }
-        } else {
-            Absmax::Plain(t.f32("absmax").1)
-        };
-        let [out, inp] = case.shape[..] else {
-            panic!("{}: expected a 2-D weight, got {:?}", case.name, case.shape)
-        };
-        let q = Quantized4 {
-            quant_type: case.quant_type,
-            blocksize: case.blocksize,
-            numel: out * inp,
-            packed: t.u8("packed").1,
-            absmax,
-        };
-        let layer = QuantizedLinear::<B>::from_quantized(
-            &q,
-            inp,
-            out,
-            None,
-            ComputeDtype::F32,
-            &books,
-            device,
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let layer = bnb_layer::<B>(&case, &t, &books, device);
         // `dequantize` is Burn's `[in, out]`; bitsandbytes' tensor is PyTorch's `[out, in]`.
         let ours = host(layer.dequantize().transpose());
         let (_, expected) = t.f32("dequantized");
@@ -81,6 +51,124 @@ fn bnb_codes_dequantize_bit_exact_on_the_device<B: QuantBackend>(device: &B::Dev
             case.name,
             first_diff(&ours, &expected)
         );
+    }
+}
+
+/// The 4-bit layer holding bitsandbytes' own codes and scales of `case` (no bias).
+fn bnb_layer<B: QuantBackend>(
+    case: &crate::bnb_parity::Case,
+    t: &Tensors,
+    books: &CodeBooks<B>,
+    device: &B::Device,
+) -> QuantizedLinear<B> {
+    let absmax = if case.double_quant {
+        Absmax::Double {
+            absmax_u8: t.u8("absmax_u8").1,
+            nested_absmax: t.f32("nested_absmax").1,
+            offset: t.f32("offset").1[0],
+            nested_blocksize: case
+                .nested_blocksize
+                .unwrap_or_else(|| panic!("{}: dq case without nested_blocksize", case.name)),
+        }
+    } else {
+        Absmax::Plain(t.f32("absmax").1)
+    };
+    let [out, inp] = case.shape[..] else {
+        panic!("{}: expected a 2-D weight, got {:?}", case.name, case.shape)
+    };
+    let q = Quantized4 {
+        quant_type: case.quant_type,
+        blocksize: case.blocksize,
+        numel: out * inp,
+        packed: t.u8("packed").1,
+        absmax,
+    };
+    QuantizedLinear::<B>::from_quantized(&q, inp, out, None, ComputeDtype::F32, books, device)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+}
+
+/// `x · Wᵀ` and `g · W` with bitsandbytes' dequantized weight, in f64 on the host.
+fn host_matmuls(
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    rows: usize,
+    [out, inp]: [usize; 2],
+) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; rows * out];
+    let mut dx = vec![0f64; rows * inp];
+    for r in 0..rows {
+        for o in 0..out {
+            for i in 0..inp {
+                let wv = w[o * inp + i] as f64;
+                y[r * out + o] += x[r * inp + i] as f64 * wv;
+                dx[r * inp + i] += g[r * out + o] as f64 * wv;
+            }
+        }
+    }
+    (y, dx)
+}
+
+fn max_rel_f64(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - b).abs()))
+        / scale
+}
+
+/// bitsandbytes' codes multiply like bitsandbytes' dequantized weight, forward and input
+/// gradient, within 1e-4 (relative to the largest output), for a few rows — the fused kernels
+/// on the CubeCL backends, which never write the dense weight — and for many rows (dequantize,
+/// then the tiled matmul).
+fn bnb_weights_multiply_and_backpropagate_on_the_fused_and_the_tiled_path<B: QuantBackend>(
+    device: &B::Device,
+) {
+    let books = CodeBooks::<Autodiff<B>>::new(device);
+    let cases = load_cases();
+    assert!(!cases.is_empty(), "bnb/cases.json lists no cases");
+    // One row (the matvec kernel), a partial and a full row tile, and the dequantize path.
+    let row_counts = [
+        1,
+        5,
+        tracknet_quant::FUSED_MAX_ROWS,
+        tracknet_quant::FUSED_MAX_ROWS + 7,
+    ];
+    for case in cases
+        .iter()
+        .filter(|c| c.shape[0] * c.shape[1] <= 384 * 384)
+    {
+        let bytes = read(&case.file);
+        let t = Tensors {
+            st: SafeTensors::deserialize(&bytes)
+                .unwrap_or_else(|e| panic!("{}: not safetensors: {e}", case.file.display())),
+            path: &case.file,
+        };
+        let [out, inp] = [case.shape[0], case.shape[1]];
+        let layer = bnb_layer::<Autodiff<B>>(case, &t, &books, device);
+        let (_, w) = t.f32("dequantized");
+        for (k, &rows) in row_counts.iter().enumerate() {
+            let x = weights(rows * inp, 10 + k as u64);
+            let g = weights(rows * out, 20 + k as u64);
+            let (want_y, want_dx) = host_matmuls(&x, &g, &w, rows, [out, inp]);
+            let xt = Tensor::<Autodiff<B>, 1>::from_floats(x.as_slice(), device)
+                .reshape([rows, inp])
+                .require_grad();
+            let y = layer.forward(xt.clone());
+            let gt =
+                Tensor::<Autodiff<B>, 1>::from_floats(g.as_slice(), device).reshape([rows, out]);
+            let grads = (y.clone() * gt).sum().backward();
+            let dx = xt.grad(&grads).expect("input gradient");
+            let (ey, edx) = (
+                max_rel_f64(&host(y.inner()), &want_y),
+                max_rel_f64(&host(dx), &want_dx),
+            );
+            assert!(
+                ey <= 1e-4 && edx <= 1e-4,
+                "{} with {rows} rows: output {ey:e}, input gradient {edx:e} off bitsandbytes' weight",
+                case.name
+            );
+        }
     }
 }
 

@@ -24,6 +24,28 @@ pub enum Cmd {
     Quality(QualityArgs),
     /// Table and goal checks of a file written by `cargo xtask bench`.
     Report(ReportArgs),
+    /// The 4-bit matmul as dispatched (fused on CubeCL backends for few rows) against
+    /// dequantize + matmul on the same backend, per row count.
+    #[command(name = "q4-matmul")]
+    Q4Matmul(Q4Args),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Q4Args {
+    /// cpu | wgpu | cuda[:N]
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Row counts, comma separated.
+    #[arg(long, default_value = "1,4,16,64")]
+    pub rows: String,
+    /// ViT-S/16's MLP up projection by default.
+    #[arg(long, default_value_t = 1536)]
+    pub out_features: usize,
+    #[arg(long, default_value_t = 384)]
+    pub in_features: usize,
+    /// Timed runs per measurement (median).
+    #[arg(long, default_value_t = 9)]
+    pub runs: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -87,6 +87,34 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             );
         }
     }
+    for c in cases.iter().filter(|c| c["kind"] == "q4_matmul") {
+        println!();
+        println!(
+            "4-bit matmul on {} ({}x{}, {}): as dispatched vs dequantize + matmul (median of {}; fused kernel up to {} rows on CubeCL backends)",
+            c["backend"].as_str().unwrap_or("?"),
+            c["out_features"],
+            c["in_features"],
+            c["quant"].as_str().unwrap_or("?"),
+            c["runs"],
+            c["fused_max_rows"]
+        );
+        println!(
+            "{:>6} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7}",
+            "rows", "fwd s", "deq+mm s", "ratio", "grad s", "deq+mm s", "ratio"
+        );
+        for r in c["rows"].as_array().into_iter().flatten() {
+            println!(
+                "{:>6} {:>12} {:>12} {:>7} {:>12} {:>12} {:>7}",
+                r["rows"],
+                num(&r["forward_seconds"], 5),
+                num(&r["forward_dequantize_matmul_seconds"], 5),
+                num(&r["forward_ratio"], 2),
+                num(&r["input_grad_seconds"], 5),
+                num(&r["input_grad_dequantize_matmul_seconds"], 5),
+                num(&r["input_grad_ratio"], 2)
+            );
+        }
+    }
     for c in cases.iter().filter(|c| c["kind"] == "quality") {
         println!();
         println!("quality ({}):", c["overrides"]);
