@@ -75,11 +75,10 @@ fn dequant_matmul_kernel(
     blocksize: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    let tiles = (rows + 7) / 8;
-    if pos >= tiles * out_features {
+    let tile = pos / out_features;
+    if tile * 8 >= rows {
         terminate!();
     }
-    let tile = pos / out_features;
     let o = pos % out_features;
     // Rows past the end repeat row r0 (always valid) and are not written.
     let r0 = tile * 8;
@@ -149,11 +148,10 @@ fn dequant_matmul_grad_kernel(
     blocksize: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    let tiles = (rows + 7) / 8;
-    if pos >= tiles * in_features {
+    let tile = pos / in_features;
+    if tile * 8 >= rows {
         terminate!();
     }
-    let tile = pos / in_features;
     let i = pos % in_features;
     let r0 = tile * 8;
     let r1 = if r0 + 1 < rows { r0 + 1 } else { r0 };
