@@ -60,26 +60,32 @@ fn weight_at(
 /// Rows one thread of the fused kernels multiplies: each decoded weight is used this many times.
 const ROW_TILE: usize = 8;
 
-/// `output[r, o] = Σ_i x[r, i] · W[o, i]`: one thread per output feature and tile of
+/// `output[r, c] = Σ_k input[r, k] · W(c, k)` with `W(c, k)` the weight element
+/// `c·col_stride + k·inner_stride`: the forward `x · Wᵀ` (columns are output features:
+/// `col_stride = in`, `inner_stride = 1`) and the input gradient `g · W` (columns are input
+/// features: `col_stride = 1`, `inner_stride = in`). One thread per column and tile of
 /// [`ROW_TILE`] rows, each weight decoded once per tile; `W` is never written.
 #[cube(launch)]
-fn dequant_matmul_kernel(
-    x: &Array<f32>,
+#[allow(clippy::too_many_arguments)]
+fn fused_tile_kernel(
+    input: &Array<f32>,
     packed: &Array<i32>,
     absmax: &Array<f32>,
     code: &Array<f32>,
     output: &mut Array<f32>,
     rows: usize,
-    out_features: usize,
-    in_features: usize,
+    cols: usize,
+    inner: usize,
+    col_stride: usize,
+    inner_stride: usize,
     blocksize: usize,
 ) {
     let pos = ABSOLUTE_POS;
-    let tile = pos / out_features;
+    let tile = pos / cols;
     if tile * 8 >= rows {
         terminate!();
     }
-    let o = pos % out_features;
+    let c = pos % cols;
     // Rows past the end repeat row r0 (always valid) and are not written.
     let r0 = tile * 8;
     let r1 = if r0 + 1 < rows { r0 + 1 } else { r0 };
@@ -97,161 +103,80 @@ fn dequant_matmul_kernel(
     let mut acc5 = f32::new(0.0);
     let mut acc6 = f32::new(0.0);
     let mut acc7 = f32::new(0.0);
-    let w_row = o * in_features;
-    for i in 0..in_features {
-        let w = weight_at(packed, absmax, code, w_row + i, blocksize);
-        acc0 += x[r0 * in_features + i] * w;
-        acc1 += x[r1 * in_features + i] * w;
-        acc2 += x[r2 * in_features + i] * w;
-        acc3 += x[r3 * in_features + i] * w;
-        acc4 += x[r4 * in_features + i] * w;
-        acc5 += x[r5 * in_features + i] * w;
-        acc6 += x[r6 * in_features + i] * w;
-        acc7 += x[r7 * in_features + i] * w;
+    for k in 0..inner {
+        let w = weight_at(
+            packed,
+            absmax,
+            code,
+            c * col_stride + k * inner_stride,
+            blocksize,
+        );
+        acc0 += input[r0 * inner + k] * w;
+        acc1 += input[r1 * inner + k] * w;
+        acc2 += input[r2 * inner + k] * w;
+        acc3 += input[r3 * inner + k] * w;
+        acc4 += input[r4 * inner + k] * w;
+        acc5 += input[r5 * inner + k] * w;
+        acc6 += input[r6 * inner + k] * w;
+        acc7 += input[r7 * inner + k] * w;
     }
-    output[r0 * out_features + o] = acc0;
+    output[r0 * cols + c] = acc0;
     if r0 + 1 < rows {
-        output[r1 * out_features + o] = acc1;
+        output[r1 * cols + c] = acc1;
     }
     if r0 + 2 < rows {
-        output[r2 * out_features + o] = acc2;
+        output[r2 * cols + c] = acc2;
     }
     if r0 + 3 < rows {
-        output[r3 * out_features + o] = acc3;
+        output[r3 * cols + c] = acc3;
     }
     if r0 + 4 < rows {
-        output[r4 * out_features + o] = acc4;
+        output[r4 * cols + c] = acc4;
     }
     if r0 + 5 < rows {
-        output[r5 * out_features + o] = acc5;
+        output[r5 * cols + c] = acc5;
     }
     if r0 + 6 < rows {
-        output[r6 * out_features + o] = acc6;
+        output[r6 * cols + c] = acc6;
     }
     if r0 + 7 < rows {
-        output[r7 * out_features + o] = acc7;
+        output[r7 * cols + c] = acc7;
     }
 }
 
-/// `output[r, i] = Σ_o grad[r, o] · W[o, i]` (the input gradient): one thread per input feature
-/// and tile of [`ROW_TILE`] rows.
-#[cube(launch)]
-fn dequant_matmul_grad_kernel(
-    grad: &Array<f32>,
-    packed: &Array<i32>,
-    absmax: &Array<f32>,
-    code: &Array<f32>,
-    output: &mut Array<f32>,
-    rows: usize,
-    out_features: usize,
-    in_features: usize,
-    blocksize: usize,
-) {
-    let pos = ABSOLUTE_POS;
-    let tile = pos / in_features;
-    if tile * 8 >= rows {
-        terminate!();
-    }
-    let i = pos % in_features;
-    let r0 = tile * 8;
-    let r1 = if r0 + 1 < rows { r0 + 1 } else { r0 };
-    let r2 = if r0 + 2 < rows { r0 + 2 } else { r0 };
-    let r3 = if r0 + 3 < rows { r0 + 3 } else { r0 };
-    let r4 = if r0 + 4 < rows { r0 + 4 } else { r0 };
-    let r5 = if r0 + 5 < rows { r0 + 5 } else { r0 };
-    let r6 = if r0 + 6 < rows { r0 + 6 } else { r0 };
-    let r7 = if r0 + 7 < rows { r0 + 7 } else { r0 };
-    let mut acc0 = f32::new(0.0);
-    let mut acc1 = f32::new(0.0);
-    let mut acc2 = f32::new(0.0);
-    let mut acc3 = f32::new(0.0);
-    let mut acc4 = f32::new(0.0);
-    let mut acc5 = f32::new(0.0);
-    let mut acc6 = f32::new(0.0);
-    let mut acc7 = f32::new(0.0);
-    for o in 0..out_features {
-        let w = weight_at(packed, absmax, code, o * in_features + i, blocksize);
-        acc0 += grad[r0 * out_features + o] * w;
-        acc1 += grad[r1 * out_features + o] * w;
-        acc2 += grad[r2 * out_features + o] * w;
-        acc3 += grad[r3 * out_features + o] * w;
-        acc4 += grad[r4 * out_features + o] * w;
-        acc5 += grad[r5 * out_features + o] * w;
-        acc6 += grad[r6 * out_features + o] * w;
-        acc7 += grad[r7 * out_features + o] * w;
-    }
-    output[r0 * in_features + i] = acc0;
-    if r0 + 1 < rows {
-        output[r1 * in_features + i] = acc1;
-    }
-    if r0 + 2 < rows {
-        output[r2 * in_features + i] = acc2;
-    }
-    if r0 + 3 < rows {
-        output[r3 * in_features + i] = acc3;
-    }
-    if r0 + 4 < rows {
-        output[r4 * in_features + i] = acc4;
-    }
-    if r0 + 5 < rows {
-        output[r5 * in_features + i] = acc5;
-    }
-    if r0 + 6 < rows {
-        output[r6 * in_features + i] = acc6;
-    }
-    if r0 + 7 < rows {
-        output[r7 * in_features + i] = acc7;
-    }
-}
-
-/// One row (`rows == 1`, a frame at a time): [`dequant_matmul_kernel`] without the row tile,
+/// One row (`rows == 1`, a frame at a time): [`fused_tile_kernel`] without the row tile,
 /// whose repeated rows would multiply every weight [`ROW_TILE`] times for nothing.
 #[cube(launch)]
-fn dequant_matvec_kernel(
-    x: &Array<f32>,
+#[allow(clippy::too_many_arguments)]
+fn fused_row_kernel(
+    input: &Array<f32>,
     packed: &Array<i32>,
     absmax: &Array<f32>,
     code: &Array<f32>,
     output: &mut Array<f32>,
     rows: usize,
-    out_features: usize,
-    in_features: usize,
+    cols: usize,
+    inner: usize,
+    col_stride: usize,
+    inner_stride: usize,
     blocksize: usize,
 ) {
-    let o = ABSOLUTE_POS;
-    if o >= out_features || rows != 1 {
-        terminate!();
-    }
-    let w_row = o * in_features;
-    let mut acc = f32::new(0.0);
-    for i in 0..in_features {
-        acc += x[i] * weight_at(packed, absmax, code, w_row + i, blocksize);
-    }
-    output[o] = acc;
-}
-
-/// The input gradient of [`dequant_matvec_kernel`] (one row).
-#[cube(launch)]
-fn dequant_matvec_grad_kernel(
-    grad: &Array<f32>,
-    packed: &Array<i32>,
-    absmax: &Array<f32>,
-    code: &Array<f32>,
-    output: &mut Array<f32>,
-    rows: usize,
-    out_features: usize,
-    in_features: usize,
-    blocksize: usize,
-) {
-    let i = ABSOLUTE_POS;
-    if i >= in_features || rows != 1 {
+    let c = ABSOLUTE_POS;
+    if c >= cols || rows != 1 {
         terminate!();
     }
     let mut acc = f32::new(0.0);
-    for o in 0..out_features {
-        acc += grad[o] * weight_at(packed, absmax, code, o * in_features + i, blocksize);
+    for k in 0..inner {
+        acc += input[k]
+            * weight_at(
+                packed,
+                absmax,
+                code,
+                c * col_stride + k * inner_stride,
+                blocksize,
+            );
     }
-    output[i] = acc;
+    output[c] = acc;
 }
 
 fn check_q4_inputs<R: CubeRuntime>(
@@ -285,10 +210,11 @@ fn launch_fused<R: CubeRuntime>(
         DType::F32,
         "the fused 4-bit matmul runs in f32"
     );
-    let (inner, cols) = if grad {
-        (out_features, in_features)
+    // Forward: columns are output features; gradient: input features (see the kernels).
+    let (inner, cols, col_stride, inner_stride) = if grad {
+        (out_features, in_features, 1, in_features)
     } else {
-        (in_features, out_features)
+        (in_features, out_features, in_features, 1)
     };
     let dims = input.meta.shape().dims::<2>();
     assert_eq!(
@@ -316,11 +242,10 @@ fn launch_fused<R: CubeRuntime>(
     let threads = rows.div_ceil(ROW_TILE) * cols;
     let cube_dim = CubeDim::new(&client, threads);
     let cube_count = calculate_cube_count_elemwise(&client, threads, cube_dim);
-    let launch = match (grad, rows == 1) {
-        (false, true) => dequant_matvec_kernel::launch::<R>,
-        (true, true) => dequant_matvec_grad_kernel::launch::<R>,
-        (false, false) => dequant_matmul_kernel::launch::<R>,
-        (true, false) => dequant_matmul_grad_kernel::launch::<R>,
+    let launch = if rows == 1 {
+        fused_row_kernel::launch::<R>
+    } else {
+        fused_tile_kernel::launch::<R>
     };
     launch(
         &client,
@@ -332,8 +257,10 @@ fn launch_fused<R: CubeRuntime>(
         code.into_array_arg(),
         output.clone().into_array_arg(),
         rows,
-        out_features,
-        in_features,
+        cols,
+        inner,
+        col_stride,
+        inner_stride,
         blocksize,
     );
     output

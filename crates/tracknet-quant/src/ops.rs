@@ -170,7 +170,7 @@ pub fn dequantize_then_matmul_grad<B: QuantBackend>(
 /// fused kernels that decode each 4-bit code where they multiply it (above: dequantize once,
 /// then the backend's tiled matmul, which reuses each weight across rows). NdArray's host
 /// kernel always decodes in row chunks. Measured on wgpu/lavapipe (docs/performance.md): the
-/// fused kernels take 0.5–0.7× the time of dequantize + matmul for 1–8 rows and break even at
+/// fused kernels take 0.5–0.95× the time of dequantize + matmul for 1–8 rows and break even at
 /// 16.
 pub const FUSED_MAX_ROWS: usize = 8;
 
@@ -412,57 +412,65 @@ fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
         .expect("TensorData::convert yields the requested element type")
 }
 
+/// The three kernels' methods of [`QuantBackend`], the same for every CubeCL backend.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+macro_rules! cube_q4_methods {
+    () => {
+        fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
+            crate::cube::dequantize(
+                weight.packed,
+                weight.absmax,
+                weight.code,
+                [layout.out_features, layout.in_features],
+                layout.blocksize,
+            )
+        }
+
+        fn q4_matmul(
+            x: FloatTensor<Self>,
+            weight: Q4Weight<Self>,
+            layout: Q4Layout,
+        ) -> FloatTensor<Self> {
+            if !use_fused::<Self>(x.meta.shape()[0], layout) {
+                return dequantize_then_matmul::<Self>(x, weight, layout);
+            }
+            crate::cube::dequant_matmul(
+                x,
+                weight.packed,
+                weight.absmax,
+                weight.code,
+                [layout.out_features, layout.in_features],
+                layout.blocksize,
+            )
+        }
+
+        fn q4_matmul_grad(
+            grad: FloatTensor<Self>,
+            weight: Q4Weight<Self>,
+            layout: Q4Layout,
+        ) -> FloatTensor<Self> {
+            if !use_fused::<Self>(grad.meta.shape()[0], layout) {
+                return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
+            }
+            crate::cube::dequant_matmul_grad(
+                grad,
+                weight.packed,
+                weight.absmax,
+                weight.code,
+                [layout.out_features, layout.in_features],
+                layout.blocksize,
+            )
+        }
+    };
+}
+
 /// CUDA and wgpu: up to [`FUSED_MAX_ROWS`] rows (f32) multiply with the fused
 /// CubeCL kernels that decode each code where they use it (bitsandbytes' `gemv_4bit`); more rows
 /// dequantize with one CubeCL kernel and multiply with Burn's tiled matmul, as bitsandbytes'
 /// `MatMul4Bit` does for training batches. Never the NdArray host kernel.
 #[cfg(feature = "cuda")]
 impl QuantBackend for burn::backend::Cuda {
-    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
-        crate::cube::dequantize(
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
-
-    fn q4_matmul(
-        x: FloatTensor<Self>,
-        weight: Q4Weight<Self>,
-        layout: Q4Layout,
-    ) -> FloatTensor<Self> {
-        if !use_fused::<Self>(x.meta.shape()[0], layout) {
-            return dequantize_then_matmul::<Self>(x, weight, layout);
-        }
-        crate::cube::dequant_matmul(
-            x,
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
-
-    fn q4_matmul_grad(
-        grad: FloatTensor<Self>,
-        weight: Q4Weight<Self>,
-        layout: Q4Layout,
-    ) -> FloatTensor<Self> {
-        if !use_fused::<Self>(grad.meta.shape()[0], layout) {
-            return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
-        }
-        crate::cube::dequant_matmul_grad(
-            grad,
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
+    cube_q4_methods!();
 }
 
 /// wgpu's WGSL has no bf16, and f16 is an optional device feature: f32 (one warning).
@@ -472,51 +480,7 @@ impl QuantBackend for burn::backend::Wgpu {
         false
     }
 
-    fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
-        crate::cube::dequantize(
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
-
-    fn q4_matmul(
-        x: FloatTensor<Self>,
-        weight: Q4Weight<Self>,
-        layout: Q4Layout,
-    ) -> FloatTensor<Self> {
-        if !use_fused::<Self>(x.meta.shape()[0], layout) {
-            return dequantize_then_matmul::<Self>(x, weight, layout);
-        }
-        crate::cube::dequant_matmul(
-            x,
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
-
-    fn q4_matmul_grad(
-        grad: FloatTensor<Self>,
-        weight: Q4Weight<Self>,
-        layout: Q4Layout,
-    ) -> FloatTensor<Self> {
-        if !use_fused::<Self>(grad.meta.shape()[0], layout) {
-            return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
-        }
-        crate::cube::dequant_matmul_grad(
-            grad,
-            weight.packed,
-            weight.absmax,
-            weight.code,
-            [layout.out_features, layout.in_features],
-            layout.blocksize,
-        )
-    }
+    cube_q4_methods!();
 }
 
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
