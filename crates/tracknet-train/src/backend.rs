@@ -1,10 +1,8 @@
-//! The one place a command picks its Burn backend: NdArray on the CPU (for training with or
-//! without Burn's `BalancedCheckpointing`), CUDA when built with the `cuda` feature, wgpu
+//! The one place a command picks its Burn backend: NdArray on the CPU, CUDA when built with the `cuda` feature, wgpu
 //! (Vulkan/Metal/DX12 through CubeCL) with the `wgpu` feature. A
 //! command hands over a job generic over the backend ([`AutodiffJob`] to train,
 //! [`InferenceJob`] to evaluate or predict); nothing else names a backend type.
 
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_config::{DeviceSpec, RunConfig};
@@ -41,24 +39,13 @@ pub fn device_spec(flag: Option<&str>, cfg: &RunConfig) -> Result<DeviceSpec, Tr
     })
 }
 
-/// Runs `job` on the autodiff backend for `spec`; `recompute` wraps it in Burn's
-/// `BalancedCheckpointing` (`training.gradient_checkpointing`).
-pub fn with_autodiff<J: AutodiffJob>(
-    spec: DeviceSpec,
-    recompute: bool,
-    job: J,
-) -> Result<J::Output, TrainError> {
+/// Runs `job` on the autodiff backend for `spec`. (`training.gradient_checkpointing` is not a
+/// backend: it is recomputation per segment in the step, `trainer::step_grads`.)
+pub fn with_autodiff<J: AutodiffJob>(spec: DeviceSpec, job: J) -> Result<J::Output, TrainError> {
     match spec {
-        DeviceSpec::Cpu => {
-            let device = Default::default();
-            if recompute {
-                job.run::<Autodiff<NdArray, BalancedCheckpointing>>(&device)
-            } else {
-                job.run::<Autodiff<NdArray>>(&device)
-            }
-        }
-        DeviceSpec::Cuda(index) => cuda::autodiff(index, recompute, job),
-        DeviceSpec::Wgpu => wgpu::autodiff(recompute, job),
+        DeviceSpec::Cpu => job.run::<Autodiff<NdArray>>(&Default::default()),
+        DeviceSpec::Cuda(index) => cuda::autodiff(index, job),
+        DeviceSpec::Wgpu => wgpu::autodiff(job),
     }
 }
 
@@ -73,24 +60,14 @@ pub fn with_inference<J: InferenceJob>(spec: DeviceSpec, job: J) -> Result<J::Ou
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::cuda::CudaDevice;
     use burn::backend::{Autodiff, Cuda};
 
     use super::{AutodiffJob, InferenceJob};
     use crate::error::TrainError;
 
-    pub fn autodiff<J: AutodiffJob>(
-        index: usize,
-        recompute: bool,
-        job: J,
-    ) -> Result<J::Output, TrainError> {
-        let device = CudaDevice::new(index);
-        if recompute {
-            job.run::<Autodiff<Cuda, BalancedCheckpointing>>(&device)
-        } else {
-            job.run::<Autodiff<Cuda>>(&device)
-        }
+    pub fn autodiff<J: AutodiffJob>(index: usize, job: J) -> Result<J::Output, TrainError> {
+        job.run::<Autodiff<Cuda>>(&CudaDevice::new(index))
     }
 
     pub fn inference<J: InferenceJob>(index: usize, job: J) -> Result<J::Output, TrainError> {
@@ -103,7 +80,7 @@ mod cuda {
     use super::{AutodiffJob, InferenceJob};
     use crate::error::TrainError;
 
-    pub fn autodiff<J: AutodiffJob>(_: usize, _: bool, _: J) -> Result<J::Output, TrainError> {
+    pub fn autodiff<J: AutodiffJob>(_: usize, _: J) -> Result<J::Output, TrainError> {
         Err(TrainError::NoCuda)
     }
 
@@ -114,20 +91,14 @@ mod cuda {
 
 #[cfg(feature = "wgpu")]
 mod wgpu {
-    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::wgpu::WgpuDevice;
     use burn::backend::{Autodiff, Wgpu};
 
     use super::{AutodiffJob, InferenceJob};
     use crate::error::TrainError;
 
-    pub fn autodiff<J: AutodiffJob>(recompute: bool, job: J) -> Result<J::Output, TrainError> {
-        let device = WgpuDevice::default();
-        if recompute {
-            job.run::<Autodiff<Wgpu, BalancedCheckpointing>>(&device)
-        } else {
-            job.run::<Autodiff<Wgpu>>(&device)
-        }
+    pub fn autodiff<J: AutodiffJob>(job: J) -> Result<J::Output, TrainError> {
+        job.run::<Autodiff<Wgpu>>(&WgpuDevice::default())
     }
 
     pub fn inference<J: InferenceJob>(job: J) -> Result<J::Output, TrainError> {
@@ -140,7 +111,7 @@ mod wgpu {
     use super::{AutodiffJob, InferenceJob};
     use crate::error::TrainError;
 
-    pub fn autodiff<J: AutodiffJob>(_: bool, _: J) -> Result<J::Output, TrainError> {
+    pub fn autodiff<J: AutodiffJob>(_: J) -> Result<J::Output, TrainError> {
         Err(TrainError::NoWgpu)
     }
 
@@ -175,11 +146,7 @@ pub fn train_on(
     flag: Option<&str>,
 ) -> Result<crate::TrainSummary, TrainError> {
     let spec = device_spec(flag, cfg)?;
-    with_autodiff(
-        spec,
-        cfg.training.gradient_checkpointing,
-        Train { cfg, opts },
-    )
+    with_autodiff(spec, Train { cfg, opts })
 }
 
 #[cfg(test)]

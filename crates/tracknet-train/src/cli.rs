@@ -296,8 +296,8 @@ fn print_finish(summary: &crate::TrainSummary) {
 fn say_checkpointing(cfg: &RunConfig, quiet: bool) {
     if cfg.training.gradient_checkpointing && !quiet {
         tracing::info!(
-            "training.gradient_checkpointing: on (Burn's BalancedCheckpointing: memory-bound \
-             activations are recomputed in the backward pass)"
+            "training.gradient_checkpointing: on (each transformer block and decoder stage is \
+             run again in the backward pass; one segment's activations are kept at a time)"
         );
     }
 }

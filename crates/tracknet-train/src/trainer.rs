@@ -228,6 +228,7 @@ where
     }
 
     let clip = t.effective_grad_clip_norm().filter(|c| *c > 0.0);
+    let recompute = t.gradient_checkpointing;
     let mut micro = if t.micro_batch_size == 0 {
         batch_size
     } else {
@@ -264,7 +265,7 @@ where
             let mut retries = 0usize;
             let (loss, grads) = loop {
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
-                    step_grads(&model, &loss_fn, &batch, micro, device)
+                    step_grads(&model, &loss_fn, &batch, micro, recompute, device)
                 }));
                 match attempt {
                     Ok(r) => break r,
@@ -419,6 +420,7 @@ pub fn train_step<B: AutodiffBackend + ModelBackend>(
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
     micro: usize,
+    recompute: bool,
     clip: Option<f64>,
     lr: f64,
     device: &B::Device,
@@ -426,18 +428,22 @@ pub fn train_step<B: AutodiffBackend + ModelBackend>(
 where
     B::InnerBackend: ModelBackend,
 {
-    let (loss, grads) = step_grads(&model, loss_fn, batch, micro, device);
+    let (loss, grads) = step_grads(&model, loss_fn, batch, micro, recompute, device);
     let gnorm = grad_norm::<B, _>(&model, &grads);
     (update(model, opt, grads, gnorm, clip, lr), loss, gnorm)
 }
 
 /// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
-/// gradients (each micro-batch's loss weighted by its share of the batch).
+/// gradients (each micro-batch's loss weighted by its share of the batch). With `recompute`
+/// (`training.gradient_checkpointing`), each micro-batch runs through
+/// [`HeatmapModel::recomputed_grads`]: the same gradients, one segment's activations alive at a
+/// time.
 pub fn step_grads<B: AutodiffBackend + ModelBackend>(
     model: &HeatmapModel<B>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
     micro: usize,
+    recompute: bool,
     device: &B::Device,
 ) -> (f64, GradientsParams)
 where
@@ -451,9 +457,14 @@ where
         let end = (start + micro.max(1)).min(n);
         let (x, y, m) = batch_tensors::<B>(batch, start..end, device);
         let weight = (end - start) as f64 / n as f64;
-        let loss = loss_fn.forward(model.forward(x), y, m).mul_scalar(weight);
-        total += loss.clone().into_scalar().elem::<f64>();
-        let grads = GradientsParams::from_grads(loss.backward(), model);
+        let (loss, grads) = if recompute {
+            model.recomputed_grads(x, |logits| loss_fn.forward(logits, y, m).mul_scalar(weight))
+        } else {
+            let loss = loss_fn.forward(model.forward(x), y, m).mul_scalar(weight);
+            let grads = GradientsParams::from_grads(loss.clone().backward(), model);
+            (loss, grads)
+        };
+        total += loss.into_scalar().elem::<f64>();
         acc = Some(match acc {
             Some(a) => accumulate::<B, _>(model, a, grads),
             None => grads,

@@ -29,6 +29,16 @@ pub struct LoadedSnapshot<B: Backend> {
     pub code_books: Option<tracknet_quant::CodeBooks<B>>,
 }
 
+/// What the blocks of one forward share, made once per forward by [`Backbone::block_context`]
+/// so that a block run again (recomputation) sees exactly the tables of the first run.
+#[derive(Clone, Debug)]
+pub struct BlockContext<B: Backend> {
+    /// Patch grid `[H/p, W/p]`.
+    pub grid: [usize; 2],
+    /// DINOv3's RoPE `(cos, sin)`, each `[grid tokens, head_dim]`; `None` for ViT.
+    pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
 /// A DINOv3 or classic ViT backbone.
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
@@ -78,6 +88,57 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.forward(pixel_values),
             Backbone::Vit(m) => m.forward(pixel_values),
+        }
+    }
+
+    /// The per-forward context of the blocks for an input of `dims` `[batch, channels, H, W]`.
+    pub fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B> {
+        match self {
+            Backbone::Dinov3(m) => m.block_context(dims, device),
+            Backbone::Vit(m) => m.block_context(dims),
+        }
+    }
+
+    /// The embeddings: `pixel_values [batch, channels, H, W]` → tokens `[batch, tokens, hidden]`.
+    pub fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        match self {
+            Backbone::Dinov3(m) => m.embed(pixel_values),
+            Backbone::Vit(m) => m.embed(pixel_values),
+        }
+    }
+
+    /// Whether any parameter of the embeddings (patch embedding, tokens, position
+    /// embeddings) trains.
+    pub fn embeddings_train(&self) -> bool {
+        let mut v = AnyTrainable(false);
+        match self {
+            Backbone::Dinov3(m) => m.embeddings.visit(&mut v),
+            Backbone::Vit(m) => m.embeddings.visit(&mut v),
+        }
+        v.0
+    }
+
+    /// Number of transformer blocks.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Backbone::Dinov3(m) => m.num_layers(),
+            Backbone::Vit(m) => m.num_layers(),
+        }
+    }
+
+    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
+    pub fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        match self {
+            Backbone::Dinov3(m) => m.block(i, x, ctx),
+            Backbone::Vit(m) => m.block(i, x, ctx),
+        }
+    }
+
+    /// The final norm and the patch grid, after the last block.
+    pub fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
+        match self {
+            Backbone::Dinov3(m) => m.finish(x, ctx),
+            Backbone::Vit(m) => m.finish(x, ctx),
         }
     }
 
@@ -164,5 +225,14 @@ impl<B: crate::ModelBackend> Backbone<B> {
             Backbone::Dinov3(m) => m.projection_paths(),
             Backbone::Vit(m) => m.projection_paths(),
         }
+    }
+}
+
+/// Finds a parameter that requires a gradient.
+struct AnyTrainable(bool);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for AnyTrainable {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+        self.0 |= param.val().is_require_grad();
     }
 }

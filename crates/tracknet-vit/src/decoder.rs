@@ -225,4 +225,12 @@ impl<B: crate::fused::FusedBackend> HeatmapDecoder<B> {
         let x = self.stages.iter().fold(x, |x, stage| stage.forward(x));
         bilinear_resize(x, self.output_size)
     }
+
+    /// Whether any block normalises with BatchNorm (running statistics updated per forward).
+    pub fn has_batch_norm(&self) -> bool {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.blocks)
+            .any(|b| matches!(b.norm, DecoderNorm::Batch(_)))
+    }
 }

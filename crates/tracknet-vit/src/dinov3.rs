@@ -11,6 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::BlockContext;
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
@@ -405,18 +406,51 @@ impl<B: crate::ModelBackend> Dinov3Model<B> {
     /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]` and patch grid
     /// `[batch, H/p, W/p, hidden]`. RoPE coordinate augmentation runs only when autodiff is on.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
-        let [_, _, h, w] = pixel_values.dims();
-        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
-        let device = pixel_values.device();
-        let (cos, sin) = self
-            .rope
-            .cos_sin::<B>(gh, gw, B::ad_enabled(&device), &device);
-
-        let mut x = self.embeddings.forward(pixel_values);
-        for layer in &self.model.layer {
-            x = layer.forward(x, cos.clone(), sin.clone());
+        let ctx = self.block_context(pixel_values.dims(), &pixel_values.device());
+        let mut x = self.embed(pixel_values);
+        for i in 0..self.num_layers() {
+            x = self.block(i, x, &ctx);
         }
+        self.finish(x, &ctx)
+    }
+
+    /// What every block of one forward shares: the patch grid and the RoPE tables, drawn once
+    /// per forward (the coordinate augmentation is random when autodiff is on).
+    pub fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B> {
+        let [_, _, h, w] = dims;
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let rope = self
+            .rope
+            .cos_sin::<B>(gh, gw, B::ad_enabled(device), device);
+        BlockContext {
+            grid: [gh, gw],
+            rope: Some(rope),
+        }
+    }
+
+    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]`.
+    pub fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.embeddings.forward(pixel_values)
+    }
+
+    /// Number of transformer blocks.
+    pub fn num_layers(&self) -> usize {
+        self.model.layer.len()
+    }
+
+    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
+    pub fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        let (cos, sin) = ctx
+            .rope
+            .clone()
+            .expect("DINOv3 block context carries RoPE tables");
+        self.model.layer[i].forward(x, cos, sin)
+    }
+
+    /// The final LayerNorm and the patch grid `[batch, H/p, W/p, hidden]`.
+    pub fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
         let last_hidden_state = self.norm.forward(x);
+        let [gh, gw] = ctx.grid;
         let patch_grid = patch_grid(
             last_hidden_state.clone(),
             1 + self.num_register_tokens,

@@ -14,12 +14,14 @@ use crate::head::HeatmapHead;
 
 mod adapters;
 mod assembly;
+mod recompute;
 
 pub use adapters::adapter_base_dir;
 pub use assembly::{
     arch_from_config, arch_json, backbone_hf_config, decoder_config, lora_settings, quant_spec,
     snapshot_dir, with_adapter_config,
 };
+pub use recompute::{Activation, Segment};
 
 /// Anything that stops a model from being built.
 #[derive(Debug, thiserror::Error)]

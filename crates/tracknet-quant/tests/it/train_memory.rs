@@ -41,7 +41,8 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 type AD = Autodiff<NdArray>;
-/// The backend of `training.gradient_checkpointing: true`.
+/// Burn's per-op checkpointing, which a user of this crate may train under (tracknet-rs's own
+/// `training.gradient_checkpointing` recomputes per segment instead, on the plain backend).
 type Adc = Autodiff<NdArray, BalancedCheckpointing>;
 
 const LAYERS: usize = 32;
@@ -142,7 +143,7 @@ fn child_measures_the_train_step_peaks() {
         "saved {saved} bytes, need ≥ 80 % of {weight_bytes}"
     );
 
-    // With gradient checkpointing the 4-bit stack keeps no more: the 4-bit linear is one graph
+    // Under Burn's per-op checkpointing the 4-bit stack keeps no more: the 4-bit linear is one graph
     // node (no reshape around it whose input `BalancedCheckpointing` would keep), and its
     // backward needs only the packed codes. It used to keep every layer's output (measured
     // before the fix: 13.54 MiB against 11.58 MiB, i.e. 32 outputs of 64 KiB).

@@ -56,7 +56,7 @@ pub struct CaseArgs {
     /// ndarray | cuda
     #[arg(long, default_value = "ndarray")]
     pub backend: String,
-    /// Gradient checkpointing (Burn's BalancedCheckpointing).
+    /// Recomputation per segment (`training.gradient_checkpointing`).
     #[arg(long)]
     pub grad_ckpt: bool,
     /// A tiny model that runs in seconds (explicit size flags still win).

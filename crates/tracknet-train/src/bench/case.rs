@@ -45,7 +45,7 @@ pub fn case(a: &CaseArgs) -> Result<Value, TrainError> {
         sizes: &sizes,
         cfg: &cfg,
     };
-    with_autodiff(spec, a.grad_ckpt, job)
+    with_autodiff(spec, job)
 }
 
 struct Case<'a> {
@@ -176,7 +176,15 @@ where
         let t = Instant::now();
         // The trainer's own step: forward + backward, global-norm clipping, AdamW.
         let (model, loss, _) = train_step(
-            model, &mut opt, &loss_fn, &batch, s.batch, clip, 1e-4, device,
+            model,
+            &mut opt,
+            &loss_fn,
+            &batch,
+            s.batch,
+            a.grad_ckpt,
+            clip,
+            1e-4,
+            device,
         );
         let _ = B::sync(device);
         (model, loss, t.elapsed().as_secs_f64())

@@ -1,7 +1,9 @@
 //! A tiny QLoRA run end to end on every backend in the build (wgpu on lavapipe in CI, CUDA
 //! where a device is present; NdArray as well, where the other e2e tests hold it in detail):
 //! it learns, its checkpoint reloads on the same backend to the loss training logged, and it
-//! predicts a clip.
+//! predicts a clip. It trains with `training.gradient_checkpointing: true` (recomputation per
+//! segment, the memory-lean step QLoRA is for), so the recomputing step runs end to end on every
+//! backend; the NdArray e2e tests elsewhere train without it.
 
 use crate::common::*;
 use tracknet_vit::ModelBackend;
@@ -11,7 +13,8 @@ tracknet_testkit::backend_tests!(qlora_trains_reloads_evaluates_and_predicts);
 fn qlora_trains_reloads_evaluates_and_predicts<Bk: ModelBackend>(device: &Bk::Device) {
     let _serial = serial();
     let root = tmp("backend");
-    let cfg = tiny_config(&root, 3);
+    let mut cfg = tiny_config(&root, 3);
+    cfg.training.gradient_checkpointing = true;
     let run = root.join("run");
     let summary = train::<Autodiff<Bk>>(&cfg, &opts(run.clone()), device).unwrap();
 

@@ -246,8 +246,9 @@ fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
     .next()
     .unwrap()
     .unwrap();
-    let step =
-        |micro| tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, micro, &device);
+    let step = |micro| {
+        tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, micro, false, &device)
+    };
     let (loss4, g4) = step(4);
     let (loss2, g2) = step(2);
     let n4 = tracknet_train::optim::grad_norm::<AD, _>(&model, &g4);

@@ -12,3 +12,4 @@ mod hf_parity;
 mod model_assembly;
 mod numerics;
 mod peft_parity;
+mod recompute_memory;
