@@ -205,8 +205,59 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
                 qt / lt
             );
         }
+        lean_step_goals(cases, backend);
     }
     Ok(())
+}
+
+/// The lean step's goals (`training.gradient_checkpointing`): QLoRA NF4+dq with recomputation
+/// peaks at ≤ 40 % of full fine-tuning's peak and ≤ 50 % of PyTorch's QLoRA peak (same run),
+/// for ≤ +35 % step time over the same QLoRA step without it.
+fn lean_step_goals(cases: &[Value], backend: &str) {
+    let (Some(r), Some(q)) = (
+        find(cases, backend, "qlora-nf4-dq+ckpt"),
+        find(cases, backend, "qlora-nf4-dq"),
+    ) else {
+        return;
+    };
+    if let Some(f) = find(cases, backend, "full") {
+        for (what, key) in [
+            ("peak RSS", "peak_rss_bytes"),
+            ("peak heap", "peak_heap_bytes"),
+        ] {
+            if let (Some(rb), Some(fb)) = (r[key].as_f64(), f[key].as_f64()) {
+                println!(
+                    "  [{}] {backend}: qlora-nf4-dq+ckpt {what} {:.1} MB = {:.0}% of full's {:.1} MB (goal <= 40%)",
+                    verdict(rb <= 0.4 * fb),
+                    rb / 1e6,
+                    100.0 * rb / fb,
+                    fb / 1e6
+                );
+            }
+        }
+    }
+    let torch = cases
+        .iter()
+        .find(|c| c["kind"] == "torch" && c["mode"] == "qlora" && c["error"].is_null());
+    if let (Some(t), Some(rb)) = (torch, r["peak_rss_bytes"].as_f64()) {
+        let tb = t["anchor"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1e6;
+        println!(
+            "  [{}] {backend}: qlora-nf4-dq+ckpt peak RSS {:.1} MB = {:.0}% of PyTorch's QLoRA {:.1} MB (goal <= 50%)",
+            verdict(rb <= 0.5 * tb),
+            rb / 1e6,
+            100.0 * rb / tb,
+            tb / 1e6
+        );
+    }
+    let (rt, qt) = (
+        r["step_seconds_median"].as_f64().unwrap_or(f64::NAN),
+        q["step_seconds_median"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "  [{}] {backend}: qlora-nf4-dq+ckpt step {rt:.3}s vs qlora-nf4-dq {qt:.3}s = {:.2}x (goal <= 1.35x)",
+        verdict(rt <= 1.35 * qt),
+        rt / qt
+    );
 }
 
 /// The side-by-side table of `cargo xtask bench --vs-torch`: each peer run against our NdArray

@@ -2,8 +2,9 @@
 //!
 //! The model is cut into segments — the embeddings, each transformer block, the bridge to the
 //! decoder (final norm, patch grid), each decoder stage, and the output (final resize and head).
-//! The forward pass runs every segment but the last without an autodiff graph and keeps only
-//! the segment boundaries. The backward pass then walks the segments from the last to the
+//! The forward pass runs every segment before the tail (the last decoder stage and the output)
+//! without an autodiff graph and keeps only the segment boundaries; the tail runs once, with
+//! its graph, into the loss. The backward pass then walks the segments from the last to the
 //! first: it runs one segment again with a graph, from its saved input, and backpropagates the
 //! gradient of the segment's output through it (`sum(y · g)`), which gives the gradients of
 //! the segment's parameters and of its input, the next upstream gradient. At any moment only
@@ -173,54 +174,67 @@ impl<B: crate::ModelBackend + AutodiffBackend> HeatmapModel<B> {
             )
         };
 
-        // Forward without a graph: only the boundaries stay.
+        // The tail — the last decoder stage and the output — runs once, with its graph: its
+        // backward comes first, when nothing else is alive, so running it twice would cost a
+        // forward of the largest maps and save no memory.
+        let tail = segments
+            .iter()
+            .rposition(|s| matches!(s, Segment::Stage(_)))
+            .unwrap_or(n - 1);
+
+        // Forward without a graph up to the tail: only the boundaries stay.
         let frozen = self.clone().no_grad();
-        let mut inputs: Vec<Activation<B>> = Vec::with_capacity(n);
+        let mut inputs: Vec<Activation<B>> = Vec::with_capacity(tail + 1);
         inputs.push(Activation::Map(images.detach()));
-        for (k, segment) in segments[..n - 1].iter().enumerate() {
+        for (k, segment) in segments[..tail].iter().enumerate() {
             reseed(k);
             let y = frozen.run_segment(*segment, inputs[k].clone(), &ctx);
             inputs.push(y.detach());
         }
         drop(frozen);
 
-        // Backward, last segment first; each segment runs again with its graph.
         let mut grads_out = GradientsParams::new();
-        let mut upstream: Option<Activation<B::InnerBackend>> = None;
-        let mut loss = None;
-        let mut loss_of = Some(loss_of);
-        for k in (0..n).rev() {
+        let tracked = |k: usize, input: Activation<B>| {
+            if k == 0 { input } else { input.require_grad() }
+        };
+        let mut backward = |root: Tensor<B, 1>, k: usize, x: &Activation<B>| {
+            let mut grads = root.backward();
+            let upstream = if k > 0 { x.grad(&grads) } else { None };
+            self.visit(&mut Collect::<B> {
+                grads: &mut grads,
+                out: &mut grads_out,
+            });
+            upstream
+        };
+
+        // The tail and the loss.
+        let x = tracked(
+            tail,
+            inputs.pop().expect("the input of the tail was pushed"),
+        );
+        let y = (tail..n).fold(x.clone(), |y, k| {
+            reseed(k);
+            self.run_segment(segments[k], y, &ctx)
+        });
+        let root = loss_of(y.into_map());
+        let loss = root.clone().detach();
+        let mut upstream = backward(root, tail, &x);
+
+        // Then every segment before it, last first, run again with its graph.
+        for k in (0..tail).rev() {
             // The first segment's input is the images: without a trainable parameter in it
             // (a frozen patch embedding) there is nothing to backpropagate into.
             if k == 0 && !self.backbone.embeddings_train() {
                 break;
             }
-            let Some(input) = inputs.pop() else { break };
-            let x = if k == 0 { input } else { input.require_grad() };
-            reseed(k);
-            let y = self.run_segment(segments[k], x.clone(), &ctx);
-            let root = match (upstream.take(), loss_of.take()) {
-                (Some(g), _) => y.dot(g),
-                (None, Some(f)) => {
-                    let l = f(y.into_map());
-                    loss = Some(l.clone().detach());
-                    l
-                }
-                (None, None) => break,
-            };
-            let mut grads = root.backward();
-            if k > 0 {
-                upstream = x.grad(&grads);
-            }
-            self.visit(&mut Collect::<B> {
-                grads: &mut grads,
-                out: &mut grads_out,
-            });
-            if upstream.is_none() {
+            let (Some(g), Some(input)) = (upstream.take(), inputs.pop()) else {
                 break;
-            }
+            };
+            let x = tracked(k, input);
+            reseed(k);
+            let root = self.run_segment(segments[k], x.clone(), &ctx).dot(g);
+            upstream = backward(root, k, &x);
         }
-        let loss = loss.unwrap_or_else(|| Tensor::zeros([1], &device));
         (loss, grads_out)
     }
 }
