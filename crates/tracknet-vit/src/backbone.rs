@@ -118,6 +118,26 @@ impl<B: crate::ModelBackend> Backbone<B> {
         v.0
     }
 
+    /// Whether any parameter of block `i` trains.
+    pub fn block_trains(&self, i: usize) -> bool {
+        let mut v = AnyTrainable(false);
+        match self {
+            Backbone::Dinov3(m) => m.model.layer[i].visit(&mut v),
+            Backbone::Vit(m) => m.layers[i].visit(&mut v),
+        }
+        v.0
+    }
+
+    /// Whether the final norm trains.
+    pub fn final_norm_trains(&self) -> bool {
+        let mut v = AnyTrainable(false);
+        match self {
+            Backbone::Dinov3(m) => m.norm.visit(&mut v),
+            Backbone::Vit(m) => m.layernorm.visit(&mut v),
+        }
+        v.0
+    }
+
     /// Number of transformer blocks.
     pub fn num_layers(&self) -> usize {
         match self {
@@ -229,7 +249,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
 }
 
 /// Finds a parameter that requires a gradient.
-struct AnyTrainable(bool);
+pub(crate) struct AnyTrainable(pub(crate) bool);
 
 impl<B: Backend> burn::module::ModuleVisitor<B> for AnyTrainable {
     fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {

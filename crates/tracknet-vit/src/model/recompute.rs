@@ -144,6 +144,27 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
         }
     }
 
+    /// Whether any parameter of `segment` trains.
+    pub fn segment_trains(&self, segment: Segment) -> bool {
+        let module = |m: &dyn Fn(&mut crate::backbone::AnyTrainable)| {
+            let mut v = crate::backbone::AnyTrainable(false);
+            m(&mut v);
+            v.0
+        };
+        match segment {
+            Segment::Embed => self.backbone.embeddings_train(),
+            Segment::Block(i) => self.backbone.block_trains(i),
+            Segment::Bridge => self.backbone.final_norm_trains(),
+            Segment::Stage(j) => module(&|v| self.decoder.stages[j].visit(v)),
+            Segment::Output => module(&|v| self.head.visit(v)),
+            Segment::Decoder => {
+                self.backbone.final_norm_trains()
+                    || module(&|v| self.decoder.visit(v))
+                    || module(&|v| self.head.visit(v))
+            }
+        }
+    }
+
     /// Final norm and patch grid, channels first: `[batch, tokens, C]` → `[batch, C, h, w]`.
     fn bridge(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 4> {
         self.backbone
@@ -193,13 +214,21 @@ impl<B: crate::ModelBackend + AutodiffBackend> HeatmapModel<B> {
         }
         drop(frozen);
 
+        // A segment's input needs a gradient only when something before it trains (LoRA with
+        // frozen embeddings: not block 0's; a frozen backbone: no block's at all).
+        let trains: Vec<bool> = segments.iter().map(|s| self.segment_trains(*s)).collect();
+        let before: Vec<bool> = (0..n).map(|k| trains[..k].iter().any(|t| *t)).collect();
         let mut grads_out = GradientsParams::new();
         let tracked = |k: usize, input: Activation<B>| {
-            if k == 0 { input } else { input.require_grad() }
+            if before[k] {
+                input.require_grad()
+            } else {
+                input
+            }
         };
         let mut backward = |root: Tensor<B, 1>, k: usize, x: &Activation<B>| {
             let mut grads = root.backward();
-            let upstream = if k > 0 { x.grad(&grads) } else { None };
+            let upstream = if before[k] { x.grad(&grads) } else { None };
             self.visit(&mut Collect::<B> {
                 grads: &mut grads,
                 out: &mut grads_out,
@@ -222,9 +251,8 @@ impl<B: crate::ModelBackend + AutodiffBackend> HeatmapModel<B> {
 
         // Then every segment before it, last first, run again with its graph.
         for k in (0..tail).rev() {
-            // The first segment's input is the images: without a trainable parameter in it
-            // (a frozen patch embedding) there is nothing to backpropagate into.
-            if k == 0 && !self.backbone.embeddings_train() {
+            // Nothing trains from here down (`upstream` is `None` then too).
+            if !trains[k] && !before[k] {
                 break;
             }
             let (Some(g), Some(input)) = (upstream.take(), inputs.pop()) else {
