@@ -121,3 +121,44 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// A counting global allocator for memory tests: a test binary installs it with
+/// `#[global_allocator] static GLOBAL: tracknet_testkit::CountingAlloc = tracknet_testkit::CountingAlloc;`
+/// and reads live and peak heap bytes with [`heap_live`] and [`heap_peak`] (the whole process's,
+/// so such a test measures in a child process of its own).
+pub struct CountingAlloc;
+
+static HEAP_LIVE: AtomicUsize = AtomicUsize::new(0);
+static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            let now = HEAP_LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
+            HEAP_PEAK.fetch_max(now, Ordering::SeqCst);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        HEAP_LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+}
+
+/// Live heap bytes now (with [`CountingAlloc`] installed).
+pub fn heap_live() -> usize {
+    HEAP_LIVE.load(Ordering::SeqCst)
+}
+
+/// Peak heap bytes since the last [`reset_heap_peak`].
+pub fn heap_peak() -> usize {
+    HEAP_PEAK.load(Ordering::SeqCst)
+}
+
+/// Starts a new peak at the live bytes now; returns them.
+pub fn reset_heap_peak() -> usize {
+    let live = heap_live();
+    HEAP_PEAK.store(live, Ordering::SeqCst);
+    live
+}

@@ -107,35 +107,18 @@ impl<B: crate::ModelBackend> Backbone<B> {
         }
     }
 
-    /// Whether any parameter of the embeddings (patch embedding, tokens, position
-    /// embeddings) trains.
-    pub fn embeddings_train(&self) -> bool {
-        let mut v = AnyTrainable(false);
-        match self {
-            Backbone::Dinov3(m) => m.embeddings.visit(&mut v),
-            Backbone::Vit(m) => m.embeddings.visit(&mut v),
+    /// Whether any parameter trains in the embeddings (`Segment::Embed`), block `i`
+    /// (`Segment::Block(i)`) or the final norm (any other segment).
+    pub(crate) fn part_trains(&self, part: crate::model::Segment) -> bool {
+        use crate::model::Segment::{Block, Embed};
+        match (self, part) {
+            (Backbone::Dinov3(m), Embed) => trains(&m.embeddings),
+            (Backbone::Dinov3(m), Block(i)) => trains(&m.model.layer[i]),
+            (Backbone::Dinov3(m), _) => trains(&m.norm),
+            (Backbone::Vit(m), Embed) => trains(&m.embeddings),
+            (Backbone::Vit(m), Block(i)) => trains(&m.layers[i]),
+            (Backbone::Vit(m), _) => trains(&m.layernorm),
         }
-        v.0
-    }
-
-    /// Whether any parameter of block `i` trains.
-    pub fn block_trains(&self, i: usize) -> bool {
-        let mut v = AnyTrainable(false);
-        match self {
-            Backbone::Dinov3(m) => m.model.layer[i].visit(&mut v),
-            Backbone::Vit(m) => m.layers[i].visit(&mut v),
-        }
-        v.0
-    }
-
-    /// Whether the final norm trains.
-    pub fn final_norm_trains(&self) -> bool {
-        let mut v = AnyTrainable(false);
-        match self {
-            Backbone::Dinov3(m) => m.norm.visit(&mut v),
-            Backbone::Vit(m) => m.layernorm.visit(&mut v),
-        }
-        v.0
     }
 
     /// Number of transformer blocks.
@@ -248,11 +231,15 @@ impl<B: crate::ModelBackend> Backbone<B> {
     }
 }
 
-/// Finds a parameter that requires a gradient.
-pub(crate) struct AnyTrainable(pub(crate) bool);
-
-impl<B: Backend> burn::module::ModuleVisitor<B> for AnyTrainable {
-    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
-        self.0 |= param.val().is_require_grad();
+/// Whether any parameter of `module` requires a gradient.
+pub(crate) fn trains<B: Backend, M: Module<B>>(module: &M) -> bool {
+    struct Any(bool);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Any {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            self.0 |= param.val().is_require_grad();
+        }
     }
+    let mut v = Any(false);
+    module.visit(&mut v);
+    v.0
 }

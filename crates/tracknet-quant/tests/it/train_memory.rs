@@ -7,9 +7,6 @@
 //! the whole process's, and the other tests of this binary run on parallel threads, so the
 //! measurement runs in a child process of its own (this binary, that one test, one thread).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::{Linear, LinearConfig};
@@ -18,27 +15,8 @@ use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_quant::{CodeBooks, QuantSpec, QuantizedLinear};
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: tracknet_testkit::CountingAlloc = tracknet_testkit::CountingAlloc;
 
 type AD = Autodiff<NdArray>;
 /// Burn's per-op checkpointing, which a user of this crate may train under (tracknet-rs's own
@@ -55,14 +33,13 @@ fn step_peak<A: AutodiffBackend>(forward: impl Fn(Tensor<A, 2>) -> Tensor<A, 2>)
     let device = Default::default();
     let x = Tensor::<A, 2>::random([ROWS, WIDTH], Distribution::Normal(0.0, 1.0), &device)
         .require_grad();
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    tracknet_testkit::reset_heap_peak();
     let y = forward(x.clone());
     let grads = y.powi_scalar(2).mean().backward();
     let g = x.grad(&grads).expect("input gradient");
     assert_eq!(g.dims(), [ROWS, WIDTH]);
     drop(grads);
-    PEAK.load(Ordering::SeqCst)
+    tracknet_testkit::heap_peak()
 }
 
 fn frozen_dense<A: AutodiffBackend>(device: &burn::tensor::Device<A>) -> Vec<Linear<A>> {

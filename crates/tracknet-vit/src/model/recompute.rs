@@ -26,7 +26,7 @@ use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::HeatmapModel;
-use crate::backbone::BlockContext;
+use crate::backbone::{BlockContext, trains};
 use crate::decoder::bilinear_resize;
 
 /// A stretch of the model that recomputation treats as one unit.
@@ -146,21 +146,14 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
 
     /// Whether any parameter of `segment` trains.
     pub fn segment_trains(&self, segment: Segment) -> bool {
-        let module = |m: &dyn Fn(&mut crate::backbone::AnyTrainable)| {
-            let mut v = crate::backbone::AnyTrainable(false);
-            m(&mut v);
-            v.0
-        };
         match segment {
-            Segment::Embed => self.backbone.embeddings_train(),
-            Segment::Block(i) => self.backbone.block_trains(i),
-            Segment::Bridge => self.backbone.final_norm_trains(),
-            Segment::Stage(j) => module(&|v| self.decoder.stages[j].visit(v)),
-            Segment::Output => module(&|v| self.head.visit(v)),
+            Segment::Embed | Segment::Block(_) | Segment::Bridge => {
+                self.backbone.part_trains(segment)
+            }
+            Segment::Stage(j) => trains(&self.decoder.stages[j]),
+            Segment::Output => trains(&self.head),
             Segment::Decoder => {
-                self.backbone.final_norm_trains()
-                    || module(&|v| self.decoder.visit(v))
-                    || module(&|v| self.head.visit(v))
+                self.backbone.part_trains(segment) || trains(&self.decoder) || trains(&self.head)
             }
         }
     }

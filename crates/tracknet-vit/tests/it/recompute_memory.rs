@@ -6,35 +6,13 @@
 //! other tests of this binary run on parallel threads, so the measurement runs in a child
 //! process of its own (this binary, one test, one thread).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use burn::backend::{Autodiff, NdArray};
 use burn::prelude::*;
 use tracknet_config::RunConfig;
 use tracknet_vit::model::{HeatmapModel, lora_settings, quant_spec};
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(now, Ordering::SeqCst);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: tracknet_testkit::CountingAlloc = tracknet_testkit::CountingAlloc;
 
 type AD = Autodiff<NdArray>;
 
@@ -87,8 +65,7 @@ fn images() -> Tensor<AD, 4> {
 /// Peak live bytes above the state at the call, over one forward + backward.
 fn step_peak(m: &HeatmapModel<AD>, recompute: bool) -> usize {
     let x = images();
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
+    let base = tracknet_testkit::reset_heap_peak();
     let loss = |y: Tensor<AD, 4>| y.powi_scalar(2).mean();
     let grads = if recompute {
         m.recomputed_grads(x, loss).1
@@ -97,7 +74,7 @@ fn step_peak(m: &HeatmapModel<AD>, recompute: bool) -> usize {
     };
     assert!(!grads.is_empty());
     drop(grads);
-    PEAK.load(Ordering::SeqCst) - base
+    tracknet_testkit::heap_peak() - base
 }
 
 #[test]
