@@ -41,6 +41,9 @@ pub struct TrainingConfig {
     pub oom_retries: usize,
     /// Fixed micro-batch size with gradient accumulation; `0`: no split.
     pub micro_batch_size: usize,
+    /// Shards a batch is split into, run at once on separate threads (CPU backend), their
+    /// gradients summed as micro-batches' are; `1`: no split.
+    pub parallel_shards: usize,
     /// Loader settings.
     pub data_loader: DataLoaderConfig,
     /// Optimizer.
@@ -93,6 +96,7 @@ impl Default for TrainingConfig {
             mb_backoff_factor: 2,
             oom_retries: 3,
             micro_batch_size: 0,
+            parallel_shards: 2,
             data_loader: DataLoaderConfig::default(),
             optimizer: OptimizerConfig::default(),
             scheduler: SchedulerConfig::default(),

@@ -16,6 +16,8 @@ pub const MAX_BATCH: usize = 65_536;
 pub const MAX_STEPS: usize = 1 << 40;
 /// Largest product of the decoder's upsampling factors.
 pub const MAX_TOTAL_UPSAMPLE: usize = 1 << 12;
+/// Most threads a batch is split over (`training.parallel_shards`).
+pub const MAX_SHARDS: usize = 256;
 /// Most frames per sample (`data.sequence.length`).
 pub const MAX_SEQUENCE: usize = 16;
 /// Largest gap between a sample's frames (`data.sequence.stride`).
@@ -444,6 +446,13 @@ fn training(cfg: &RunConfig, c: &mut Checker) {
         }
     }
     c.int_at_least("training.min_micro_batch_size", t.min_micro_batch_size, 1);
+    c.int_at_least("training.parallel_shards", t.parallel_shards, 1);
+    c.int_at_most(
+        "training.parallel_shards",
+        t.parallel_shards,
+        MAX_SHARDS,
+        "shards per batch",
+    );
     c.int_at_least("training.mb_backoff_factor", t.mb_backoff_factor, 2);
     c.int_at_least(
         "training.data_loader.prefetch_factor",

@@ -3,13 +3,14 @@
 //! each epoch, checkpoints and exact resume. What it writes into the run folder (metrics,
 //! curves, checkpoint folders) is [`crate::run_folder`]'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -17,6 +18,7 @@ use tracknet_config::RunConfig;
 use tracknet_data::{Batch, BatchLoader};
 use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
+use tracknet_vit::rng::{draw_seed, with_stream};
 
 use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
@@ -229,6 +231,10 @@ where
 
     let clip = t.effective_grad_clip_norm().filter(|c| *c > 0.0);
     let recompute = t.gradient_checkpointing;
+    let (shards, note) = parallel_shards(t.parallel_shards, &model);
+    if let Some(note) = note {
+        say(&note);
+    }
     let mut micro = if t.micro_batch_size == 0 {
         batch_size
     } else {
@@ -265,7 +271,12 @@ where
             let mut retries = 0usize;
             let (loss, grads) = loop {
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
-                    step_grads(&model, &loss_fn, &batch, micro, recompute, device)
+                    let plan = StepPlan {
+                        micro,
+                        recompute,
+                        shards,
+                    };
+                    step_grads(&model, &loss_fn, &batch, plan, device)
                 }));
                 match attempt {
                     Ok(r) => break r,
@@ -411,6 +422,80 @@ where
     opt.step(model, grads, lr)
 }
 
+/// How a step splits its batch: sequential micro-batches for memory
+/// (`training.micro_batch_size` and the out-of-memory search), recomputation per segment
+/// (`training.gradient_checkpointing`), and shards run at once on threads
+/// (`training.parallel_shards`, as [`parallel_shards`] allows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Samples per micro-batch; a batch no larger is not micro-batched.
+    pub micro: usize,
+    /// Recompute per segment ([`HeatmapModel::recomputed_grads`]).
+    pub recompute: bool,
+    /// Shards of a batch that is not micro-batched, each on its own thread (1: no split).
+    pub shards: usize,
+}
+
+impl StepPlan {
+    /// One piece, whole batches, no recomputation.
+    pub fn whole() -> Self {
+        Self {
+            micro: usize::MAX,
+            recompute: false,
+            shards: 1,
+        }
+    }
+
+    /// The sample ranges a batch of `n` is split into, in order, and whether they run at once
+    /// (shards) or one after another (micro-batches). Shards differ in size by at most one.
+    pub fn pieces(&self, n: usize) -> (Vec<Range<usize>>, bool) {
+        let micro = self.micro.max(1);
+        if micro < n {
+            let starts = (0..n).step_by(micro);
+            return (starts.map(|s| s..(s + micro).min(n)).collect(), false);
+        }
+        let k = self.shards.clamp(1, n.max(1));
+        let mut ranges = Vec::with_capacity(k);
+        let mut start = 0;
+        for i in 0..k {
+            let len = n / k + usize::from(i < n % k);
+            ranges.push(start..start + len);
+            start += len;
+        }
+        (ranges, k > 1)
+    }
+}
+
+/// `training.parallel_shards` as this model on this backend can take it: the shard count to
+/// use and, when it had to be 1, the one-line reason. Shards need a backend that gains by host
+/// threads, a decoder without BatchNorm (each shard would be normalised by its own statistics
+/// and update the shared running statistics in thread order), and a forward that draws no
+/// random numbers (the backend's one generator would be drawn from in thread order).
+pub fn parallel_shards<B: AutodiffBackend + ModelBackend>(
+    requested: usize,
+    model: &HeatmapModel<B>,
+) -> (usize, Option<String>) {
+    if requested <= 1 {
+        return (1, None);
+    }
+    let why = if !B::parallel_shards() {
+        "this backend runs the whole batch on one device"
+    } else if model.decoder.has_batch_norm() {
+        "the decoder's BatchNorm would normalise each shard by its own statistics"
+    } else if model.draws_random() {
+        "the forward draws random numbers (LoRA dropout, drop path or decoder dropout), which \
+         threads would draw in a timing-dependent order; set them to 0 to split"
+    } else {
+        return (requested, None);
+    };
+    (
+        1,
+        Some(format!(
+            "training.parallel_shards = {requested}: batches are not split ({why})"
+        )),
+    )
+}
+
 /// One whole training step as the loop takes it (without its non-finite checks):
 /// [`step_grads`], the gradient norm, [`update`]. Returns the model, the loss and the norm.
 #[allow(clippy::too_many_arguments)]
@@ -419,8 +504,7 @@ pub fn train_step<B: AutodiffBackend + ModelBackend>(
     opt: &mut Optimizer<B::InnerBackend>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
-    micro: usize,
-    recompute: bool,
+    plan: StepPlan,
     clip: Option<f64>,
     lr: f64,
     device: &B::Device,
@@ -428,50 +512,145 @@ pub fn train_step<B: AutodiffBackend + ModelBackend>(
 where
     B::InnerBackend: ModelBackend,
 {
-    let (loss, grads) = step_grads(&model, loss_fn, batch, micro, recompute, device);
+    let (loss, grads) = step_grads(&model, loss_fn, batch, plan, device);
     let gnorm = grad_norm::<B, _>(&model, &grads);
     (update(model, opt, grads, gnorm, clip, lr), loss, gnorm)
 }
 
-/// Forward + backward over micro-batches of `batch`; returns the batch loss and summed
-/// gradients (each micro-batch's loss weighted by its share of the batch). With `recompute`
-/// (`training.gradient_checkpointing`), each micro-batch runs through
-/// [`HeatmapModel::recomputed_grads`]: the same gradients, one segment's activations alive at a
-/// time.
+/// Forward + backward over the pieces of `batch` ([`StepPlan::pieces`]); returns the batch loss
+/// and summed gradients (each piece's loss weighted by its share of the batch). Shards run at
+/// once, each on a [`replica`] of the model and with its own stream for the forward's
+/// augmentation draws ([`with_stream`]); their losses and gradients are summed in piece order,
+/// so a run repeats to the bit whatever the threads' timing. With
+/// `plan.recompute`, each piece runs through [`HeatmapModel::recomputed_grads`]: the same
+/// gradients, one segment's activations alive at a time.
 pub fn step_grads<B: AutodiffBackend + ModelBackend>(
     model: &HeatmapModel<B>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
-    micro: usize,
-    recompute: bool,
+    plan: StepPlan,
     device: &B::Device,
 ) -> (f64, GradientsParams)
 where
     B::InnerBackend: ModelBackend,
 {
     let n = batch.batch_size;
-    let mut total = 0.0;
-    let mut acc: Option<GradientsParams> = None;
-    let mut start = 0;
-    while start < n {
-        let end = (start + micro.max(1)).min(n);
-        let (x, y, m) = batch_tensors::<B>(batch, start..end, device);
-        let weight = (end - start) as f64 / n as f64;
-        let (loss, grads) = if recompute {
+    let piece = |model: &HeatmapModel<B>, range: Range<usize>| -> (f64, GradientsParams) {
+        let weight = range.len() as f64 / n as f64;
+        let (x, y, m) = batch_tensors::<B>(batch, range, device);
+        let (loss, grads) = if plan.recompute {
             model.recomputed_grads(x, |logits| loss_fn.forward(logits, y, m).mul_scalar(weight))
         } else {
             let loss = loss_fn.forward(model.forward(x), y, m).mul_scalar(weight);
             let grads = GradientsParams::from_grads(loss.clone().backward(), model);
             (loss, grads)
         };
-        total += loss.into_scalar().elem::<f64>();
+        (loss.into_scalar().elem::<f64>(), grads)
+    };
+    let (ranges, at_once) = plan.pieces(n);
+    let results: Vec<(f64, GradientsParams)> = if at_once {
+        // Each shard draws the forward's augmentation from its own stream (seeded from the
+        // backend's generator here, in order), not from the backend's shared one.
+        let base = draw_seed::<B>(device);
+        let piece = |model: &HeatmapModel<B>, i: usize, range: Range<usize>| {
+            with_stream(base.wrapping_add(i as u64), || piece(model, range))
+        };
+        let replicas: Vec<_> = ranges[1..].iter().map(|_| replica(model)).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .cloned()
+                .zip(replicas)
+                .enumerate()
+                .map(|(i, (range, (copy, ids)))| {
+                    let piece = &piece;
+                    scope.spawn(move || {
+                        let (loss, grads) = piece(&copy, i + 1, range);
+                        (loss, rekey(&copy, grads, &ids))
+                    })
+                })
+                .collect();
+            let mut out = vec![piece(model, 0, ranges[0].clone())];
+            for h in handles {
+                out.push(h.join().unwrap_or_else(|p| resume_unwind(p)));
+            }
+            out
+        })
+    } else {
+        ranges.into_iter().map(|r| piece(model, r)).collect()
+    };
+    let mut total = 0.0;
+    let mut acc: Option<GradientsParams> = None;
+    for (loss, grads) in results {
+        total += loss;
         acc = Some(match acc {
             Some(a) => accumulate::<B, _>(model, a, grads),
             None => grads,
         });
-        start = end;
     }
     (total, acc.unwrap_or_default())
+}
+
+/// A copy of `model` whose parameters are new autodiff leaves (new ids) over the same values,
+/// so that a shard's graph on another thread never joins the first shard's through a shared
+/// parameter node; and the map from the copy's parameter ids to the original's.
+pub fn replica<B: AutodiffBackend>(
+    model: &HeatmapModel<B>,
+) -> (HeatmapModel<B>, HashMap<ParamId, ParamId>) {
+    struct Fresh(HashMap<ParamId, ParamId>);
+    impl<B: AutodiffBackend> ModuleMapper<B> for Fresh {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, value, mapper) = param.consume();
+            let tracked = value.is_require_grad();
+            let value = Tensor::from_inner(value.inner());
+            let value = if tracked { value.require_grad() } else { value };
+            let new = ParamId::new();
+            self.0.insert(new, id);
+            Param::from_mapped_value(new, value, mapper)
+        }
+    }
+    // A clone of a parameter not yet initialised gets its own lazy initialiser, which would
+    // draw new random values: initialise the original's first, so the copy clones its values.
+    struct Init;
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Init {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Init);
+    let mut fresh = Fresh(HashMap::new());
+    let copy = model.clone().map(&mut fresh);
+    (copy, fresh.0)
+}
+
+/// `grads` of a [`replica`], keyed by the original model's parameter ids.
+fn rekey<B: AutodiffBackend>(
+    copy: &HeatmapModel<B>,
+    grads: GradientsParams,
+    ids: &HashMap<ParamId, ParamId>,
+) -> GradientsParams {
+    struct Rekey<'a> {
+        from: GradientsParams,
+        to: GradientsParams,
+        ids: &'a HashMap<ParamId, ParamId>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Rekey<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let (Some(g), Some(id)) = (
+                self.from.remove::<B::InnerBackend, D>(param.id),
+                self.ids.get(&param.id),
+            ) {
+                self.to.register::<B::InnerBackend, D>(*id, g);
+            }
+        }
+    }
+    let mut v = Rekey {
+        from: grads,
+        to: GradientsParams::new(),
+        ids,
+    };
+    copy.visit(&mut v);
+    v.to
 }
 
 /// The micro-batch to retry with after an out-of-memory at `micro` (`retries` halvings done

@@ -34,6 +34,13 @@ pub trait FusedBackend: Backend {
         false
     }
 
+    /// Whether shards of a batch gain by running at once on host threads
+    /// (`training.parallel_shards`): true on NdArray, whose ops mostly keep one core busy; false
+    /// on the GPU backends, where one device runs the whole batch anyway.
+    fn parallel_shards() -> bool {
+        false
+    }
+
     /// `softmax(q·kᵀ/√d)·v` per batch and head.
     ///
     /// # Shapes
@@ -58,6 +65,10 @@ impl FusedBackend for NdArray {
     fn matmul_convolutions() -> bool {
         true
     }
+
+    fn parallel_shards() -> bool {
+        true
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -79,6 +90,10 @@ fn attention_probs<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4>
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
     fn matmul_convolutions() -> bool {
         B::matmul_convolutions()
+    }
+
+    fn parallel_shards() -> bool {
+        B::parallel_shards()
     }
 
     fn fused_attention(

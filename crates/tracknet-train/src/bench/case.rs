@@ -19,7 +19,7 @@ use crate::backend::{AutodiffJob, with_autodiff};
 use crate::error::TrainError;
 use crate::eval::loss_from_config;
 use crate::optim::{OptimKind, Optimizer};
-use crate::trainer::train_step;
+use crate::trainer::{StepPlan, parallel_shards, train_step};
 
 /// `case`: one training configuration; ONE JSON object (weight storage, trainable
 /// parameters, peak memory of a training step, step time, inference frames/s). Run each case
@@ -171,21 +171,23 @@ where
         Optimizer::<B::InnerBackend>::new(OptimKind::from_config(&cfg.training.optimizer));
     let batch = random_batch(s, s.batch, 7);
     let clip = Some(1.0);
+    // The trainer's split: `training.parallel_shards` of the quick-start config (2), as this
+    // model and backend allow it.
+    let (shards, note) = parallel_shards(cfg.training.parallel_shards, &model);
+    if let Some(note) = note {
+        tracing::info!("{label}: {note}");
+    }
+    let plan = StepPlan {
+        micro: s.batch,
+        recompute: a.grad_ckpt,
+        shards,
+    };
     let mut losses = Vec::new();
     let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64) {
         let t = Instant::now();
         // The trainer's own step: forward + backward, global-norm clipping, AdamW.
-        let (model, loss, _) = train_step(
-            model,
-            &mut opt,
-            &loss_fn,
-            &batch,
-            s.batch,
-            a.grad_ckpt,
-            clip,
-            1e-4,
-            device,
-        );
+        let (model, loss, _) =
+            train_step(model, &mut opt, &loss_fn, &batch, plan, clip, 1e-4, device);
         let _ = B::sync(device);
         (model, loss, t.elapsed().as_secs_f64())
     };
@@ -259,6 +261,7 @@ where
         "mode": a.mode,
         "backend": a.backend,
         "grad_ckpt": a.grad_ckpt,
+        "parallel_shards": shards,
         "quick": a.quick,
         "compute_dtype": a.compute_dtype,
         "lora_dropout": if cfg.model.lora.enabled { Some(a.lora_dropout) } else { None },

@@ -247,7 +247,12 @@ fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
     .unwrap()
     .unwrap();
     let step = |micro| {
-        tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, micro, false, &device)
+        let plan = tracknet_train::trainer::StepPlan {
+            micro,
+            recompute: false,
+            shards: 1,
+        };
+        tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, plan, &device)
     };
     let (loss4, g4) = step(4);
     let (loss2, g2) = step(2);
@@ -324,4 +329,207 @@ fn backbone_freeze_epochs_hold_the_base_back_then_release_it() {
         .filter(|(k, v)| init.get(k.as_str()).is_some_and(|(_, i)| i != v))
         .count();
     assert!(moved > 0, "the released backbone moved");
+}
+
+/// Every gradient of `model`'s parameters in `grads`, in visiting order.
+fn grad_values(
+    model: &tracknet_vit::model::HeatmapModel<AD>,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<Vec<f32>> {
+    struct Bits<'a>(&'a burn::optim::GradientsParams, Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor<AD> for Bits<'_> {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<AD, D>>,
+        ) {
+            if let Some(g) = self.0.get::<B, D>(param.id) {
+                self.1
+                    .push(g.into_data().convert::<f32>().into_vec::<f32>().unwrap());
+            }
+        }
+    }
+    let mut v = Bits(grads, Vec::new());
+    burn::module::Module::visit(model, &mut v);
+    v.1
+}
+
+#[test]
+fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_and_step_aside_where_they_cannot()
+ {
+    use tracknet_train::trainer::{StepPlan, parallel_shards, step_grads};
+    use tracknet_vit::model::HeatmapModel;
+    let _serial = serial();
+    let root = tmp("parallel-shards");
+    let build = |extra: &[&str]| {
+        let mut keys = vec!["training.loss.name=focal"];
+        keys.extend_from_slice(extra);
+        let cfg = tiny(&root, 1, &keys);
+        let device = Default::default();
+        AD::seed(&device, 1);
+        let (model, _) = HeatmapModel::<AD>::from_config(&cfg.model, &device).unwrap();
+        (cfg, model)
+    };
+    // RoPE coordinate augmentation off: the forward draws nothing random.
+    let (cfg, model) = build(&["model.backbone.rope_augmentation=false"]);
+    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    let device = Default::default();
+    let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
+    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
+    let batch = tracknet_data::BatchLoader::new(
+        splits.train,
+        tracknet_train::data::loader_options(&cfg, 1, false, 4),
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    let plan = |micro, recompute, shards| StepPlan {
+        micro,
+        recompute,
+        shards,
+    };
+    // The pieces: shards differ by at most one sample; a micro-batched batch is not sharded.
+    assert_eq!(
+        plan(usize::MAX, false, 3).pieces(4),
+        (vec![0..2, 2..3, 3..4], true)
+    );
+    assert_eq!(plan(2, false, 3).pieces(4), (vec![0..2, 2..4], false));
+    assert_eq!(plan(usize::MAX, false, 1).pieces(4), (vec![0..4], false));
+    assert_eq!(
+        plan(usize::MAX, false, 9).pieces(2),
+        (vec![0..1, 1..2], true)
+    );
+
+    // Two shards on two threads (QLoRA: 4-bit base, adapters, decoder and head train) give the
+    // loss and every gradient of the same two micro-batches run one after another, to the bit,
+    // with and without recomputation; three shards (2 + 1 + 1) give every gradient too.
+    let micro_len = |m: &HeatmapModel<AD>, l: &_, b: &_, d: &_| {
+        grad_values(m, &step_grads(m, l, b, plan(2, false, 1), d).1).len()
+    };
+    let bits = |(loss, grads): (f64, burn::optim::GradientsParams), m: &HeatmapModel<AD>| {
+        let g: Vec<Vec<u32>> = grad_values(m, &grads)
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        (loss.to_bits(), g)
+    };
+    for recompute in [false, true] {
+        let sharded = bits(
+            step_grads(
+                &model,
+                &loss_fn,
+                &batch,
+                plan(usize::MAX, recompute, 2),
+                &device,
+            ),
+            &model,
+        );
+        let micro = bits(
+            step_grads(&model, &loss_fn, &batch, plan(2, recompute, 1), &device),
+            &model,
+        );
+        assert!(sharded.1.len() > 10, "{} gradients", sharded.1.len());
+        assert!(
+            sharded == micro,
+            "recompute {recompute}: shards differ from micro-batches"
+        );
+    }
+    let three = bits(
+        step_grads(
+            &model,
+            &loss_fn,
+            &batch,
+            plan(usize::MAX, false, 3),
+            &device,
+        ),
+        &model,
+    );
+    assert!(f64::from_bits(three.0).is_finite());
+    assert_eq!(three.1.len(), micro_len(&model, &loss_fn, &batch, &device));
+
+    // With the augmentation on (transformers' default rescale 2.0), each shard draws from its
+    // own stream: the same seed gives the same step to the bit, whatever the threads' timing.
+    let (_, augmented) = build(&[]);
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        AD::seed(&device, 9);
+        runs.push(bits(
+            step_grads(
+                &augmented,
+                &loss_fn,
+                &batch,
+                plan(usize::MAX, false, 2),
+                &device,
+            ),
+            &augmented,
+        ));
+    }
+    assert!(
+        runs.windows(2).all(|w| w[0] == w[1]),
+        "sharded steps with the same seed differ"
+    );
+    AD::seed(&device, 10);
+    let other = bits(
+        step_grads(
+            &augmented,
+            &loss_fn,
+            &batch,
+            plan(usize::MAX, false, 2),
+            &device,
+        ),
+        &augmented,
+    );
+    assert!(
+        other != runs[0],
+        "the augmentation draws do not follow the seed"
+    );
+
+    // The trainer reads the key: two shards train to the weights of micro-batches of 2 (no
+    // augmentation), and not to those of the whole batch.
+    let trained = |keys: &[&str], name: &str| {
+        let mut all = vec![
+            "training.loss.name=focal",
+            "model.backbone.rope_augmentation=false",
+            "training.steps_per_epoch=2",
+            "training.preview_frames=0",
+        ];
+        all.extend_from_slice(keys);
+        let run = root.join(name);
+        train::<AD>(&tiny(&root, 1, &all), &opts(run.clone()), &device).unwrap();
+        last_weights(&run)
+    };
+    let two = trained(&["training.parallel_shards=2"], "run-shards-2");
+    let micro = trained(
+        &["training.parallel_shards=1", "training.micro_batch_size=2"],
+        "run-micro-2",
+    );
+    let whole = trained(&["training.parallel_shards=1"], "run-whole");
+    assert!(
+        two == micro,
+        "two shards did not train as two micro-batches"
+    );
+    assert!(
+        two != whole,
+        "two shards trained as the whole batch: the key was not read"
+    );
+
+    // Where shards cannot run at once, the trainer does not split, and says why naming the key.
+    assert_eq!(parallel_shards(2, &model), (2, None));
+    assert_eq!(parallel_shards(2, &augmented), (2, None));
+    assert_eq!(parallel_shards(1, &model), (1, None));
+    for (key, why) in [
+        ("model.lora.lora_dropout=0.1", "random"),
+        ("model.decoder.norm=bn", "BatchNorm"),
+        ("model.decoder.dropout=0.1", "random"),
+    ] {
+        let (_, m) = build(&[key]);
+        let (n, note) = parallel_shards(2, &m);
+        let note = note.unwrap_or_default();
+        assert_eq!(n, 1, "{key}");
+        assert!(
+            note.contains("training.parallel_shards") && note.contains(why),
+            "{key}: {note}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

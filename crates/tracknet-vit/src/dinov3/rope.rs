@@ -5,7 +5,9 @@
 //! x-angles]` vector is tiled twice to cover `head_dim`, as transformers computes it.
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorData};
+use burn::tensor::TensorData;
+
+use crate::rng::uniform;
 
 use super::Dinov3Config;
 
@@ -88,13 +90,13 @@ impl Dinov3Rope {
         // A zero range is a no-op (as in torch) but an empty range for Burn's sampler: skip it.
         let range = |r: f64| (r.is_finite() && r != 0.0).then_some(r.abs());
         if let Some(s) = self.shift.and_then(range) {
-            coords = coords + Tensor::random([1, 2], Distribution::Uniform(-s, s), &device);
+            coords = coords + uniform([1, 2], -s, s, &device);
         }
         if let Some(r) = self.jitter.map(f64::ln).and_then(range) {
-            coords = coords * Tensor::random([1, 2], Distribution::Uniform(-r, r), &device).exp();
+            coords = coords * uniform([1, 2], -r, r, &device).exp();
         }
         if let Some(r) = self.rescale.map(f64::ln).and_then(range) {
-            coords = coords * Tensor::random([1, 1], Distribution::Uniform(-r, r), &device).exp();
+            coords = coords * uniform([1, 1], -r, r, &device).exp();
         }
         coords
     }

@@ -22,12 +22,12 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::HeatmapModel;
 use crate::backbone::{BlockContext, trains};
 use crate::decoder::bilinear_resize;
+use crate::rng::draw_seed;
 
 /// A stretch of the model that recomputation treats as one unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,21 +258,6 @@ impl<B: crate::ModelBackend + AutodiffBackend> HeatmapModel<B> {
         }
         (loss, grads_out)
     }
-}
-
-/// One seed per step for the segments' reseeding, drawn from the backend RNG (so a seeded run
-/// stays reproducible).
-fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
-    let draw = Tensor::<B, 1>::random([2], Distribution::Default, device)
-        .into_data()
-        .convert::<f32>();
-    let v = draw
-        .as_slice::<f32>()
-        .map(|s| s.to_vec())
-        .unwrap_or_default();
-    let hi = v.first().map_or(0, |x| x.to_bits() as u64);
-    let lo = v.get(1).map_or(0, |x| x.to_bits() as u64);
-    (hi << 32) | lo
 }
 
 /// Moves the gradients of one segment's backward into the step's [`GradientsParams`], adding
