@@ -90,20 +90,25 @@ mod tests {
     #[test]
     fn a_stream_repeats_per_seed_on_any_thread_and_stays_in_range() {
         let d = Default::default();
-        let draw = |seed| {
+        fn draw(seed: u64) -> Vec<f32> {
             with_stream(seed, || {
-                values(uniform::<NdArray, 2>([3, 4], -0.5, 2.0, &d))
+                values(uniform::<NdArray, 2>(
+                    [3, 4],
+                    -0.5,
+                    2.0,
+                    &Default::default(),
+                ))
             })
-        };
+        }
         let a = draw(7);
-        let b = std::thread::spawn(move || draw(7)).join().unwrap();
+        let b = std::thread::spawn(|| draw(7)).join().unwrap();
         assert_eq!(a, b);
         assert_ne!(a, draw(8));
         assert!(a.iter().all(|v| (-0.5..2.0).contains(v)), "{a:?}");
         // Outside a stream the backend's generator is used, and the stream is gone again.
-        NdArray::seed(&d, 3);
+        <NdArray as Backend>::seed(&d, 3);
         let x = values(uniform::<NdArray, 2>([3, 4], -0.5, 2.0, &d));
-        NdArray::seed(&d, 3);
+        <NdArray as Backend>::seed(&d, 3);
         let y = values(Tensor::random([3, 4], Distribution::Uniform(-0.5, 2.0), &d));
         assert_eq!(x, y);
     }
