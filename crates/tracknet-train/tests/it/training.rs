@@ -394,7 +394,11 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_and_step_a
         (vec![0..2, 2..3, 3..4], true)
     );
     assert_eq!(plan(2, false, 3).pieces(4), (vec![0..2, 2..4], false));
-    assert_eq!(plan(usize::MAX, false, 1).pieces(4), (vec![0..4], false));
+    let (whole, at_once) = plan(usize::MAX, false, 1).pieces(4);
+    assert_eq!(
+        (whole.len(), whole.first(), at_once),
+        (1, Some(&(0..4)), false)
+    );
     assert_eq!(
         plan(usize::MAX, false, 9).pieces(2),
         (vec![0..1, 1..2], true)
