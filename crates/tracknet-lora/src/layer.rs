@@ -299,8 +299,9 @@ impl<B: QuantBackend> LoraLinear<B> {
         let y = self.base.forward(x.clone());
         match (&self.lora_a, &self.lora_b, self.merged) {
             (Some(a), Some(b), false) => {
+                // Burn's `Dropout` math, its mask drawn through `rng` (a shard's own stream).
                 let x = match &self.lora_dropout {
-                    Some(d) => d.forward(x),
+                    Some(d) => crate::rng::dropout(x, d.prob),
                     None => x,
                 };
                 y + b.forward(a.forward(x)).mul_scalar(self.scaling)

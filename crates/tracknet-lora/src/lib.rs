@@ -10,6 +10,7 @@ pub mod error;
 pub mod layer;
 pub mod params;
 pub mod peft;
+pub mod rng;
 pub mod target;
 
 pub use config::{BiasMode, LoraInit, LoraSettings, TargetSpec};

@@ -468,9 +468,9 @@ impl StepPlan {
 
 /// `training.parallel_shards` as this model on this backend can take it: the shard count to
 /// use and, when it had to be 1, the one-line reason. Shards need a backend that gains by host
-/// threads, a decoder without BatchNorm (each shard would be normalised by its own statistics
-/// and update the shared running statistics in thread order), and a forward that draws no
-/// random numbers (the backend's one generator would be drawn from in thread order).
+/// threads and a decoder without BatchNorm (each shard would be normalised by its own
+/// statistics and update the shared running statistics in thread order). Random draws are no
+/// obstacle: each shard draws from its own stream (`tracknet_lora::rng`).
 pub fn parallel_shards<B: AutodiffBackend + ModelBackend>(
     requested: usize,
     model: &HeatmapModel<B>,
@@ -482,9 +482,6 @@ pub fn parallel_shards<B: AutodiffBackend + ModelBackend>(
         "this backend runs the whole batch on one device"
     } else if model.decoder.has_batch_norm() {
         "the decoder's BatchNorm would normalise each shard by its own statistics"
-    } else if model.draws_random() {
-        "the forward draws random numbers (LoRA dropout, drop path or decoder dropout), which \
-         threads would draw in a timing-dependent order; set them to 0 to split"
     } else {
         return (requested, None);
     };
@@ -519,8 +516,8 @@ where
 
 /// Forward + backward over the pieces of `batch` ([`StepPlan::pieces`]); returns the batch loss
 /// and summed gradients (each piece's loss weighted by its share of the batch). Shards run at
-/// once, each on a [`replica`] of the model and with its own stream for the forward's
-/// augmentation draws ([`with_stream`]); their losses and gradients are summed in piece order,
+/// once, each on a [`replica`] of the model and with its own stream for the forward's random
+/// draws ([`with_stream`]); their losses and gradients are summed in piece order,
 /// so a run repeats to the bit whatever the threads' timing. With
 /// `plan.recompute`, each piece runs through [`HeatmapModel::recomputed_grads`]: the same
 /// gradients, one segment's activations alive at a time.
@@ -549,8 +546,8 @@ where
     };
     let (ranges, at_once) = plan.pieces(n);
     let results: Vec<(f64, GradientsParams)> = if at_once {
-        // Each shard draws the forward's augmentation from its own stream (seeded from the
-        // backend's generator here, in order), not from the backend's shared one.
+        // Each shard draws the forward's random numbers (dropout masks, augmentation) from its
+        // own stream, seeded from the backend's generator here, in order.
         let base = draw_seed::<B>(device);
         let piece = |model: &HeatmapModel<B>, i: usize, range: Range<usize>| {
             with_stream(base.wrapping_add(i as u64), || piece(model, range))

@@ -231,16 +231,6 @@ impl<B: crate::ModelBackend> Backbone<B> {
     }
 }
 
-impl<B: Backend> Backbone<B> {
-    /// Whether any block drops paths in training (draws random numbers).
-    pub fn drops_paths(&self) -> bool {
-        match self {
-            Backbone::Dinov3(m) => m.model.layer.iter().any(|l| l.drops_paths()),
-            Backbone::Vit(m) => m.layers.iter().any(|l| l.drops_paths()),
-        }
-    }
-}
-
 /// Whether any parameter of `module` requires a gradient.
 pub(crate) fn trains<B: Backend, M: Module<B>>(module: &M) -> bool {
     struct Any(bool);

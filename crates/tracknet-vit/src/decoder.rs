@@ -226,14 +226,6 @@ impl<B: crate::fused::FusedBackend> HeatmapDecoder<B> {
         bilinear_resize(x, self.output_size)
     }
 
-    /// Whether any block drops channels in training (draws random numbers).
-    pub fn drops_channels(&self) -> bool {
-        self.stages
-            .iter()
-            .flat_map(|s| &s.blocks)
-            .any(|b| b.dropout > 0.0)
-    }
-
     /// Whether any block normalises with BatchNorm (running statistics updated per forward).
     pub fn has_batch_norm(&self) -> bool {
         self.stages

@@ -263,13 +263,6 @@ impl<B: crate::ModelBackend> Dinov3Layer<B> {
     }
 }
 
-impl<B: Backend> Dinov3Layer<B> {
-    /// Whether the block drops paths in training (draws random numbers).
-    pub fn drops_paths(&self) -> bool {
-        self.drop_path_rate > 0.0
-    }
-}
-
 /// The stack of blocks (`model.layer` in transformers 5).
 #[derive(Module, Debug)]
 pub struct Dinov3Encoder<B: Backend> {

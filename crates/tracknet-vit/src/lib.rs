@@ -15,7 +15,7 @@ pub mod hf;
 pub mod layers;
 pub mod model;
 pub mod proj;
-pub mod rng;
+pub use tracknet_lora::rng;
 pub mod vit;
 
 pub use fused::{FusedBackend, ModelBackend};

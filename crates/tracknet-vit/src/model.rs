@@ -111,20 +111,6 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
         self.backbone.num_channels() != 3
     }
 
-    /// Whether a training forward draws random numbers (LoRA dropout, drop path, the decoder's
-    /// channel dropout). Such forwards share the backend's one generator, so shards of a
-    /// batch run on threads at once would draw in an order set by thread timing.
-    pub fn draws_random(&self) -> bool {
-        let mut lora = false;
-        let _ = self.backbone.clone().map_projections(&mut |_: &str,
-                                                            p: LoraLinear<B>|
-         -> Result<_, ()> {
-            lora |= p.has_adapter() && p.lora_dropout.is_some();
-            Ok(p)
-        });
-        lora || self.backbone.drops_paths() || self.decoder.drops_channels()
-    }
-
     /// Set whether the base backbone trains (the freeze schedule of a full fine-tuning). The
     /// multi-frame patch embedding trains either way; adapters are not touched.
     pub fn set_backbone_base_trainable(mut self, trains: bool) -> Self {

@@ -250,13 +250,6 @@ pub struct VitLayer<B: Backend> {
     drop_path_rate: f64,
 }
 
-impl<B: Backend> VitLayer<B> {
-    /// Whether the block drops paths in training (draws random numbers).
-    pub fn drops_paths(&self) -> bool {
-        self.drop_path_rate > 0.0
-    }
-}
-
 impl<B: crate::ModelBackend> VitLayer<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {

@@ -4,7 +4,6 @@ use burn::nn::activation::Activation;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Gelu, GroupNorm, GroupNormConfig, Relu};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 
 use super::init::{group_norm_groups, kaiming_conv2d};
 use super::se::{SqueezeExcite, SqueezeExciteConfig};
@@ -133,10 +132,6 @@ pub fn channel_dropout2d<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
     }
     let keep = 1.0 - p;
     let [batch, channels, _, _] = x.dims();
-    let mask = Tensor::<B, 4>::random(
-        [batch, channels, 1, 1],
-        Distribution::Bernoulli(keep),
-        (&device, x.dtype()),
-    );
+    let mask = crate::rng::bernoulli::<B, 4>([batch, channels, 1, 1], keep, &device);
     x * mask.div_scalar(keep)
 }

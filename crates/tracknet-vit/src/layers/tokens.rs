@@ -2,7 +2,6 @@
 //! decoder reads, and stochastic depth on the residual branches.
 
 use burn::prelude::*;
-use burn::tensor::Distribution;
 
 use crate::error::VitError;
 
@@ -50,7 +49,7 @@ pub(crate) fn drop_path<B: Backend>(x: Tensor<B, 3>, prob: f64) -> Tensor<B, 3> 
     }
     let [b, _, _] = x.dims();
     let keep = 1.0 - prob;
-    let mask: Tensor<B, 3> = Tensor::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
+    let mask: Tensor<B, 3> = crate::rng::bernoulli([b, 1, 1], keep, &x.device());
     x * mask / keep
 }
 

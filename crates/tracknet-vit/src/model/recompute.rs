@@ -181,10 +181,11 @@ impl<B: crate::ModelBackend + AutodiffBackend> HeatmapModel<B> {
         let n = segments.len();
         let ctx = self.backbone.block_context(images.dims(), &device);
         let base = draw_seed::<B>(&device);
+        // The backend's generator, or the shard's stream inside `rng::with_stream`.
         let reseed = |k: usize| {
-            B::seed(
-                &device,
+            crate::rng::reseed::<B>(
                 base.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                &device,
             )
         };
 
