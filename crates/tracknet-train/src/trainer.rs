@@ -437,15 +437,6 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
-    /// One piece, whole batches, no recomputation.
-    pub fn whole() -> Self {
-        Self {
-            micro: usize::MAX,
-            recompute: false,
-            shards: 1,
-        }
-    }
-
     /// The sample ranges a batch of `n` is split into, in order, and whether they run at once
     /// (shards) or one after another (micro-batches). Shards differ in size by at most one.
     pub fn pieces(&self, n: usize) -> (Vec<Range<usize>>, bool) {
