@@ -37,7 +37,9 @@ pub fn uniform<B: Backend, const D: usize>(
     hi: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    match from_stream(shape.iter().product(), |u| (lo + (hi - lo) * u) as f32) {
+    match from_stream(shape.iter().product(), |x| {
+        (lo + (hi - lo) * unit(x)) as f32
+    }) {
         Some(v) => Tensor::from_data(TensorData::new(v, shape), device),
         None => Tensor::random(shape, Distribution::Uniform(lo, hi), device),
     }
@@ -51,7 +53,9 @@ pub fn bernoulli<B: Backend, const D: usize>(
     keep: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    match from_stream(shape.iter().product(), |u| f32::from(u8::from(u < keep))) {
+    match from_stream(shape.iter().product(), |x| {
+        f32::from(u8::from(unit(x) < keep))
+    }) {
         Some(v) => Tensor::from_data(TensorData::new(v, shape), device),
         None => Tensor::random(shape, Distribution::Bernoulli(keep), device),
     }
@@ -60,24 +64,31 @@ pub fn bernoulli<B: Backend, const D: usize>(
 /// `x` with each element zeroed with probability `prob` and the rest scaled by
 /// `1 / (1 − prob)` (Burn's `Dropout`), in training only (autodiff on).
 pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor<B, D> {
+    let shape = x.dims();
+    dropout_shaped(x, prob, shape)
+}
+
+/// [`dropout`] with one draw per element of `mask` (broadcast over `x`): `[batch, 1, 1]`
+/// drops whole samples (drop path), `[batch, channels, 1, 1]` whole channels. Burn's
+/// `Dropout` arithmetic: `(x · mask) · (1 / keep)`.
+pub fn dropout_shaped<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    prob: f64,
+    mask: [usize; D],
+) -> Tensor<B, D> {
     if prob <= 0.0 || !B::ad_enabled(&x.device()) {
         return x;
     }
     let keep = 1.0 - prob;
-    let mask = bernoulli(x.dims(), keep, &x.device());
-    x * mask / keep
+    let mask = bernoulli(mask, keep, &x.device());
+    (x * mask) * (1.0 / keep)
 }
 
 /// One seed: the next value of this thread's stream inside [`with_stream`], else drawn from
 /// the backend's generator (so a seeded run stays reproducible either way).
 pub fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
-    if let Some(seed) = STREAM.with(|s| {
-        let mut state = s.get()?;
-        let v = splitmix64(&mut state);
-        s.set(Some(state));
-        Some(v)
-    }) {
-        return seed;
+    if let Some(v) = from_stream(1, |x| x) {
+        return v[0];
     }
     let draw = Tensor::<B, 1>::random([2], Distribution::Default, device)
         .into_data()
@@ -106,16 +117,19 @@ pub fn reseed<B: Backend>(seed: u64, device: &B::Device) {
     }
 }
 
-/// `n` values `f(u)`, `u` uniform in `[0, 1)`, from this thread's stream; `None` outside one.
-fn from_stream(n: usize, f: impl Fn(f64) -> f32) -> Option<Vec<f32>> {
+/// The next `n` values of this thread's stream, each through `f`; `None` outside a stream.
+fn from_stream<T>(n: usize, f: impl Fn(u64) -> T) -> Option<Vec<T>> {
     STREAM.with(|s| {
         let mut state = s.get()?;
-        let v = (0..n)
-            .map(|_| f((splitmix64(&mut state) >> 11) as f64 / (1u64 << 53) as f64))
-            .collect();
+        let v = (0..n).map(|_| f(splitmix64(&mut state))).collect();
         s.set(Some(state));
         Some(v)
     })
+}
+
+/// A stream value as a uniform `f64` in `[0, 1)` (its top 53 bits).
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a small, fast generator with good statistics.

@@ -15,7 +15,8 @@ pub mod hf;
 pub mod layers;
 pub mod model;
 pub mod proj;
-pub use tracknet_lora::rng;
 pub mod vit;
 
 pub use fused::{FusedBackend, ModelBackend};
+/// Random draws of the forward (shard streams); lives in tracknet-lora for LoRA dropout.
+pub use tracknet_lora::rng;

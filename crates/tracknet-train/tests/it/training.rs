@@ -407,10 +407,10 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
     // Two shards on two threads (QLoRA: 4-bit base, adapters, decoder and head train) give the
     // loss and every gradient of the same two micro-batches run one after another, to the bit,
     // with and without recomputation; three shards (2 + 1 + 1) give every gradient too.
-    let micro_len = |m: &HeatmapModel<AD>, l: &_, b: &_, d: &_| {
-        grad_values(m, &step_grads(m, l, b, plan(2, false, 1), d).1).len()
-    };
-    let bits = |(loss, grads): (f64, burn::optim::GradientsParams), m: &HeatmapModel<AD>| {
+    // One step's loss and every gradient, as raw bits.
+    let step = |m: &HeatmapModel<AD>, micro, recompute, shards| {
+        let (loss, grads) =
+            step_grads(m, &loss_fn, &batch, plan(micro, recompute, shards), &device);
         let g: Vec<Vec<u32>> = grad_values(m, &grads)
             .iter()
             .map(|v| v.iter().map(|x| x.to_bits()).collect())
@@ -418,73 +418,32 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
         (loss.to_bits(), g)
     };
     for recompute in [false, true] {
-        let sharded = bits(
-            step_grads(
-                &model,
-                &loss_fn,
-                &batch,
-                plan(usize::MAX, recompute, 2),
-                &device,
-            ),
-            &model,
-        );
-        let micro = bits(
-            step_grads(&model, &loss_fn, &batch, plan(2, recompute, 1), &device),
-            &model,
-        );
+        let sharded = step(&model, usize::MAX, recompute, 2);
+        let micro = step(&model, 2, recompute, 1);
         assert!(sharded.1.len() > 10, "{} gradients", sharded.1.len());
         assert!(
             sharded == micro,
             "recompute {recompute}: shards differ from micro-batches"
         );
     }
-    let three = bits(
-        step_grads(
-            &model,
-            &loss_fn,
-            &batch,
-            plan(usize::MAX, false, 3),
-            &device,
-        ),
-        &model,
-    );
+    let three = step(&model, usize::MAX, false, 3);
     assert!(f64::from_bits(three.0).is_finite());
-    assert_eq!(three.1.len(), micro_len(&model, &loss_fn, &batch, &device));
+    assert_eq!(three.1.len(), step(&model, 2, false, 1).1.len());
 
     // With the augmentation on (transformers' default rescale 2.0), each shard draws from its
     // own stream: the same seed gives the same step to the bit, whatever the threads' timing.
     let (_, augmented) = build(&[]);
-    let mut runs = Vec::new();
-    for _ in 0..4 {
-        AD::seed(&device, 9);
-        runs.push(bits(
-            step_grads(
-                &augmented,
-                &loss_fn,
-                &batch,
-                plan(usize::MAX, false, 2),
-                &device,
-            ),
-            &augmented,
-        ));
-    }
+    let seeded = |m: &HeatmapModel<AD>, seed, recompute| {
+        AD::seed(&device, seed);
+        step(m, usize::MAX, recompute, 2)
+    };
+    let runs: Vec<_> = (0..4).map(|_| seeded(&augmented, 9, false)).collect();
     assert!(
         runs.windows(2).all(|w| w[0] == w[1]),
         "sharded steps with the same seed differ"
     );
-    AD::seed(&device, 10);
-    let other = bits(
-        step_grads(
-            &augmented,
-            &loss_fn,
-            &batch,
-            plan(usize::MAX, false, 2),
-            &device,
-        ),
-        &augmented,
-    );
     assert!(
-        other != runs[0],
+        seeded(&augmented, 10, false) != runs[0],
         "the augmentation draws do not follow the seed"
     );
 
@@ -522,18 +481,10 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
     // reseeds the shard's stream per segment, as it reseeds the backend's generator unsharded).
     let (_, dropping) = build(&["model.lora.lora_dropout=0.2", "model.decoder.dropout=0.2"]);
     assert_eq!(parallel_shards(2, &dropping), (2, None));
-    let mut runs = Vec::new();
-    for recompute in [false, false, false, true, true] {
-        AD::seed(&device, 9);
-        let step = step_grads(
-            &dropping,
-            &loss_fn,
-            &batch,
-            plan(usize::MAX, recompute, 2),
-            &device,
-        );
-        runs.push(bits(step, &dropping));
-    }
+    let runs: Vec<_> = [false, false, false, true, true]
+        .into_iter()
+        .map(|recompute| seeded(&dropping, 9, recompute))
+        .collect();
     assert!(
         runs[..3].iter().all(|r| *r == runs[0]),
         "sharded dropout steps differ"
@@ -542,11 +493,10 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
         runs[3] == runs[4],
         "sharded recomputed dropout steps differ"
     );
-    let plain = (f64::from_bits(runs[0].0), ());
     AD::seed(&device, 9);
-    let (unsharded, _) = step_grads(&dropping, &loss_fn, &batch, plan(2, false, 1), &device);
+    let unsharded = step(&dropping, 2, false, 1);
     assert!(
-        unsharded != plain.0,
+        unsharded.0 != runs[0].0,
         "the shards drew the backend's masks, not their streams'"
     );
 

@@ -126,12 +126,6 @@ impl<B: crate::fused::FusedBackend> ResidualBlock<B> {
 /// the kept ones by `1 / (1 - p)`. Burn's `Dropout` drops single elements, which barely
 /// regularises spatially correlated maps. Identity unless autodiff is enabled or when `p == 0`.
 pub fn channel_dropout2d<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
-    let device = x.device();
-    if p <= 0.0 || !B::ad_enabled(&device) {
-        return x;
-    }
-    let keep = 1.0 - p;
     let [batch, channels, _, _] = x.dims();
-    let mask = crate::rng::bernoulli::<B, 4>([batch, channels, 1, 1], keep, &device);
-    x * mask.div_scalar(keep)
+    crate::rng::dropout_shaped(x, p, [batch, channels, 1, 1])
 }

@@ -44,13 +44,8 @@ pub(crate) fn check_pixel_dims(
 /// Stochastic depth (per-sample residual-branch drop), active only when autodiff is on, like
 /// Burn's `Dropout`. `x`: `[batch, tokens, hidden]`.
 pub(crate) fn drop_path<B: Backend>(x: Tensor<B, 3>, prob: f64) -> Tensor<B, 3> {
-    if prob <= 0.0 || !B::ad_enabled(&x.device()) {
-        return x;
-    }
     let [b, _, _] = x.dims();
-    let keep = 1.0 - prob;
-    let mask: Tensor<B, 3> = crate::rng::bernoulli([b, 1, 1], keep, &x.device());
-    x * mask / keep
+    crate::rng::dropout_shaped(x, prob, [b, 1, 1])
 }
 
 /// Patch convolution output `[batch, hidden, gh, gw]` → tokens `[batch, gh * gw, hidden]`
