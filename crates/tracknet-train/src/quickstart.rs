@@ -16,7 +16,7 @@ use tracknet_vit::model::HeatmapModel;
 use crate::backend::train_on;
 use crate::error::TrainError;
 use crate::eval::{evaluate, loss_from_config};
-use crate::predict::{checkpoint_dir, export_backbone};
+use crate::predict::{checkpoint_dir, export_backbone, load_run_model};
 use crate::trainer::{TrainOptions, TrainSummary, metrics_row, with_head_bias_init};
 
 /// One metrics.csv row by column.
@@ -51,8 +51,12 @@ pub struct Pretrained {
 pub struct QuickstartResult {
     /// Stage 1.
     pub pretrained: Pretrained,
-    /// Stage 2 (its `baseline` is the stage-1 model on stage 2's clips).
+    /// Stage 2 (its `baseline` is the stage-1 model with its backbone in 4 bits, on stage 2's
+    /// clips: where QLoRA starts).
     pub qlora: TrainSummary,
+    /// The stage-1 model as trained (f32 backbone) on stage 2's validation frames: what QLoRA
+    /// must beat.
+    pub stage1: MetricsRow,
     /// The same architecture untrained (random backbone, decoder and head).
     pub untrained: BTreeMap<String, f64>,
     /// Validation frames, and those with a visible ball.
@@ -128,10 +132,12 @@ pub fn run(
     let qlora = train_on(&cfg, &run2, opts.device.as_deref())?;
     report(&qlora);
 
+    let stage1 = stage1_on(&pre, &cfg, &pretrained.checkpoint)?;
     let (untrained, frames) = untrained_floor(&cfg)?;
     Ok(QuickstartResult {
         pretrained,
         qlora,
+        stage1,
         untrained,
         frames,
     })
@@ -158,7 +164,21 @@ fn untrained_floor(cfg: &RunConfig) -> Result<(MetricsRow, (usize, usize)), Trai
     Ok((metrics_row(0, f64::NAN, &result, 0.0, 0.0), frames))
 }
 
-/// The closing table: F1, PCK@3 and L2 of the untrained model, after stage 1 and after stage 2.
+/// The stage-1 model `pre` as trained (f32 backbone, its best checkpoint `ckpt`) on the
+/// validation frames of `fine` with `fine`'s metric settings.
+fn stage1_on(pre: &RunConfig, fine: &RunConfig, ckpt: &Path) -> Result<MetricsRow, TrainError> {
+    let mut cfg = pre.clone();
+    cfg.data = fine.data.clone();
+    cfg.training.eval = fine.training.eval.clone();
+    let splits = crate::data::scan_splits(&cfg)?;
+    let device = Default::default();
+    let model = load_run_model::<NdArray>(&cfg, ckpt, &device)?;
+    let result = evaluate(&model, splits.val, &cfg, None, 0, &device)?;
+    Ok(metrics_row(0, f64::NAN, &result, 0.0, 0.0))
+}
+
+/// The closing table: F1, PCK@3 and L2 of the untrained model, after stage 1 (as trained, and
+/// with its backbone in 4 bits: QLoRA's start) and after stage 2.
 pub fn result_table(r: &QuickstartResult) -> String {
     let row = |name: &str, m: &BTreeMap<String, f64>| {
         format!(
@@ -177,8 +197,9 @@ pub fn result_table(r: &QuickstartResult) -> String {
         ),
         row("untrained (random init)", &r.untrained),
     ];
+    lines.push(row("after stage 1 (full pre-training, f32)", &r.stage1));
     if let Some(b) = &r.qlora.baseline {
-        lines.push(row("after stage 1 (full pre-training)", b));
+        lines.push(row("stage 1, backbone in NF4 (QLoRA's start)", b));
     }
     if let Some(last) = r.qlora.history.last() {
         lines.push(row("after stage 2 (QLoRA: NF4 + DQ + LoRA)", last));

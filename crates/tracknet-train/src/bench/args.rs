@@ -132,10 +132,11 @@ pub struct DataArgs {
 pub struct QualityArgs {
     #[arg(long)]
     pub quick: bool,
-    /// Fine-tuning epochs per mode (default 3; quick 1).
+    /// Fine-tuning epochs per mode (default: configs/quickstart.yaml's; quick 1).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Epochs of the shared full pre-training every mode starts from (default 4; quick 1).
+    /// Epochs of the shared full pre-training every mode starts from (default:
+    /// configs/quickstart_pretrain.yaml's; quick 1).
     #[arg(long)]
     pub pretrain_epochs: Option<usize>,
     /// Modes, comma separated.

@@ -20,11 +20,10 @@ pub fn quality(a: &QualityArgs) -> Result<Value, TrainError> {
     // domain with the same seed, data and steps — what 4-bit costs against f32 LoRA and full
     // fine-tuning from the same start.
     let tmp = TempDir::new("quality")?;
-    let epochs = a.epochs.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
-    let pre_epochs = a
-        .pretrain_epochs
-        .unwrap_or(if a.quick { 1 } else { 4 })
-        .max(1);
+    // Without `--epochs` / `--pretrain-epochs` the embedded configs' own epochs apply, so the
+    // study measures what `cargo xtask train` runs.
+    let epochs = a.epochs.or(a.quick.then_some(1));
+    let pre_epochs = a.pretrain_epochs.or(a.quick.then_some(1));
     let mut common = vec!["training.preview_frames=0".to_string()];
     if a.quick {
         common.extend([
@@ -35,11 +34,12 @@ pub fn quality(a: &QualityArgs) -> Result<Value, TrainError> {
     common.extend(a.set.iter().cloned());
 
     let mut pre_o = common.clone();
-    pre_o.extend([
-        format!("data.root={}", tmp.0.join("data-pre").display()),
-        format!("training.epochs={pre_epochs}"),
-    ]);
+    pre_o.push(format!("data.root={}", tmp.0.join("data-pre").display()));
+    if let Some(e) = pre_epochs {
+        pre_o.push(format!("training.epochs={}", e.max(1)));
+    }
     let pre = pretrain_config(&pre_o)?;
+    let pre_epochs = pre.training.epochs;
     let pre_dir = tmp.0.join("run-pretrain");
     tracing::info!("quality: shared full pre-training for {pre_epochs} epoch(s)");
     let t = Instant::now();
@@ -51,16 +51,17 @@ pub fn quality(a: &QualityArgs) -> Result<Value, TrainError> {
         pretrained.snapshot,
     );
 
-    common.extend([
-        format!("data.root={}", tmp.0.join("data-fine").display()),
-        format!("training.epochs={epochs}"),
-    ]);
+    common.push(format!("data.root={}", tmp.0.join("data-fine").display()));
+    if let Some(e) = epochs {
+        common.push(format!("training.epochs={}", e.max(1)));
+    }
     let mut rows = Vec::new();
     for mode in a.modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let mut o = mode_overrides(mode)?;
         o.extend(common.iter().cloned());
         let cfg = finetune_config(&o, &snapshot)?;
         cfg.validate()?;
+        let epochs = cfg.training.epochs;
         let run_dir = tmp.0.join(format!("run-{mode}"));
         let opts = TrainOptions {
             run_dir: run_dir.clone(),
