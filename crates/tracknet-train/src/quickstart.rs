@@ -8,9 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::backend::NdArray;
 use tracknet_config::RunConfig;
+use tracknet_data::DatasetIndex;
 use tracknet_vit::model::HeatmapModel;
 
 use crate::backend::train_on;
@@ -132,8 +134,10 @@ pub fn run(
     let qlora = train_on(&cfg, &run2, opts.device.as_deref())?;
     report(&qlora);
 
-    let stage1 = stage1_on(&pre, &cfg, &pretrained.checkpoint)?;
-    let (untrained, frames) = untrained_floor(&cfg)?;
+    // Both extra rows are measured on stage 2's validation frames, scanned once.
+    let val = crate::data::scan_splits(&cfg)?.val;
+    let (stage1, _) = stage1_on(&pre, &cfg, &pretrained.checkpoint, val.clone())?;
+    let (untrained, frames) = untrained_floor(&cfg, val)?;
     Ok(QuickstartResult {
         pretrained,
         qlora,
@@ -144,13 +148,12 @@ pub fn run(
 }
 
 /// The architecture of `cfg` untrained (random backbone, decoder and head; the head's bias
-/// initialised as in training) on `cfg`'s validation frames: the floor both stages are
+/// initialised as in training) on the validation frames `val`: the floor both stages are
 /// measured against.
-fn untrained_floor(cfg: &RunConfig) -> Result<(MetricsRow, (usize, usize)), TrainError> {
+fn untrained_floor(cfg: &RunConfig, val: Arc<DatasetIndex>) -> Result<ValRow, TrainError> {
     let mut random_cfg = cfg.clone();
     random_cfg.model.backbone.weights = None;
     random_cfg.model.pretrained_model_name = None;
-    let splits = crate::data::scan_splits(&random_cfg)?;
     let device = Default::default();
     <NdArray as burn::prelude::Backend>::seed(&device, random_cfg.training.seed);
     let (random, _) = HeatmapModel::<NdArray>::from_config_frames(
@@ -159,22 +162,36 @@ fn untrained_floor(cfg: &RunConfig) -> Result<(MetricsRow, (usize, usize)), Trai
         &device,
     )?;
     let random = with_head_bias_init(random, &loss_from_config(&random_cfg));
-    let result = evaluate(&random, splits.val, &random_cfg, None, 0, &device)?;
-    let frames = (result.metrics.frames, result.metrics.visible);
-    Ok((metrics_row(0, f64::NAN, &result, 0.0, 0.0), frames))
+    val_row(&random, &random_cfg, val)
 }
 
-/// The stage-1 model `pre` as trained (f32 backbone, its best checkpoint `ckpt`) on the
-/// validation frames of `fine` with `fine`'s metric settings.
-fn stage1_on(pre: &RunConfig, fine: &RunConfig, ckpt: &Path) -> Result<MetricsRow, TrainError> {
+/// The stage-1 model `pre` as trained (f32 backbone, its best checkpoint `ckpt`) on stage 2's
+/// validation frames `val`, with `fine`'s data and metric settings.
+fn stage1_on(
+    pre: &RunConfig,
+    fine: &RunConfig,
+    ckpt: &Path,
+    val: Arc<DatasetIndex>,
+) -> Result<ValRow, TrainError> {
     let mut cfg = pre.clone();
     cfg.data = fine.data.clone();
     cfg.training.eval = fine.training.eval.clone();
-    let splits = crate::data::scan_splits(&cfg)?;
-    let device = Default::default();
-    let model = load_run_model::<NdArray>(&cfg, ckpt, &device)?;
-    let result = evaluate(&model, splits.val, &cfg, None, 0, &device)?;
-    Ok(metrics_row(0, f64::NAN, &result, 0.0, 0.0))
+    let model = load_run_model::<NdArray>(&cfg, ckpt, &Default::default())?;
+    val_row(&model, &cfg, val)
+}
+
+/// A metrics row, and the frames and visible balls it counted.
+type ValRow = (MetricsRow, (usize, usize));
+
+/// `model` evaluated on `val` with `cfg`'s metric settings.
+fn val_row(
+    model: &HeatmapModel<NdArray>,
+    cfg: &RunConfig,
+    val: Arc<DatasetIndex>,
+) -> Result<ValRow, TrainError> {
+    let result = evaluate(model, val, cfg, None, 0, &Default::default())?;
+    let frames = (result.metrics.frames, result.metrics.visible);
+    Ok((metrics_row(0, f64::NAN, &result, 0.0, 0.0), frames))
 }
 
 /// The closing table: F1, PCK@3 and L2 of the untrained model, after stage 1 (as trained, and
