@@ -600,13 +600,7 @@ pub(crate) fn warnings(cfg: &RunConfig) -> Vec<String> {
             "training.grad_clip ({gc}) is ignored because training.grad_clip_norm ({gcn}) is set"
         ));
     }
-    if t.mixed_precision() {
-        w.push(format!(
-            "training.amp (precision {}): mixed precision is not implemented yet, so the step \
-             runs in f32 on every backend",
-            t.precision
-        ));
-    }
+    // Whether `amp` can run is the backend's question: the trainer says it (tracknet-train amp).
     let inert: Vec<&str> = [
         ("model.backbone.device_map", m.backbone.device_map.is_some()),
         (

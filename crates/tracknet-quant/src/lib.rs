@@ -6,8 +6,10 @@
 //! - [`ops`]: `QuantBackend`, the 4-bit matmul with its own backward.
 //! - [`linear`]: `QuantizedLinear`, holding codes on the device eight per 32-bit word.
 //! - [`bnb`]: bitsandbytes' serialization of 4-bit layers (what transformers saves).
+//! - [`autocast`]: mixed precision regions (`torch.autocast`) for the model's matrix ops.
 //! - [`model`]: which layers of a model to quantize, and a measured memory report.
 
+pub mod autocast;
 pub mod blockwise;
 pub mod bnb;
 pub mod codebook;

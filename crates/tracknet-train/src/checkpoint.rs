@@ -39,6 +39,10 @@ pub struct RunState {
     pub config_yaml: String,
     /// Quantization settings needed to rebuild the frozen base from the same snapshot.
     pub quantization: Option<QuantRecord>,
+    /// fp16 loss scaling's state (`training.amp` with `precision: fp16` on a backend that runs
+    /// it); absent in checkpoints of f32 runs and of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::amp::LossScaler>,
 }
 
 /// How the frozen base was quantized.

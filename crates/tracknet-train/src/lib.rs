@@ -1,6 +1,7 @@
 //! Training, evaluation and prediction for the TrackNet heatmap model: losses, optimizer,
 //! schedule, the loop, checkpoints, and the `tracknet` CLI's building blocks.
 
+pub mod amp;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

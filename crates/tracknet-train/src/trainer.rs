@@ -20,17 +20,21 @@ use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 use tracknet_vit::rng::{draw_seed, with_stream};
 
+use crate::amp::{StepPrecision, step_dtype};
 use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
 use crate::eval::{evaluate, loss_from_config, skip_report, summary_line, write_previews};
-use crate::optim::{OptimKind, Optimizer, accumulate, clip_grads, grad_norm, params_finite};
+use crate::optim::{
+    OptimKind, Optimizer, accumulate, clip_grads, grad_norm, params_finite, scale_grads,
+};
 use crate::progress::{Progress, fmt_secs};
 pub use crate::run_folder::{
     CheckpointHook, Restored, load_checkpoint, load_trainable, metrics_row,
 };
 use crate::run_folder::{CheckpointWriter, copy_adapter, save_checkpoint, write_metrics};
 use crate::schedule::LrSchedule;
+use tracknet_quant::autocast::autocast;
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -195,6 +199,7 @@ where
         history: Vec::new(),
         config_yaml: cfg.to_yaml_string(),
         quantization: quant_record(cfg, &build.backbone_source),
+        loss_scaler: None,
     };
     let mut baseline = None;
     if opts.resume {
@@ -231,6 +236,20 @@ where
 
     let clip = t.effective_grad_clip_norm().filter(|c| *c > 0.0);
     let recompute = t.gradient_checkpointing;
+    // `training.amp`: the step's autocast dtype on this backend, and fp16's loss scaler (as
+    // saved in the checkpoint when resumed).
+    let (amp_dtype, amp_note) = step_dtype::<B>(t, device);
+    if let Some(note) = amp_note {
+        tracing::warn!("{note}");
+    }
+    let mut scaler = (amp_dtype == Some(burn::tensor::FloatDType::F16))
+        .then(|| state.loss_scaler.unwrap_or_default());
+    if let Some(d) = amp_dtype {
+        say(&format!(
+            "mixed precision: matrix ops in {d:?}, f32 weights and optimizer state{}",
+            scaler.map_or(String::new(), |s| format!(", loss scale {}", s.scale))
+        ));
+    }
     let (shards, note) = parallel_shards(t.parallel_shards, &model);
     if let Some(note) = note {
         say(&note);
@@ -261,7 +280,7 @@ where
             loader_options(cfg, epoch, true, batch_size),
         )?;
         let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every);
-        let (mut loss_sum, mut steps) = (0.0, 0usize);
+        let (mut loss_sum, mut steps, mut skipped) = (0.0, 0usize, 0usize);
         for (i, batch) in loader.by_ref().take(steps_per_epoch).enumerate() {
             let batch = batch?;
             // Per-step seed: dropout masks are a function of the step, so a resumed run draws
@@ -275,6 +294,10 @@ where
                         micro,
                         recompute,
                         shards,
+                        precision: StepPrecision {
+                            dtype: amp_dtype,
+                            loss_scale: scaler.map_or(1.0, |s| s.scale),
+                        },
                     };
                     step_grads(&model, &loss_fn, &batch, plan, device)
                 }));
@@ -295,7 +318,20 @@ where
                 }
             };
             let gnorm = grad_norm::<B, _>(&model, &grads);
-            if !loss.is_finite() || !gnorm.is_finite() {
+            let finite = loss.is_finite() && gnorm.is_finite();
+            let used_scale = scaler.map_or(1.0, |s| s.scale);
+            if let Some(s) = scaler.as_mut() {
+                // fp16 overflow: skip the step with a smaller scale (GradScaler), unless the
+                // scale is spent, which is the non-finite error below.
+                let taken = s.update(finite);
+                state.loss_scaler = Some(*s);
+                if !taken && !s.exhausted() {
+                    state.global_step += 1;
+                    skipped += 1;
+                    continue;
+                }
+            }
+            if !finite {
                 // The weights before this step are saved when they are still finite (a bad
                 // batch); weights that are themselves NaN/inf never replace the last checkpoint.
                 let saved = if params_finite(&model) {
@@ -328,6 +364,7 @@ where
                     saved,
                 });
             }
+            let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, used_scale);
             model = update(model, &mut opt, grads, gnorm, clip, lr);
             state.global_step += 1;
             loss_sum += loss;
@@ -339,6 +376,13 @@ where
             skip_report(&format!("epoch {epoch} training"), &loader.report().skipped)
         {
             say(&line);
+        }
+        if skipped > 0 {
+            say(&format!(
+                "epoch {epoch}: {skipped} fp16 step(s) skipped for overflowing gradients; loss \
+                 scale now {}",
+                scaler.map_or(1.0, |s| s.scale)
+            ));
         }
         drop(loader);
         let r = evaluate(
@@ -422,11 +466,28 @@ where
     opt.step(model, grads, lr)
 }
 
+/// Gradients of a loss scaled by `scale` (fp16 loss scaling) back to the loss's own, with
+/// their norm `gnorm`; unchanged at scale 1.
+pub fn unscale<B: AutodiffBackend + ModelBackend>(
+    model: &HeatmapModel<B>,
+    grads: GradientsParams,
+    gnorm: f64,
+    scale: f64,
+) -> (GradientsParams, f64) {
+    if scale == 1.0 {
+        return (grads, gnorm);
+    }
+    (
+        scale_grads::<B, _>(model, grads, 1.0 / scale),
+        gnorm / scale,
+    )
+}
+
 /// How a step splits its batch: sequential micro-batches for memory
 /// (`training.micro_batch_size` and the out-of-memory search), recomputation per segment
 /// (`training.gradient_checkpointing`), and shards run at once on threads
 /// (`training.parallel_shards`, as [`parallel_shards`] allows it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepPlan {
     /// Samples per micro-batch; a batch no larger is not micro-batched.
     pub micro: usize,
@@ -434,6 +495,8 @@ pub struct StepPlan {
     pub recompute: bool,
     /// Shards of a batch that is not micro-batched, each on its own thread (1: no split).
     pub shards: usize,
+    /// The autocast dtype and loss scale (`training.amp`, [`crate::amp`]).
+    pub precision: StepPrecision,
 }
 
 impl StepPlan {
@@ -502,6 +565,7 @@ where
 {
     let (loss, grads) = step_grads(&model, loss_fn, batch, plan, device);
     let gnorm = grad_norm::<B, _>(&model, &grads);
+    let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, plan.precision.loss_scale);
     (update(model, opt, grads, gnorm, clip, lr), loss, gnorm)
 }
 
@@ -523,8 +587,11 @@ where
     B::InnerBackend: ModelBackend,
 {
     let n = batch.batch_size;
+    let scale = plan.precision.loss_scale;
     let piece = |model: &HeatmapModel<B>, range: Range<usize>| -> (f64, GradientsParams) {
-        let weight = range.len() as f64 / n as f64;
+        // The region covers the backward too: a recomputing step runs forwards inside it.
+        let _region = autocast(plan.precision.dtype);
+        let weight = range.len() as f64 / n as f64 * scale;
         let (x, y, m) = batch_tensors::<B>(batch, range, device);
         let (loss, grads) = if plan.recompute {
             model.recomputed_grads(x, |logits| loss_fn.forward(logits, y, m).mul_scalar(weight))
@@ -533,7 +600,7 @@ where
             let grads = GradientsParams::from_grads(loss.clone().backward(), model);
             (loss, grads)
         };
-        (loss.into_scalar().elem::<f64>(), grads)
+        (loss.into_scalar().elem::<f64>() / scale, grads)
     };
     let (ranges, at_once) = plan.pieces(n);
     let results: Vec<(f64, GradientsParams)> = if at_once {

@@ -13,11 +13,39 @@ use burn::prelude::*;
 
 use crate::fused::FusedBackend;
 
+/// Burn's conv, in the autocast region's dtype where one is active
+/// ([`tracknet_quant::autocast`]; f32 out). Padding other than valid or explicit stays f32.
+fn native<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    use tracknet_quant::autocast::{active, to, to_f32};
+    let half = active::<B>(&x.device());
+    let (begin, end) = match &conv.padding {
+        PaddingConfig2d::Valid => ([0, 0], [0, 0]),
+        PaddingConfig2d::Explicit(t, l, b, r) => ([*t, *l], [*b, *r]),
+        _ => return conv.forward(x),
+    };
+    if half.is_none() {
+        return conv.forward(x);
+    }
+    let options = burn::tensor::ops::PaddedConvOptions::asymmetric(
+        conv.stride,
+        begin,
+        end,
+        conv.dilation,
+        conv.groups,
+    );
+    to_f32(burn::tensor::module::conv2d(
+        to(x, half),
+        to(conv.weight.val(), half),
+        conv.bias.as_ref().map(|b| to(b.val(), half)),
+        options,
+    ))
+}
+
 /// `conv.forward(x)`, computed with matmuls / shifted slices where the shape allows and the
 /// backend gains by it ([`FusedBackend::matmul_convolutions`]); Burn's conv otherwise.
 pub fn conv2d<B: FusedBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     if !B::matmul_convolutions() {
-        return conv.forward(x);
+        return native(conv, x);
     }
     let [out_c, in_per_group, kh, kw] = conv.weight.dims();
     let [_, in_c, _, _] = x.dims();

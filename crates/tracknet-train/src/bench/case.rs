@@ -177,10 +177,20 @@ where
     if let Some(note) = note {
         tracing::info!("{label}: {note}");
     }
+    // `training.amp` as the trainer takes it on this backend (fp16 at the scaler's start).
+    let (dtype, note) = crate::amp::step_dtype::<B>(&cfg.training, device);
+    if let Some(note) = note {
+        tracing::info!("{label}: {note}");
+    }
+    let loss_scale = match dtype {
+        Some(burn::tensor::FloatDType::F16) => crate::amp::LossScaler::INIT_SCALE,
+        _ => 1.0,
+    };
     let plan = StepPlan {
         micro: s.batch,
         recompute: a.grad_ckpt,
         shards,
+        precision: crate::amp::StepPrecision { dtype, loss_scale },
     };
     let mut losses = Vec::new();
     let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64) {

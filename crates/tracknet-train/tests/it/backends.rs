@@ -8,7 +8,10 @@
 use crate::common::*;
 use tracknet_vit::ModelBackend;
 
-tracknet_testkit::backend_tests!(qlora_trains_reloads_evaluates_and_predicts);
+tracknet_testkit::backend_tests!(
+    qlora_trains_reloads_evaluates_and_predicts,
+    amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state,
+);
 
 fn qlora_trains_reloads_evaluates_and_predicts<Bk: ModelBackend>(device: &Bk::Device) {
     let _serial = serial();
@@ -59,4 +62,80 @@ fn qlora_trains_reloads_evaluates_and_predicts<Bk: ModelBackend>(device: &Bk::De
     assert_eq!(p.frames, 8);
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert_eq!(csv.lines().count(), 9, "{csv}");
+}
+
+/// Every tensor of a checkpoint file is stored as f32.
+fn all_f32(file: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(!st.names().is_empty(), "{}: empty", file.display());
+    for (name, view) in st.tensors() {
+        assert_eq!(
+            view.dtype(),
+            safetensors::Dtype::F32,
+            "{}: {name}",
+            file.display()
+        );
+    }
+}
+
+/// `training.amp: true, precision: fp16` against `amp: false`, same seed: on a backend with
+/// f16 arithmetic (wgpu on lavapipe, CUDA) the step computes in f16 with fp16 loss scaling —
+/// the run learns, its numbers differ from the f32 run's, the checkpoint records the loss
+/// scaler, and weights and optimizer state are f32. On NdArray (no f16) amp runs in f32: the
+/// same numbers as `amp: false`, and no scaler.
+fn amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state<Bk: ModelBackend>(
+    device: &Bk::Device,
+) {
+    let _serial = serial();
+    let root = tmp("amp");
+    let run = |amp: bool| {
+        let mut cfg = tiny(&root, 2, &[]);
+        cfg.training.amp = amp;
+        cfg.training.precision = tracknet_config::Precision::Fp16;
+        let dir = root.join(format!("run-amp-{amp}"));
+        let summary = train::<Autodiff<Bk>>(&cfg, &opts(dir.clone()), device).unwrap();
+        let rows: Vec<(f64, f64)> = summary
+            .history
+            .iter()
+            .map(|r| (r["train_loss"], r["val_loss"]))
+            .collect();
+        (dir, summary.baseline.unwrap()["val_loss"], rows)
+    };
+    let (dir16, base, half) = run(true);
+    let (_, base32, full) = run(false);
+    assert_eq!(base, base32, "the untrained evaluation is f32 in both");
+    println!("amp fp16 {half:?}\nf32      {full:?}");
+    let ckpt = checkpoint_dir(&dir16, "last").unwrap();
+    all_f32(&ckpt.join("trainable.safetensors"));
+    all_f32(&ckpt.join("optimizer.safetensors"));
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("state.json")).unwrap()).unwrap();
+    let f16 = tracknet_quant::autocast::supports::<Bk>(device, burn::tensor::FloatDType::F16);
+    if !f16 {
+        assert_eq!(half, full, "an f32 backend gives amp's run the f32 numbers");
+        assert!(state.get("loss_scaler").is_none(), "{state}");
+        return;
+    }
+    let last = half.last().unwrap().1;
+    assert!(
+        last.is_finite() && last < base,
+        "amp run did not learn: {base} → {last}"
+    );
+    assert!(
+        half != full,
+        "amp fp16 gave the f32 run's numbers: {half:?}"
+    );
+    for ((t16, v16), (t32, v32)) in half.iter().zip(&full) {
+        assert!(
+            (t16 - t32).abs() < 0.05 * t32.abs(),
+            "train loss {t16} vs f32 {t32}"
+        );
+        assert!(
+            (v16 - v32).abs() < 0.05 * v32.abs(),
+            "val loss {v16} vs f32 {v32}"
+        );
+    }
+    let scale = state["loss_scaler"]["scale"].as_f64().unwrap();
+    assert!(scale > 0.0 && scale <= 65536.0, "{state}");
 }

@@ -251,6 +251,7 @@ fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
             micro,
             recompute: false,
             shards: 1,
+            precision: tracknet_train::amp::StepPrecision::f32(),
         };
         tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, plan, &device)
     };
@@ -387,6 +388,7 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
         micro,
         recompute,
         shards,
+        precision: tracknet_train::amp::StepPrecision::f32(),
     };
     // The pieces: shards differ by at most one sample; a micro-batched batch is not sharded.
     assert_eq!(

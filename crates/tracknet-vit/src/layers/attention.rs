@@ -16,13 +16,17 @@ pub(crate) fn attention<B: FusedBackend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
 ) -> Tensor<B, 3> {
+    use tracknet_quant::autocast::{active, to, to_f32};
     let [b, h, t, d] = q.dims();
+    // Under autocast both matmuls run in the region's dtype (the softmax in f32, see
+    // `fused::attention_probs`).
+    let half = active::<B>(&q.device());
     let out = B::fused_attention(
-        q.into_primitive().tensor(),
-        k.into_primitive().tensor(),
-        v.into_primitive().tensor(),
+        to(q, half).into_primitive().tensor(),
+        to(k, half).into_primitive().tensor(),
+        to(v, half).into_primitive().tensor(),
     );
-    Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out))
+    to_f32(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)))
         .swap_dims(1, 2)
         .reshape([b, t, h * d])
 }

@@ -11,13 +11,16 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, FloatDType};
 use tracknet_config::RunConfig;
+use tracknet_quant::autocast::{autocast, supports};
 use tracknet_vit::ModelBackend;
 use tracknet_vit::model::{HeatmapModel, lora_settings, quant_spec};
 
 tracknet_testkit::backend_tests!(
     full_model_output_and_gradients_equal_ndarrays,
     qlora_model_output_and_gradients_equal_ndarrays,
+    autocast_f16_computes_in_half_with_f32_weights_and_gradients,
 );
 
 type Reference = Autodiff<NdArray>;
@@ -88,11 +91,15 @@ fn heat_and_grads<A: AutodiffBackend + ModelBackend>(
         }
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<A, D>>) {
             if let Some(g) = self.grads.get::<A::InnerBackend, D>(p.id) {
+                // Parameters and their gradients are f32 whatever the compute dtype.
+                assert_eq!(p.val().dtype(), DType::F32, "{}", self.path.join("."));
+                assert_eq!(g.dtype(), DType::F32, "gradient of {}", self.path.join("."));
                 self.out.push((self.path.join("."), host(g)));
             }
         }
     }
     let heat = m.forward(input(device));
+    assert_eq!(heat.dtype(), DType::F32, "the heatmap");
     let out = host(heat.clone().inner());
     let grads = GradientsParams::from_grads(heat.powi_scalar(2).mean().backward(), m);
     let mut v = Grads {
@@ -202,4 +209,64 @@ fn full_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::D
 
 fn qlora_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::Device) {
     same_as_ndarray::<B>(&[], true, true, device);
+}
+
+/// Inside an f16 autocast region (`training.amp` with `precision: fp16`) the linears, LoRA
+/// adapters, attention matmuls and convolutions compute in f16 where the backend has f16
+/// arithmetic (wgpu on lavapipe, CUDA): the heatmap and every gradient stay within f16's
+/// rounding of the f32 step, but differ from it. Parameters, gradients and the heatmap are f32
+/// (checked in `heat_and_grads`). NdArray has no f16: the region computes in f32, bit for bit.
+fn autocast_f16_computes_in_half_with_f32_weights_and_gradients<B: ModelBackend>(
+    device: &B::Device,
+) {
+    for (keys, quant) in [
+        (&["model.backbone.freeze=false"][..], false),
+        (&[][..], true),
+    ] {
+        let c = cfg(keys).model;
+        let mut m = HeatmapModel::<Autodiff<B>>::from_config(&c, device)
+            .unwrap()
+            .0;
+        if quant {
+            let spec = quant_spec(&c);
+            m = m.quantize_backbone(&spec, &[], device).unwrap().0;
+            m = m.add_lora(&lora_settings(&c), device).unwrap().0;
+        }
+        let (heat, grads) = heat_and_grads(&m, device);
+        let (heat16, grads16) = {
+            let _region = autocast(Some(FloatDType::F16));
+            heat_and_grads(&m, device)
+        };
+        let what = if quant { "QLoRA" } else { "full" };
+        if !supports::<B>(device, FloatDType::F16) {
+            assert!(heat16 == heat, "{what}: f32 backend changed under autocast");
+            assert!(
+                grads16 == grads,
+                "{what}: f32 backend changed under autocast"
+            );
+            continue;
+        }
+        let e = rel(&heat16, &heat, 0.0);
+        let largest = grads
+            .iter()
+            .flat_map(|(_, w)| w.iter())
+            .fold(0f32, |m, v| m.max(v.abs()));
+        let worst = grads16
+            .iter()
+            .zip(&grads)
+            .map(|((p, g), (_, w))| (rel(g, w, 1e-2 * largest), p.clone()))
+            .fold((0f32, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+        println!(
+            "{what} in f16: heatmap off by {e:e}, worst gradient {} by {:e}",
+            worst.1, worst.0
+        );
+        assert!(e > 0.0, "{what}: the f16 region computed nothing in f16");
+        assert!(e < 1e-2, "{what}: f16 heatmap off by {e} (relative)");
+        assert!(
+            worst.0 < 5e-2,
+            "{what}: f16 gradient of {} off by {}",
+            worst.1,
+            worst.0
+        );
+    }
 }
