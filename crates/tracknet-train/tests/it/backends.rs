@@ -138,4 +138,41 @@ fn amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state<Bk: ModelBackend
     }
     let scale = state["loss_scaler"]["scale"].as_f64().unwrap();
     assert!(scale > 0.0 && scale <= 65536.0, "{state}");
+
+    // The loss scale enters the backward and `unscale` takes it out again: the same f16 step
+    // at scale 1024 and at scale 1 reports the same loss and, unscaled, the same gradients.
+    let cfg = tiny(&root, 1, &[]);
+    let (model, _) =
+        tracknet_vit::model::HeatmapModel::<Autodiff<Bk>>::from_config(&cfg.model, device).unwrap();
+    let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
+    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
+    let batch = tracknet_data::BatchLoader::new(
+        splits.train,
+        tracknet_train::data::loader_options(&cfg, 1, false, 4),
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap();
+    let step = |loss_scale: f64| {
+        let plan = tracknet_train::trainer::StepPlan {
+            micro: 4,
+            recompute: false,
+            shards: 1,
+            precision: tracknet_train::amp::StepPrecision {
+                dtype: Some(burn::tensor::FloatDType::F16),
+                loss_scale,
+            },
+        };
+        let (loss, g) = tracknet_train::trainer::step_grads(&model, &loss_fn, &batch, plan, device);
+        let n = tracknet_train::optim::grad_norm::<Autodiff<Bk>, _>(&model, &g);
+        let (_, unscaled) = tracknet_train::trainer::unscale(&model, g, n, loss_scale);
+        (loss, n, unscaled)
+    };
+    let (l1, n1, u1) = step(1.0);
+    let (l2, n2, u2) = step(1024.0);
+    println!("scale 1: loss {l1} norm {n1}; scale 1024: loss {l2} norm {n2} (unscaled {u2})");
+    assert!((l1 - l2).abs() < 1e-4 * l1.abs(), "{l1} vs {l2}");
+    assert!((n2 / n1 - 1024.0).abs() < 0.02 * 1024.0, "{n1} vs {n2}");
+    assert!((u1 - u2).abs() < 0.02 * u1, "{u1} vs {u2}");
 }
