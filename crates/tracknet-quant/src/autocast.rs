@@ -55,6 +55,18 @@ pub fn supports<B: Backend>(device: &B::Device, dtype: FloatDType) -> bool {
     B::supports_dtype(device, dtype.into())
 }
 
+/// The backend's name for messages, without Burn's `autodiff<…>` wrapper (`ndarray`, `wgpu<…>`).
+pub fn backend_name<B: Backend>(device: &B::Device) -> String {
+    let name = B::name(device);
+    match name
+        .strip_prefix("autodiff<")
+        .and_then(|n| n.strip_suffix('>'))
+    {
+        Some(inner) => inner.to_string(),
+        None => name,
+    }
+}
+
 /// `t` in `dtype` when set (a no-op otherwise).
 pub fn to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: Option<FloatDType>) -> Tensor<B, D> {
     match dtype {

@@ -258,7 +258,7 @@ impl<B: QuantBackend> QuantizedLinear<B> {
                 found: format!("{:?}", b.dims()),
             });
         }
-        let compute = resolve_compute::<B>(compute);
+        let compute = resolve_compute::<B>(compute, device);
         let layout = Q4Layout {
             in_features,
             out_features,
@@ -315,7 +315,7 @@ impl<B: QuantBackend> QuantizedLinear<B> {
     /// The same layer with its matmul in `compute` (a layer read from a 4-bit snapshot takes
     /// the run's `compute_dtype`, not the one the snapshot was saved with).
     pub fn with_compute(mut self, compute: ComputeDtype) -> Self {
-        let compute = resolve_compute::<B>(compute);
+        let compute = resolve_compute::<B>(compute, &self.packed.device());
         self.layout.compute = compute;
         self.spec.compute = compute;
         self
@@ -451,17 +451,25 @@ impl<B: Backend> QuantizedLinear<B> {
     }
 }
 
-/// `compute` where the backend has half-precision 4-bit matmuls, else f32 (said once).
-fn resolve_compute<B: QuantBackend>(compute: ComputeDtype) -> ComputeDtype {
-    if compute != ComputeDtype::F32 && !B::q4_supports_half() {
-        if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "this backend runs 4-bit matmuls in f32; compute_dtype {compute:?} applies on CUDA only"
-            );
+/// `compute` where the backend has 4-bit matmuls in that dtype on `device`, else f32 (said
+/// once).
+fn resolve_compute<B: QuantBackend>(compute: ComputeDtype, device: &B::Device) -> ComputeDtype {
+    match compute.dtype() {
+        Some(dtype) if !B::q4_supports(device, dtype) => {
+            if !HALF_NOTICE.swap(true, Ordering::Relaxed) {
+                let key = match compute {
+                    ComputeDtype::F16 => "float16",
+                    _ => "bfloat16",
+                };
+                tracing::warn!(
+                    "quantization.compute_dtype {key}: the {} backend has no {key} arithmetic, \
+                     so the 4-bit matmuls run in f32",
+                    crate::autocast::backend_name::<B>(device)
+                );
+            }
+            ComputeDtype::F32
         }
-        ComputeDtype::F32
-    } else {
-        compute
+        _ => compute,
     }
 }
 

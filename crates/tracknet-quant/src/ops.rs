@@ -44,7 +44,7 @@ pub enum ComputeDtype {
 }
 
 impl ComputeDtype {
-    fn dtype(self) -> Option<burn::tensor::DType> {
+    pub(crate) fn dtype(self) -> Option<burn::tensor::DType> {
         match self {
             Self::F32 => None,
             Self::F16 => Some(burn::tensor::DType::F16),
@@ -82,9 +82,10 @@ pub struct Q4Weight<B: Backend> {
 
 /// Backends that can run the 4-bit linear.
 pub trait QuantBackend: Backend {
-    /// Whether the matmul can run in f16/bf16 on this backend (false: f32 is used).
-    fn q4_supports_half() -> bool {
-        true
+    /// Whether the matmul can run in `dtype` (f16/bf16) on `device` (false: f32 is used):
+    /// where the backend has arithmetic in it.
+    fn q4_supports(device: &Self::Device, dtype: burn::tensor::DType) -> bool {
+        Self::supports_dtype(device, dtype)
     }
 
     /// Dequantize to the dense weight in PyTorch layout `[out, in]`.
@@ -136,7 +137,7 @@ pub fn dequantize_then_matmul<B: QuantBackend>(
         Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(weight, layout)));
     let x = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(x));
     let y = match layout.compute.dtype() {
-        Some(dtype) if B::q4_supports_half() => {
+        Some(dtype) if B::q4_supports(&x.device(), dtype) => {
             let out_dtype = x.dtype();
             x.cast(dtype)
                 .matmul(w.cast(dtype).transpose())
@@ -157,7 +158,7 @@ pub fn dequantize_then_matmul_grad<B: QuantBackend>(
         Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(B::q4_dequantize(weight, layout)));
     let grad = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(grad));
     let g = match layout.compute.dtype() {
-        Some(dtype) if B::q4_supports_half() => {
+        Some(dtype) if B::q4_supports(&grad.device(), dtype) => {
             let out_dtype = grad.dtype();
             grad.cast(dtype).matmul(w.cast(dtype)).cast(out_dtype)
         }
@@ -178,7 +179,8 @@ pub const FUSED_MAX_ROWS: usize = 8;
 /// few rows, f32 compute.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 fn use_fused<B: QuantBackend>(rows: usize, layout: Q4Layout) -> bool {
-    rows <= FUSED_MAX_ROWS && !(layout.compute.dtype().is_some() && B::q4_supports_half())
+    // A half `compute` is only ever set where the backend supports it (`with_compute`).
+    rows <= FUSED_MAX_ROWS && layout.compute.dtype().is_none()
 }
 
 /// Unpack `n` fields of `bits` bits (4 or 8) from big-endian-ordered int32 words with tensor
@@ -326,7 +328,7 @@ fn chunk_rows(layout: Q4Layout) -> usize {
 }
 
 impl QuantBackend for NdArray {
-    fn q4_supports_half() -> bool {
+    fn q4_supports(_: &Self::Device, _: burn::tensor::DType) -> bool {
         false
     }
 
@@ -473,19 +475,16 @@ impl QuantBackend for burn::backend::Cuda {
     cube_q4_methods!();
 }
 
-/// wgpu's WGSL has no bf16, and f16 is an optional device feature: f32 (one warning).
+/// wgpu's WGSL has no bf16 (f32 then, one warning); f16 where the device has it (lavapipe
+/// does).
 #[cfg(feature = "wgpu")]
 impl QuantBackend for burn::backend::Wgpu {
-    fn q4_supports_half() -> bool {
-        false
-    }
-
     cube_q4_methods!();
 }
 
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
-    fn q4_supports_half() -> bool {
-        B::q4_supports_half()
+    fn q4_supports(device: &Self::Device, dtype: burn::tensor::DType) -> bool {
+        B::q4_supports(device, dtype)
     }
 
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {

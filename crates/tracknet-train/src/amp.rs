@@ -23,7 +23,7 @@ pub fn step_dtype<B: Backend>(
     if tracknet_quant::autocast::supports::<B>(device, dtype) {
         return (Some(dtype), None);
     }
-    let name = B::name(device);
+    let name = tracknet_quant::autocast::backend_name::<B>(device);
     (
         None,
         Some(format!(
@@ -141,7 +141,10 @@ mod tests {
         let (dtype, warning) = step_dtype::<NdArray>(&t, &device);
         assert_eq!(dtype, None);
         let w = warning.expect("a warning");
-        assert!(w.starts_with("training.amp (precision fp16): the "), "{w}");
+        assert!(
+            w.starts_with("training.amp (precision fp16): the ndarray backend has no fp16"),
+            "{w}"
+        );
         assert!(w.contains("runs in f32"), "{w}");
         t.amp = false;
         assert_eq!(step_dtype::<NdArray>(&t, &device), (None, None));

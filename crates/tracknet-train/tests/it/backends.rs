@@ -104,7 +104,10 @@ fn amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state<Bk: ModelBackend
     };
     let (dir16, base, half) = run(true);
     let (_, base32, full) = run(false);
-    assert_eq!(base, base32, "the untrained evaluation is f32 in both");
+    assert!(
+        (base - base32).abs() < 1e-6 * base.abs(),
+        "the untrained evaluation is f32 in both: {base} vs {base32}"
+    );
     println!("amp fp16 {half:?}\nf32      {full:?}");
     let ckpt = checkpoint_dir(&dir16, "last").unwrap();
     all_f32(&ckpt.join("trainable.safetensors"));
