@@ -93,6 +93,9 @@ pub struct QuantizedLinear<B: Backend> {
     pub code: Tensor<B, 1>,
     /// `[256]` nested 8-bit map (shared), double quant only.
     pub nested_code: Option<Tensor<B, 1>>,
+    /// Double quant on a backend that keeps it ([`QuantBackend::q4_cache_absmax`]): the f32
+    /// absmax decoded once when the layer is made, so a forward does not decode it again.
+    pub absmax_decoded: Option<Tensor<B, 1>>,
     /// `[out]` f32 bias; frozen unless the LoRA bias mode trains it.
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// Shapes and format.
@@ -297,7 +300,7 @@ impl<B: QuantBackend> QuantizedLinear<B> {
             double_quant: offset.is_some(),
             compute,
         };
-        Ok(Self {
+        let layer = Self {
             packed,
             absmax,
             absmax_q,
@@ -305,10 +308,19 @@ impl<B: QuantBackend> QuantizedLinear<B> {
             offset,
             code: books.code(q.quant_type),
             nested_code,
+            absmax_decoded: None,
             bias: bias.map(|b| Param::from_tensor(b).set_require_grad(false)),
             layout,
             spec,
             nested_blocksize,
+        };
+        Ok(if B::q4_cache_absmax() && layer.absmax.is_none() {
+            Self {
+                absmax_decoded: Some(layer.absmax_f32()),
+                ..layer
+            }
+        } else {
+            layer
         })
     }
 
@@ -390,7 +402,7 @@ impl<B: QuantBackend> QuantizedLinear<B> {
     /// The f32 absmax per block, undoing double quantization as bitsandbytes does
     /// (`nested_code[q] * nested_absmax + offset`).
     pub fn absmax_f32(&self) -> Tensor<B, 1> {
-        if let Some(a) = &self.absmax {
+        if let Some(a) = self.absmax.as_ref().or(self.absmax_decoded.as_ref()) {
             return a.clone();
         }
         let nb = self.layout.num_blocks();
@@ -428,7 +440,8 @@ impl<B: Backend> QuantizedLinear<B> {
         self.layout.numel()
     }
 
-    /// Bytes of the tensors this layer holds for its weight: codes and scales. The shared code
+    /// Bytes of the tensors this layer holds for its weight: codes and scales (with the decoded
+    /// absmax where the backend keeps it). The shared code
     /// books are not counted here (see [`CodeBooks::stored_bytes`]); the bias is separate.
     pub fn stored_weight_bytes(&self) -> usize {
         let words = |t: &Tensor<B, 1, Int>| t.dims()[0] * 4;
@@ -438,6 +451,7 @@ impl<B: Backend> QuantizedLinear<B> {
             + self.absmax_q.as_ref().map_or(0, words)
             + self.nested_absmax.as_ref().map_or(0, floats)
             + self.offset.as_ref().map_or(0, floats)
+            + self.absmax_decoded.as_ref().map_or(0, floats)
     }
 
     /// Bytes of the f32 bias.

@@ -88,6 +88,15 @@ pub trait QuantBackend: Backend {
         Self::supports_dtype(device, dtype)
     }
 
+    /// Whether a double-quantized layer keeps its absmax decoded to f32 (0.5 bit per weight at
+    /// blocksize 64, on top of the 4.13 bits) rather than decoding it in every forward. The
+    /// CubeCL backends keep it: the decode is several kernel launches per layer and call. The
+    /// default (NdArray) keeps bitsandbytes' compressed form only, decoding it per call as
+    /// bitsandbytes does; on the host that costs microseconds.
+    fn q4_cache_absmax() -> bool {
+        false
+    }
+
     /// Dequantize to the dense weight in PyTorch layout `[out, in]`.
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
         dequantize_generic::<Self>(weight, layout)
@@ -418,6 +427,10 @@ fn host_vec<T: burn::tensor::Element>(data: TensorData) -> Vec<T> {
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 macro_rules! cube_q4_methods {
     () => {
+        fn q4_cache_absmax() -> bool {
+            true
+        }
+
         fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
             crate::cube::dequantize(
                 weight.packed,
@@ -485,6 +498,10 @@ impl QuantBackend for burn::backend::Wgpu {
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
     fn q4_supports(device: &Self::Device, dtype: burn::tensor::DType) -> bool {
         B::q4_supports(device, dtype)
+    }
+
+    fn q4_cache_absmax() -> bool {
+        B::q4_cache_absmax()
     }
 
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {

@@ -20,6 +20,7 @@ tracknet_testkit::backend_tests!(
     forward_and_input_gradient_equal_the_dense_layer,
     bnb_weights_multiply_and_backpropagate_on_the_fused_and_the_tiled_path,
     half_compute_dtype_multiplies_in_half_where_the_backend_has_it,
+    double_quant_absmax_is_decoded_once_where_the_backend_keeps_it,
 );
 
 fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
@@ -359,4 +360,42 @@ fn half_compute_dtype_multiplies_in_half_where_the_backend_has_it<B: QuantBacken
             "{compute:?}: input gradient off by {eg}"
         );
     }
+}
+
+/// Double quantization on the CubeCL backends keeps the f32 absmax decoded at construction
+/// (no decode per forward); NdArray keeps only bitsandbytes' compressed form. Where kept, it
+/// is the per-call decode bit for bit, the layer multiplies to the same bits, and its bytes
+/// count in the layer's storage.
+fn double_quant_absmax_is_decoded_once_where_the_backend_keeps_it<B: QuantBackend>(
+    device: &B::Device,
+) {
+    let books = CodeBooks::<B>::new(device);
+    let (out, inp) = (40, 96);
+    let w = weights(out * inp, 9);
+    let spec = QuantSpec {
+        quant_type: QuantType::Nf4,
+        blocksize: 64,
+        double_quant: true,
+        compute: ComputeDtype::F32,
+    };
+    let layer = QuantizedLinear::<B>::from_torch_weight(&w, inp, out, None, spec, &books).unwrap();
+    let cube = B::name(device) != "ndarray";
+    assert_eq!(B::q4_cache_absmax(), cube, "{}", B::name(device));
+    assert_eq!(layer.absmax_decoded.is_some(), cube);
+    let uncached = QuantizedLinear {
+        absmax_decoded: None,
+        ..layer.clone()
+    };
+    let nb = out * inp / 64;
+    assert_eq!(
+        layer.stored_weight_bytes() - uncached.stored_weight_bytes(),
+        if cube { nb * 4 } else { 0 }
+    );
+    assert!(bits(&host(layer.absmax_f32())) == bits(&host(uncached.absmax_f32())));
+    let x = Tensor::<B, 2>::random([3, inp], Distribution::Normal(0.0, 1.0), device);
+    let (a, b) = (host(layer.forward(x.clone())), host(uncached.forward(x)));
+    assert!(
+        bits(&a) == bits(&b),
+        "cached and decoded absmax multiply differently"
+    );
 }
