@@ -3,6 +3,7 @@
 
 mod act;
 mod attention;
+pub(crate) mod consts;
 pub(crate) mod params;
 mod tokens;
 

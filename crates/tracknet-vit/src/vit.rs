@@ -172,16 +172,27 @@ impl<B: crate::ModelBackend> VitEmbeddings<B> {
         let cls = pos.clone().slice([0..1, 0..1, 0..c]);
         let grid = pos.slice([0..1, 1..t, 0..c]).reshape([th, tw * c]);
         // rows: [gh, th] x [th, tw*c] -> [gh, tw, c]
-        let rows: Tensor<B, 2> =
-            Tensor::from_data(TensorData::new(bicubic_matrix(th, gh), [gh, th]), &device);
+        // The interpolation matrices are made once per grid and kept on the device.
+        let matrix = |from: usize, to: usize| {
+            crate::layers::consts::cached::<B, Tensor<B, 2>>(
+                format!("bicubic {from}->{to}"),
+                &device,
+                || {
+                    Tensor::from_data(
+                        TensorData::new(bicubic_matrix(from, to), [to, from]),
+                        &device,
+                    )
+                },
+            )
+        };
+        let rows = matrix(th, gh);
         let grid = rows
             .matmul(grid)
             .reshape([gh, tw, c])
             .swap_dims(0, 1)
             .reshape([tw, gh * c]);
         // cols: [gw, tw] x [tw, gh*c] -> [gw, gh, c] -> [gh, gw, c]
-        let cols: Tensor<B, 2> =
-            Tensor::from_data(TensorData::new(bicubic_matrix(tw, gw), [gw, tw]), &device);
+        let cols = matrix(tw, gw);
         let grid = cols
             .matmul(grid)
             .reshape([gw, gh, c])

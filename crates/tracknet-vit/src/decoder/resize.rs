@@ -21,17 +21,23 @@ fn resize_axis<B: Backend>(x: Tensor<B, 4>, dim: usize, len_out: usize) -> Tenso
         return x;
     }
     let device = x.device();
-    let taps = source_taps(len_in, len_out);
-    let index = |pick: fn(&(usize, usize, f32)) -> usize| {
-        let data: Vec<i64> = taps.iter().map(|t| pick(t) as i64).collect();
-        Tensor::<B, 1, Int>::from_data(TensorData::new(data, [len_out]), &device)
-    };
-    let lo = x.clone().select(dim, index(|t| t.0));
-    let hi = x.select(dim, index(|t| t.1));
-    let mut shape = [1; 4];
-    shape[dim] = len_out;
-    let lambda: Vec<f32> = taps.iter().map(|t| t.2).collect();
-    let lambda = Tensor::<B, 4>::from_data(TensorData::new(lambda, shape), (&device, lo.dtype()));
+    let dtype = x.dtype();
+    // The taps on the device, made once per (sizes, axis, dtype).
+    let key = format!("resize {len_in}->{len_out} dim {dim} {dtype:?}");
+    let (i0, i1, lambda) = crate::layers::consts::cached::<B, _>(key, &device, || {
+        let taps = source_taps(len_in, len_out);
+        let index = |pick: fn(&(usize, usize, f32)) -> usize| {
+            let data: Vec<i64> = taps.iter().map(|t| pick(t) as i64).collect();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(data, [len_out]), &device)
+        };
+        let mut shape = [1; 4];
+        shape[dim] = len_out;
+        let lambda: Vec<f32> = taps.iter().map(|t| t.2).collect();
+        let lambda = Tensor::<B, 4>::from_data(TensorData::new(lambda, shape), (&device, dtype));
+        (index(|t| t.0), index(|t| t.1), lambda)
+    });
+    let lo = x.clone().select(dim, i0);
+    let hi = x.select(dim, i1);
     lo.clone() + (hi - lo) * lambda
 }
 

@@ -64,19 +64,38 @@ impl Dinov3Rope {
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let n = gh * gw;
         let q = self.inv_freq.len();
-        let mut coords = Vec::with_capacity(n * 2);
-        for y in 0..gh {
-            for x in 0..gw {
-                coords.push(2.0 * ((y as f32 + 0.5) / gh as f32) - 1.0);
-                coords.push(2.0 * ((x as f32 + 0.5) / gw as f32) - 1.0);
+        // The grid's coordinates and the frequencies live on the device once per grid; without
+        // augmentation so do the angles' cos and sin.
+        let key = format!("rope {gh}x{gw} {:?}", self.inv_freq);
+        let (coords, inv_freq) = crate::layers::consts::cached::<B, _>(key.clone(), device, || {
+            let mut coords = Vec::with_capacity(n * 2);
+            for y in 0..gh {
+                for x in 0..gw {
+                    coords.push(2.0 * ((y as f32 + 0.5) / gh as f32) - 1.0);
+                    coords.push(2.0 * ((x as f32 + 0.5) / gw as f32) - 1.0);
+                }
             }
+            let coords: Tensor<B, 2> = Tensor::from_data(TensorData::new(coords, [n, 2]), device);
+            let inv_freq: Tensor<B, 3> =
+                Tensor::from_data(TensorData::new(self.inv_freq.clone(), [1, 1, q]), device);
+            (coords, inv_freq)
+        });
+        let augments = training && self.augments();
+        if !augments {
+            return crate::layers::consts::cached::<B, _>(key + " cos sin", device, || {
+                Self::angles(coords, inv_freq)
+            });
         }
-        let mut coords: Tensor<B, 2> = Tensor::from_data(TensorData::new(coords, [n, 2]), device);
-        if training {
-            coords = self.augment(coords);
-        }
-        let inv_freq: Tensor<B, 3> =
-            Tensor::from_data(TensorData::new(self.inv_freq.clone(), [1, 1, q]), device);
+        Self::angles(self.augment(coords), inv_freq)
+    }
+
+    /// `(cos, sin)` of the angles of `coords` `[n, 2]` at frequencies `inv_freq` `[1, 1, q]`.
+    fn angles<B: Backend>(
+        coords: Tensor<B, 2>,
+        inv_freq: Tensor<B, 3>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [n, _] = coords.dims();
+        let q = inv_freq.dims()[2];
         // [n, 2, 1] * [1, 1, q] -> [n, 2q] (y frequencies, then x frequencies)
         let angles = (coords.reshape([n, 2, 1]) * (2.0 * std::f64::consts::PI) * inv_freq)
             .reshape([n, 2 * q]);
