@@ -187,7 +187,7 @@ pub const FUSED_MAX_ROWS: usize = 8;
 /// Whether a CubeCL backend multiplies `rows` rows with the fused kernels of [`crate::cube`]:
 /// few rows, f32 compute.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn use_fused<B: QuantBackend>(rows: usize, layout: Q4Layout) -> bool {
+fn use_fused(rows: usize, layout: Q4Layout) -> bool {
     // A half `compute` is only ever set where the backend supports it (`with_compute`).
     rows <= FUSED_MAX_ROWS && layout.compute.dtype().is_none()
 }
@@ -446,7 +446,7 @@ macro_rules! cube_q4_methods {
             weight: Q4Weight<Self>,
             layout: Q4Layout,
         ) -> FloatTensor<Self> {
-            if !use_fused::<Self>(x.meta.shape()[0], layout) {
+            if !use_fused(x.meta.shape()[0], layout) {
                 return dequantize_then_matmul::<Self>(x, weight, layout);
             }
             crate::cube::dequant_matmul(
@@ -464,7 +464,7 @@ macro_rules! cube_q4_methods {
             weight: Q4Weight<Self>,
             layout: Q4Layout,
         ) -> FloatTensor<Self> {
-            if !use_fused::<Self>(grad.meta.shape()[0], layout) {
+            if !use_fused(grad.meta.shape()[0], layout) {
                 return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
             }
             crate::cube::dequant_matmul_grad(
