@@ -87,14 +87,18 @@ fn attention_probs<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4>
     let d = q.dims()[3];
     // Half-precision scores (autocast) are normalised in f32, as PyTorch's attention does,
     // and the probabilities go back to the inputs' dtype for `p · v`.
-    let dtype = q.dtype();
-    let scores = to_f32(q.matmul(k.swap_dims(2, 3)));
-    let p = softmax(scores * (d as f64).powf(-0.5), 3);
-    match dtype {
-        burn::tensor::DType::F16 => to(p, Some(burn::tensor::FloatDType::F16)),
-        burn::tensor::DType::BF16 => to(p, Some(burn::tensor::FloatDType::BF16)),
-        _ => p,
-    }
+    let half = match q.dtype() {
+        burn::tensor::DType::F16 => Some(burn::tensor::FloatDType::F16),
+        burn::tensor::DType::BF16 => Some(burn::tensor::FloatDType::BF16),
+        _ => None,
+    };
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let scores = if half.is_some() {
+        to_f32(scores)
+    } else {
+        scores
+    };
+    to(softmax(scores * (d as f64).powf(-0.5), 3), half)
 }
 
 impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
