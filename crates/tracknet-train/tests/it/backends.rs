@@ -141,6 +141,30 @@ fn amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state<Bk: ModelBackend
     }
     let scale = state["loss_scaler"]["scale"].as_f64().unwrap();
     assert!(scale > 0.0 && scale <= 65536.0, "{state}");
+    // The scaler is restored on resume: stopped after epoch 1 and resumed, the run ends with
+    // the uninterrupted run's scaler (scale and count of good steps).
+    let mut cfg = tiny(&root, 2, &[]);
+    cfg.training.amp = true;
+    cfg.training.precision = tracknet_config::Precision::Fp16;
+    let parted = root.join("run-amp-parted");
+    let mut o = opts(parted.clone());
+    o.stop_after_epoch = Some(1);
+    train::<Autodiff<Bk>>(&cfg, &o, device).unwrap();
+    let o = tracknet_train::TrainOptions {
+        resume: true,
+        stop_after_epoch: None,
+        ..opts(parted.clone())
+    };
+    train::<Autodiff<Bk>>(&cfg, &o, device).unwrap();
+    let resumed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(checkpoint_dir(&parted, "last").unwrap().join("state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(resumed["loss_scaler"], state["loss_scaler"]);
+    assert!(
+        state["loss_scaler"]["good_steps"].as_u64().unwrap() > 4,
+        "{state}"
+    );
 
     // The loss scale enters the backward and `unscale` takes it out again: the same f16 step
     // at scale 1024 and at scale 1 reports the same loss and, unscaled, the same gradients.
