@@ -246,27 +246,22 @@ fn autocast_f16_computes_in_half_with_f32_weights_and_gradients<B: ModelBackend>
             );
             continue;
         }
-        let e = rel(&heat16, &heat, 0.0);
-        let largest = grads
-            .iter()
-            .flat_map(|(_, w)| w.iter())
-            .fold(0f32, |m, v| m.max(v.abs()));
-        let worst = grads16
-            .iter()
-            .zip(&grads)
-            .map(|((p, g), (_, w))| (rel(g, w, 1e-2 * largest), p.clone()))
-            .fold((0f32, String::new()), |a, b| if b.0 > a.0 { b } else { a });
-        println!(
-            "{what} in f16: heatmap off by {e:e}, worst gradient {} by {:e}",
-            worst.1, worst.0
-        );
+        // Relative L2 error over the heatmap and over all gradients together: per-entry
+        // maxima are dominated by the random init's near-zero entries, the L2 ratio is not.
+        let l2 = |a: &[f32], b: &[f32]| {
+            let d: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+            let n: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+            (d / n.max(1e-30)).sqrt()
+        };
+        let flat =
+            |g: &[(String, Vec<f32>)]| g.iter().flat_map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        let e = l2(&heat16, &heat);
+        let eg = l2(&flat(&grads16), &flat(&grads));
+        println!("{what} in f16: heatmap off by {e:e}, gradients by {eg:e} (relative L2)");
         assert!(e > 0.0, "{what}: the f16 region computed nothing in f16");
-        assert!(e < 1e-2, "{what}: f16 heatmap off by {e} (relative)");
-        assert!(
-            worst.0 < 5e-2,
-            "{what}: f16 gradient of {} off by {}",
-            worst.1,
-            worst.0
-        );
+        // Measured over 8 random inits on lavapipe: heatmap 2.9e-3..9.9e-3, gradients
+        // 2.0e-3..8.2e-3; a missing or wrong cast is off by order 1.
+        assert!(e < 3e-2, "{what}: f16 heatmap off by {e} (relative L2)");
+        assert!(eg < 3e-2, "{what}: f16 gradients off by {eg} (relative L2)");
     }
 }
