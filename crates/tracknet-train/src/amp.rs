@@ -64,6 +64,11 @@ impl LossScaler {
     /// the non-finite error instead of skipping steps forever.
     pub const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
 
+    /// The scaler a step in `dtype` starts with: fp16 only (bf16 and f32 have f32's range).
+    pub fn for_dtype(dtype: Option<FloatDType>) -> Option<Self> {
+        (dtype == Some(FloatDType::F16)).then(Self::default)
+    }
+
     /// Record a step whose (scaled) gradients were `finite`. Returns whether the step is taken.
     pub fn update(&mut self, finite: bool) -> bool {
         if finite {
@@ -86,7 +91,7 @@ impl LossScaler {
 }
 
 /// What the step's precision is: the autocast dtype and, with fp16, the loss scaler.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepPrecision {
     /// The autocast region's dtype (`None`: f32).
     pub dtype: Option<FloatDType>,

@@ -20,7 +20,7 @@ use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 use tracknet_vit::rng::{draw_seed, with_stream};
 
-use crate::amp::{StepPrecision, step_dtype};
+use crate::amp::{LossScaler, StepPrecision, step_dtype};
 use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
@@ -242,8 +242,7 @@ where
     if let Some(note) = amp_note {
         tracing::warn!("{note}");
     }
-    let mut scaler = (amp_dtype == Some(burn::tensor::FloatDType::F16))
-        .then(|| state.loss_scaler.unwrap_or_default());
+    let mut scaler = LossScaler::for_dtype(amp_dtype).map(|s| state.loss_scaler.unwrap_or(s));
     if let Some(d) = amp_dtype {
         say(&format!(
             "mixed precision: matrix ops in {d:?}, f32 weights and optimizer state{}",
@@ -287,6 +286,7 @@ where
             // the same ones as an uninterrupted run.
             B::seed(device, t.seed.wrapping_add(1 + state.global_step as u64));
             let lr = schedule.lr(state.global_step);
+            let loss_scale = scaler.map_or(1.0, |s| s.scale);
             let mut retries = 0usize;
             let (loss, grads) = loop {
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
@@ -296,7 +296,7 @@ where
                         shards,
                         precision: StepPrecision {
                             dtype: amp_dtype,
-                            loss_scale: scaler.map_or(1.0, |s| s.scale),
+                            loss_scale,
                         },
                     };
                     step_grads(&model, &loss_fn, &batch, plan, device)
@@ -319,7 +319,6 @@ where
             };
             let gnorm = grad_norm::<B, _>(&model, &grads);
             let finite = loss.is_finite() && gnorm.is_finite();
-            let used_scale = scaler.map_or(1.0, |s| s.scale);
             if let Some(s) = scaler.as_mut() {
                 // fp16 overflow: skip the step with a smaller scale (GradScaler), unless the
                 // scale is spent, which is the non-finite error below.
@@ -364,7 +363,7 @@ where
                     saved,
                 });
             }
-            let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, used_scale);
+            let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, loss_scale);
             model = update(model, &mut opt, grads, gnorm, clip, lr);
             state.global_step += 1;
             loss_sum += loss;

@@ -18,14 +18,12 @@ use crate::fused::FusedBackend;
 fn native<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     use tracknet_quant::autocast::{active, to, to_f32};
     let half = active::<B>(&x.device());
-    let (begin, end) = match &conv.padding {
-        PaddingConfig2d::Valid => ([0, 0], [0, 0]),
-        PaddingConfig2d::Explicit(t, l, b, r) => ([*t, *l], [*b, *r]),
+    let (begin, end) = match (&conv.padding, half) {
+        (_, None) => return conv.forward(x),
+        (PaddingConfig2d::Valid, _) => ([0, 0], [0, 0]),
+        (PaddingConfig2d::Explicit(t, l, b, r), _) => ([*t, *l], [*b, *r]),
         _ => return conv.forward(x),
     };
-    if half.is_none() {
-        return conv.forward(x);
-    }
     let options = burn::tensor::ops::PaddedConvOptions::asymmetric(
         conv.stride,
         begin,

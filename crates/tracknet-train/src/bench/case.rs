@@ -182,10 +182,7 @@ where
     if let Some(note) = note {
         tracing::info!("{label}: {note}");
     }
-    let loss_scale = match dtype {
-        Some(burn::tensor::FloatDType::F16) => crate::amp::LossScaler::INIT_SCALE,
-        _ => 1.0,
-    };
+    let loss_scale = crate::amp::LossScaler::for_dtype(dtype).map_or(1.0, |s| s.scale);
     let plan = StepPlan {
         micro: s.batch,
         recompute: a.grad_ckpt,

@@ -172,15 +172,7 @@ fn amp_fp16_trains_in_half_with_f32_weights_and_optimizer_state<Bk: ModelBackend
     let (model, _) =
         tracknet_vit::model::HeatmapModel::<Autodiff<Bk>>::from_config(&cfg.model, device).unwrap();
     let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
-    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
-    let batch = tracknet_data::BatchLoader::new(
-        splits.train,
-        tracknet_train::data::loader_options(&cfg, 1, false, 4),
-    )
-    .unwrap()
-    .next()
-    .unwrap()
-    .unwrap();
+    let batch = first_batch(&cfg);
     let step = |loss_scale: f64| {
         let plan = tracknet_train::trainer::StepPlan {
             micro: 4,

@@ -84,3 +84,16 @@ pub fn last_weights(run: &Path) -> Vec<(String, Vec<f32>)> {
     let (t, _) = read_safetensors(&dir.join("trainable.safetensors")).unwrap();
     t.into_iter().map(|(k, (_, v))| (k, v)).collect()
 }
+
+/// The first training batch of `cfg` (4 samples, epoch 1, no shuffle).
+pub fn first_batch(cfg: &RunConfig) -> tracknet_data::Batch {
+    let splits = tracknet_train::data::scan_splits(cfg).unwrap();
+    tracknet_data::BatchLoader::new(
+        splits.train,
+        tracknet_train::data::loader_options(cfg, 1, false, 4),
+    )
+    .unwrap()
+    .next()
+    .unwrap()
+    .unwrap()
+}

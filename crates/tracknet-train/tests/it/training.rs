@@ -237,15 +237,7 @@ fn loop_keys_steps_val_steps_previews_best_metric_micro_batch_and_clipping() {
     let (model, _) =
         tracknet_vit::model::HeatmapModel::<AD>::from_config(&cfg.model, &device).unwrap();
     let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
-    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
-    let batch = tracknet_data::BatchLoader::new(
-        splits.train,
-        tracknet_train::data::loader_options(&cfg, 1, false, 4),
-    )
-    .unwrap()
-    .next()
-    .unwrap()
-    .unwrap();
+    let batch = first_batch(&cfg);
     let step = |micro| {
         let plan = tracknet_train::trainer::StepPlan {
             micro,
@@ -375,15 +367,7 @@ fn parallel_shards_give_the_micro_batches_gradients_repeat_to_the_bit_with_dropo
     tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
     let device = Default::default();
     let loss_fn = tracknet_train::eval::loss_from_config(&cfg);
-    let splits = tracknet_train::data::scan_splits(&cfg).unwrap();
-    let batch = tracknet_data::BatchLoader::new(
-        splits.train,
-        tracknet_train::data::loader_options(&cfg, 1, false, 4),
-    )
-    .unwrap()
-    .next()
-    .unwrap()
-    .unwrap();
+    let batch = first_batch(&cfg);
     let plan = |micro, recompute, shards| StepPlan {
         micro,
         recompute,
