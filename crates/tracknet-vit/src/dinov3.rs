@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::LayerNorm;
+use crate::layers::LayerNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};

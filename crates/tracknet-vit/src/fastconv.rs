@@ -58,7 +58,7 @@ pub fn conv2d<B: FusedBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4
     let y = match (kh, kw, pad) {
         (1, 1, Some(0)) if unit && conv.groups == 1 => pointwise(x, weight, out_c, in_c),
         (3, 3, Some(1)) if unit && conv.groups == in_c && in_per_group == 1 && out_c == in_c => {
-            depthwise3x3(x, weight)
+            crate::fused::depthwise3x3(x, weight)
         }
         (3, 3, Some(1)) if unit && conv.groups == 1 => full3x3(x, weight),
         (p, q, Some(0))
@@ -74,7 +74,8 @@ pub fn conv2d<B: FusedBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4
     }
 }
 
-/// 1×1 conv: `[B, C, H, W] → [B, O, H, W]` as one `[B·H·W, C] × [C, O]` matmul.
+/// 1×1 conv: `[B, C, H, W] → [B, O, H, W]` as `W [O, C] · x_b [C, H·W]` per image, on the
+/// NCHW data as it lies (no permute to channels-last and back).
 fn pointwise<B: Backend>(
     x: Tensor<B, 4>,
     weight: Tensor<B, 4>,
@@ -82,12 +83,9 @@ fn pointwise<B: Backend>(
     in_c: usize,
 ) -> Tensor<B, 4> {
     let [b, _, h, w] = x.dims();
-    let w2 = weight.reshape([out_c, in_c]).transpose(); // [C, O]
-    x.permute([0, 2, 3, 1])
-        .reshape([b * h * w, in_c])
-        .matmul(w2)
-        .reshape([b, h, w, out_c])
-        .permute([0, 3, 1, 2])
+    let w2 = weight.reshape([1, out_c, in_c]);
+    w2.matmul(x.reshape([b, in_c, h * w]))
+        .reshape([b, out_c, h, w])
 }
 
 /// The nine shifted views of `x` padded by one pixel, in kernel order `(dy, dx)` row-major.
@@ -102,18 +100,6 @@ fn taps<B: Backend>(x: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
         }
     }
     out
-}
-
-/// Depthwise 3×3, padding 1: `Σ_taps x_shifted · w[c, dy, dx]`.
-fn depthwise3x3<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [c, _, _, _] = weight.dims();
-    let w = weight.reshape([c, 9]);
-    taps(x)
-        .into_iter()
-        .enumerate()
-        .map(|(k, t)| t * w.clone().slice([0..c, k..k + 1]).reshape([1, c, 1, 1]))
-        .reduce(|a, b| a + b)
-        .expect("nine taps")
 }
 
 /// Full 3×3, padding 1: im2col of the nine taps, one matmul.

@@ -10,6 +10,23 @@
 //! layer (8 MB each per image at 581 tokens, 6 heads) — for its backward. The fused op keeps
 //! only q, k and v and recomputes the probabilities in the backward (as flash attention does),
 //! so the attention maps never outlive the forward.
+//!
+//! On NdArray ([`FusedBackend::host_kernels`]) LayerNorm, GroupNorm + activation, GELU and the
+//! depthwise 3×3 are host [kernels] as well: one contiguous pass over the data, parallel over
+//! rows / groups / planes, instead of a dozen strided element-wise ops each keeping its
+//! operands for the backward. The GPU backends keep Burn's native ops for these (their
+//! autodiff differentiates them), except GELU, which every backend differentiates exactly
+//! (`Φ(x) + x·φ(x)`, PyTorch's derivative): Burn 0.21's autodiff uses the tanh
+//! approximation's derivative for its erf GELU.
+
+mod composed;
+#[cfg(test)]
+mod grad_tests;
+mod host;
+pub mod kernels;
+mod nodes;
+
+pub use kernels::Act;
 
 use burn::backend::NdArray;
 use burn::backend::autodiff::{
@@ -21,8 +38,10 @@ use burn::backend::autodiff::{
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::activation::softmax;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
 use tracknet_quant::QuantBackend;
+
+type Grads3<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
 /// Backends with the model's fused ops.
 pub trait FusedBackend: Backend {
@@ -54,6 +73,93 @@ pub trait FusedBackend: Backend {
         let (q, k, v) = (float::<Self>(q), float::<Self>(k), float::<Self>(v));
         attention_probs(q, k).matmul(v).into_primitive().tensor()
     }
+
+    /// Whether the ops below are host kernels whose autodiff nodes should be used (NdArray).
+    /// False: the autodiff backend differentiates the composed (native) forward instead.
+    fn host_kernels() -> bool {
+        false
+    }
+
+    /// Exact (erf) GELU, any rank.
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu(x)
+    }
+
+    /// `grad · gelu'(x)` with the exact derivative.
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::gelu_backward::<Self>(x, grad)
+    }
+
+    /// LayerNorm over the last axis: `(x − μ)/√(σ² + eps) · γ + β`.
+    ///
+    /// # Shapes
+    /// - x: `[..., d]`; gamma, beta: `[d]`
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// `(dx, dγ, dβ)` of [`fused_layer_norm`](Self::fused_layer_norm).
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> Grads3<Self> {
+        composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
+    }
+
+    /// `act(GroupNorm(x) · γ + β)` with `groups` groups.
+    ///
+    /// # Shapes
+    /// - x: `[batch, channels, h, w]`; gamma, beta: `[channels]`
+    fn fused_group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        act: Act,
+    ) -> FloatTensor<Self> {
+        composed::group_norm_act::<Self>(x, gamma, beta, groups, eps, act)
+    }
+
+    /// `(dx, dγ, dβ)` of [`fused_group_norm_act`](Self::fused_group_norm_act).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_group_norm_act_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        act: Act,
+    ) -> Grads3<Self> {
+        composed::group_norm_act_backward::<Self>(x, gamma, beta, grad, groups, eps, act)
+    }
+
+    /// Depthwise 3×3 conv, stride 1, padding 1, no bias.
+    ///
+    /// # Shapes
+    /// - x: `[batch, channels, h, w]`; weight: `[channels, 1, 3, 3]`
+    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::depthwise3x3::<Self>(x, weight)
+    }
+
+    /// `(dx, dw)` of [`fused_depthwise3x3`](Self::fused_depthwise3x3); `dx` only when
+    /// `need_dx`.
+    fn fused_depthwise3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need_dx: bool,
+    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+        composed::depthwise3x3_backward::<Self>(x, weight, grad, need_dx)
+    }
 }
 
 /// What the model's layers need: the 4-bit linear and the fused ops.
@@ -69,6 +175,169 @@ impl FusedBackend for NdArray {
     fn parallel_shards() -> bool {
         true
     }
+
+    fn host_kernels() -> bool {
+        true
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match host::read(&x) {
+            Some((data, shape)) => host::write(kernels::gelu_forward(&data), &shape),
+            None => Self::gelu(x),
+        }
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        match (host::read(&x), host::read(&grad)) {
+            (Some((x, shape)), Some((grad, _))) => {
+                host::write(kernels::gelu_backward(&x, &grad), &shape)
+            }
+            _ => composed::gelu_backward::<Self>(x, grad),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if !host::all_f32(&[&x, &gamma, &beta]) {
+            return Self::layer_norm(x, gamma, Some(beta), eps);
+        }
+        let (Some((x, shape)), Some((g, _)), Some((b, _))) =
+            (host::read(&x), host::read(&gamma), host::read(&beta))
+        else {
+            unreachable!("checked f32 above")
+        };
+        host::write(kernels::layer_norm_forward(&x, &g, Some(&b), eps), &shape)
+    }
+
+    fn fused_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> Grads3<Self> {
+        if !host::all_f32(&[&x, &gamma, &grad]) {
+            return composed::layer_norm_backward::<Self>(x, gamma, grad, eps);
+        }
+        let (Some((xs, shape)), Some((g, gs)), Some((dy, _))) =
+            (host::read(&x), host::read(&gamma), host::read(&grad))
+        else {
+            unreachable!("checked f32 above")
+        };
+        let (dx, dg, db) = kernels::layer_norm_backward(&xs, &g, &dy, eps);
+        (
+            host::write(dx, &shape),
+            host::write(dg, &gs),
+            host::write(db, &gs),
+        )
+    }
+
+    fn fused_group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        act: Act,
+    ) -> FloatTensor<Self> {
+        if !host::all_f32(&[&x, &gamma, &beta]) {
+            return composed::group_norm_act::<Self>(x, gamma, beta, groups, eps, act);
+        }
+        let (Some((xs, shape)), Some((g, _)), Some((b, _))) =
+            (host::read(&x), host::read(&gamma), host::read(&beta))
+        else {
+            unreachable!("checked f32 above")
+        };
+        let gs = group_shape(&shape, groups);
+        host::write(
+            kernels::group_norm_act_forward(&xs, Some((&g, &b)), gs, eps, act),
+            &shape,
+        )
+    }
+
+    fn fused_group_norm_act_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        act: Act,
+    ) -> Grads3<Self> {
+        if !host::all_f32(&[&x, &gamma, &beta, &grad]) {
+            return composed::group_norm_act_backward::<Self>(
+                x, gamma, beta, grad, groups, eps, act,
+            );
+        }
+        let (Some((xs, shape)), Some((g, cs)), Some((b, _)), Some((dy, _))) = (
+            host::read(&x),
+            host::read(&gamma),
+            host::read(&beta),
+            host::read(&grad),
+        ) else {
+            unreachable!("checked f32 above")
+        };
+        let gs = group_shape(&shape, groups);
+        let (dx, dg, db) = kernels::group_norm_act_backward(&xs, Some((&g, &b)), &dy, gs, eps, act);
+        (
+            host::write(dx, &shape),
+            host::write(dg, &cs),
+            host::write(db, &cs),
+        )
+    }
+
+    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        if !host::all_f32(&[&x, &weight]) {
+            return composed::depthwise3x3::<Self>(x, weight);
+        }
+        let (Some((xs, shape)), Some((w, _))) = (host::read(&x), host::read(&weight)) else {
+            unreachable!("checked f32 above")
+        };
+        host::write(
+            kernels::depthwise3x3_forward(&xs, &w, plane_shape(&shape)),
+            &shape,
+        )
+    }
+
+    fn fused_depthwise3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need_dx: bool,
+    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+        if !host::all_f32(&[&x, &weight, &grad]) {
+            return composed::depthwise3x3_backward::<Self>(x, weight, grad, need_dx);
+        }
+        let (Some((xs, shape)), Some((w, ws)), Some((dy, _))) =
+            (host::read(&x), host::read(&weight), host::read(&grad))
+        else {
+            unreachable!("checked f32 above")
+        };
+        let (dx, dw) = kernels::depthwise3x3_backward(&xs, &w, &dy, plane_shape(&shape), need_dx);
+        (dx.map(|dx| host::write(dx, &shape)), host::write(dw, &ws))
+    }
+}
+
+/// `[batch, channels, h, w]` (any trailing spatial axes) as the group-norm kernel's shape.
+fn group_shape(shape: &[usize], groups: usize) -> kernels::GroupShape {
+    kernels::GroupShape {
+        batch: shape[0],
+        channels: shape[1],
+        spatial: shape[2..].iter().product(),
+        groups,
+    }
+}
+
+fn plane_shape(shape: &[usize]) -> kernels::PlaneShape {
+    kernels::PlaneShape {
+        batch: shape[0],
+        channels: shape[1],
+        h: shape[2],
+        w: shape[3],
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -76,6 +345,64 @@ impl FusedBackend for burn::backend::Cuda {}
 
 #[cfg(feature = "wgpu")]
 impl FusedBackend for burn::backend::Wgpu {}
+
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// Exact (erf) GELU through [`FusedBackend::fused_gelu`]: PyTorch's `nn.GELU()`, forward and
+/// derivative.
+pub fn gelu<B: FusedBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    wrap(B::fused_gelu(prim(x)))
+}
+
+/// LayerNorm over the last axis through [`FusedBackend::fused_layer_norm`].
+pub fn layer_norm<B: FusedBackend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    wrap(B::fused_layer_norm(prim(x), prim(gamma), prim(beta), eps))
+}
+
+/// `act(norm(x))` for Burn's [`GroupNorm`](burn::nn::GroupNorm) through
+/// [`FusedBackend::fused_group_norm_act`]. A norm without affine parameters takes Burn's
+/// module and then the activation.
+pub fn group_norm_act<B: FusedBackend>(
+    x: Tensor<B, 4>,
+    norm: &burn::nn::GroupNorm<B>,
+    act: Act,
+) -> Tensor<B, 4> {
+    match (&norm.gamma, &norm.beta) {
+        (Some(gamma), Some(beta)) if norm.affine => wrap(B::fused_group_norm_act(
+            prim(x),
+            prim(gamma.val()),
+            prim(beta.val()),
+            norm.num_groups,
+            norm.epsilon,
+            act,
+        )),
+        _ => {
+            let y = norm.forward(x);
+            match act {
+                Act::Identity => y,
+                Act::Gelu => gelu(y),
+                Act::Relu => burn::tensor::activation::relu(y),
+            }
+        }
+    }
+}
+
+/// Depthwise 3×3 conv, stride 1, padding 1, no bias, through
+/// [`FusedBackend::fused_depthwise3x3`]: `x [batch, C, h, w]`, `weight [C, 1, 3, 3]`.
+pub fn depthwise3x3<B: FusedBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+    wrap(B::fused_depthwise3x3(prim(x), prim(weight)))
+}
 
 fn float<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
@@ -108,6 +435,56 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
 
     fn parallel_shards() -> bool {
         B::parallel_shards()
+    }
+
+    fn host_kernels() -> bool {
+        B::host_kernels()
+    }
+
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        nodes::gelu::<B, C>(x)
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        if B::host_kernels() {
+            nodes::layer_norm::<B, C>(x, gamma, beta, eps)
+        } else {
+            Self::layer_norm(x, gamma, Some(beta), eps)
+        }
+    }
+
+    fn fused_group_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+        act: Act,
+    ) -> FloatTensor<Self> {
+        if B::host_kernels() {
+            return nodes::group_norm_act::<B, C>(x, gamma, beta, groups, eps, act);
+        }
+        // Burn's autodiff through the composed norm; GELU through the exact node.
+        let inner = if act == Act::Gelu { Act::Identity } else { act };
+        let y = composed::group_norm_act::<Self>(x, gamma, beta, groups, eps, inner);
+        if act == Act::Gelu {
+            nodes::gelu::<B, C>(y)
+        } else {
+            y
+        }
+    }
+
+    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        if B::host_kernels() {
+            nodes::depthwise3x3::<B, C>(x, weight)
+        } else {
+            composed::depthwise3x3::<Self>(x, weight)
+        }
     }
 
     fn fused_attention(

@@ -4,10 +4,12 @@
 mod act;
 mod attention;
 pub(crate) mod consts;
+mod norm;
 pub(crate) mod params;
 mod tokens;
 
 pub use act::HiddenAct;
+pub use norm::LayerNorm;
 pub(crate) use attention::{attention, split_heads};
 pub use tokens::BackboneOutput;
 pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches, patch_grid};

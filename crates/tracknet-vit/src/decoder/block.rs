@@ -111,14 +111,31 @@ impl<B: crate::fused::FusedBackend> ResidualBlock<B> {
     /// `[batch, C, h, w]` → `[batch, C, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let y = crate::fastconv::conv2d(&self.dw, x.clone());
-        let y = self.norm.forward(y);
-        let y = self.act.forward(y);
+        let y = self.norm_act(y);
         let y = crate::fastconv::conv2d(&self.pw, y);
         let y = match &self.se {
             Some(se) => se.forward(y),
             None => y,
         };
         x + channel_dropout2d(y, self.dropout)
+    }
+}
+
+impl<B: crate::fused::FusedBackend> ResidualBlock<B> {
+    /// `act(norm(y))`: GroupNorm and the activation as one fused op; BatchNorm as Burn's
+    /// module. GELU is the exact one either way ([`crate::fused::gelu`]).
+    fn norm_act(&self, y: Tensor<B, 4>) -> Tensor<B, 4> {
+        use crate::fused::Act;
+        let act = match &self.act {
+            Activation::Gelu(_) => Some(Act::Gelu),
+            Activation::Relu(_) => Some(Act::Relu),
+            _ => None,
+        };
+        match (&self.norm, act) {
+            (DecoderNorm::Group(norm), Some(act)) => crate::fused::group_norm_act(y, norm, act),
+            (norm, Some(Act::Gelu)) => crate::fused::gelu(norm.forward(y)),
+            (norm, _) => self.act.forward(norm.forward(y)),
+        }
     }
 }
 

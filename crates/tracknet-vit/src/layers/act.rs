@@ -31,9 +31,13 @@ impl HiddenAct {
         })
     }
 
-    pub fn forward<const D: usize, B: Backend>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// Exact GELU goes through [`crate::fused::gelu`] (PyTorch's derivative).
+    pub fn forward<const D: usize, B: crate::fused::FusedBackend>(
+        &self,
+        x: Tensor<B, D>,
+    ) -> Tensor<B, D> {
         match self {
-            HiddenAct::Gelu => activation::gelu(x),
+            HiddenAct::Gelu => crate::fused::gelu(x),
             HiddenAct::GeluTanh => activation::gelu_approximate(x),
             HiddenAct::Silu => activation::silu(x),
             HiddenAct::Relu => activation::relu(x),

@@ -5,7 +5,7 @@
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig};
+use super::LayerNorm;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -99,16 +99,15 @@ pub(crate) fn layer_norm<B: Backend>(
     d: usize,
     eps: f64,
 ) -> LayerNorm<B> {
-    let mut norm = LayerNormConfig::new(d)
-        .with_epsilon(eps)
-        .init(&src.device());
-    norm.gamma = Param::from_tensor(src.tensor(&format!("{key}.weight"), [d], Init::Ones));
-    norm.beta = Some(Param::from_tensor(src.tensor(
-        &format!("{key}.bias"),
-        [d],
-        Init::Zeros,
-    )));
-    norm
+    LayerNorm {
+        gamma: Param::from_tensor(src.tensor(&format!("{key}.weight"), [d], Init::Ones)),
+        beta: Some(Param::from_tensor(src.tensor(
+            &format!("{key}.bias"),
+            [d],
+            Init::Zeros,
+        ))),
+        epsilon: eps,
+    }
 }
 
 /// The non-overlapping patch convolution `key`: weight `[d_out, c_in, p, p]`, bias `[d_out]`.

@@ -1,0 +1,36 @@
+//! NdArray's tensors as `f32` slices for the [kernels](super::kernels), and back.
+//!
+//! A contiguous f32 tensor is read in place (no copy); anything else (a permuted view) is
+//! gathered once in logical order. Results become owned arrays without a copy.
+
+use std::borrow::Cow;
+
+use burn::tensor::ops::FloatTensor;
+use burn::backend::ndarray::{NdArray, NdArrayTensor};
+
+/// The tensor's elements in row-major order and its shape, or `None` when it is not f32 (the
+/// caller then takes the composed ops).
+pub fn read(t: &FloatTensor<NdArray>) -> Option<(Cow<'_, [f32]>, Vec<usize>)> {
+    let NdArrayTensor::F32(storage) = t else {
+        return None;
+    };
+    let view = storage.view();
+    let shape = view.shape().to_vec();
+    let data = match view.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(view.iter().copied().collect()),
+    };
+    Some((data, shape))
+}
+
+/// An f32 tensor of `shape` holding `data` (whose length is the shape's product).
+pub fn write(data: Vec<f32>, shape: &[usize]) -> FloatTensor<NdArray> {
+    let array = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(shape), data)
+        .expect("kernel output has its shape's length");
+    NdArrayTensor::from(array)
+}
+
+/// Whether every tensor is f32 (the kernels' only type).
+pub fn all_f32(ts: &[&FloatTensor<NdArray>]) -> bool {
+    ts.iter().all(|t| matches!(t, NdArrayTensor::F32(_)))
+}

@@ -1,0 +1,466 @@
+//! Host kernels for the fused ops: plain `f32` slices in, contiguous buffers out, rayon across
+//! rows / planes / groups. No Burn types here, so each kernel reads as the formula it computes.
+//!
+//! Statistics (means, variances, parameter-gradient sums) accumulate in `f64`; element values
+//! stay `f32`. The backward passes recompute what they need from the saved input (the
+//! normalised values, the activation's argument) instead of keeping it from the forward.
+
+use rayon::prelude::*;
+
+/// Elements per rayon task in element-wise kernels: large enough that scheduling is noise.
+const CHUNK: usize = 1 << 15;
+
+/// √2 and 1/√(2π), as f64.
+const SQRT_2: f64 = std::f64::consts::SQRT_2;
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// The activation applied after a group norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// None: the norm alone.
+    Identity,
+    /// Exact (erf) GELU, PyTorch's `nn.GELU()`.
+    Gelu,
+    /// ReLU.
+    Relu,
+}
+
+impl Act {
+    /// `act(z)`.
+    #[inline]
+    pub fn apply(self, z: f32) -> f32 {
+        match self {
+            Act::Identity => z,
+            Act::Gelu => gelu(z),
+            Act::Relu => z.max(0.0),
+        }
+    }
+
+    /// `act'(z)`. ReLU's derivative at 0 is 0, as PyTorch's.
+    #[inline]
+    pub fn derivative(self, z: f32) -> f32 {
+        match self {
+            Act::Identity => 1.0,
+            Act::Gelu => gelu_derivative(z),
+            Act::Relu => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// `x · Φ(x)`, Φ the standard normal CDF through erf (computed in f64, as Burn's erf on
+/// NdArray does).
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    let x = f64::from(x);
+    (0.5 * x * (1.0 + libm::erf(x / SQRT_2))) as f32
+}
+
+/// `Φ(x) + x · φ(x)`: the exact derivative (PyTorch's `gelu_backward` with
+/// `approximate="none"`). Burn 0.21's autodiff differentiates its erf GELU with the tanh
+/// approximation's derivative instead (≈ 1e-3 off near |x| ≈ 2).
+#[inline]
+pub fn gelu_derivative(x: f32) -> f32 {
+    let x = f64::from(x);
+    let cdf = 0.5 * (1.0 + libm::erf(x / SQRT_2));
+    (cdf + x * INV_SQRT_2PI * (-0.5 * x * x).exp()) as f32
+}
+
+/// Element-wise GELU.
+pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)));
+    y
+}
+
+/// `dy · gelu'(x)`.
+pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                *dx = dy * gelu_derivative(x);
+            }
+        });
+    dx
+}
+
+/// Mean and `1/√(var + eps)` (biased variance, two passes in f64) of one slice.
+#[inline]
+fn moments(x: &[f32], eps: f64) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let d = f64::from(v) - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// Rows per rayon task for a row length `d`.
+fn rows_per_task(d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1)
+}
+
+/// LayerNorm over the last axis: `y = (x − μ)/√(σ² + eps) · γ + β` per row of length `d`.
+pub fn layer_norm_forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f64) -> Vec<f32> {
+    let d = gamma.len();
+    let mut y = vec![0f32; x.len()];
+    let rows = rows_per_task(d);
+    y.par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                let (mean, rstd) = moments(x, eps);
+                for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                    let b = beta.map_or(0.0, |b| b[j]);
+                    *y = (x - mean) * rstd * gamma[j] + b;
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of [`layer_norm_forward`]: `(dx, dγ, dβ)`, with
+/// `dx = r · (g − mean(g) − x̂ · mean(g · x̂))`, `g = dy · γ`, `r = 1/√(σ² + eps)`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let mut dx = vec![0f32; x.len()];
+    let rows = rows_per_task(d);
+    let partial = dx
+        .par_chunks_mut(rows * d)
+        .zip(x.par_chunks(rows * d).zip(dy.par_chunks(rows * d)))
+        .map(|(dx, (x, dy))| {
+            let mut dgamma = vec![0f64; d];
+            let mut dbeta = vec![0f64; d];
+            let mut xhat = vec![0f32; d];
+            for ((dx, x), dy) in dx
+                .chunks_exact_mut(d)
+                .zip(x.chunks_exact(d))
+                .zip(dy.chunks_exact(d))
+            {
+                let (mean, rstd) = moments(x, eps);
+                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                for j in 0..d {
+                    xhat[j] = (x[j] - mean) * rstd;
+                    let g = f64::from(dy[j] * gamma[j]);
+                    sum_g += g;
+                    sum_gx += g * f64::from(xhat[j]);
+                    dgamma[j] += f64::from(dy[j]) * f64::from(xhat[j]);
+                    dbeta[j] += f64::from(dy[j]);
+                }
+                let (mean_g, mean_gx) = ((sum_g / d as f64) as f32, (sum_gx / d as f64) as f32);
+                for j in 0..d {
+                    dx[j] = rstd * (dy[j] * gamma[j] - mean_g - xhat[j] * mean_gx);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect::<Vec<_>>();
+    let (dgamma, dbeta) = sum_partials(partial, d);
+    (dx, dgamma, dbeta)
+}
+
+/// Sums per-task `(a, b)` partial vectors of length `n` into f32.
+fn sum_partials(partial: Vec<(Vec<f64>, Vec<f64>)>, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut a = vec![0f64; n];
+    let mut b = vec![0f64; n];
+    for (pa, pb) in partial {
+        a.iter_mut().zip(pa).for_each(|(s, v)| *s += v);
+        b.iter_mut().zip(pb).for_each(|(s, v)| *s += v);
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (f(a), f(b))
+}
+
+/// Shape of a group-norm input: `[batch, channels, spatial]`, `groups` dividing `channels`.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub spatial: usize,
+    pub groups: usize,
+}
+
+impl GroupShape {
+    fn per_group(&self) -> usize {
+        self.channels / self.groups
+    }
+}
+
+/// `act(GroupNorm(x) · γ + β)` on NCHW data (`γ`, `β` per channel; `None` when not affine).
+pub fn group_norm_act_forward(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    shape: GroupShape,
+    eps: f64,
+    act: Act,
+) -> Vec<f32> {
+    let (cg, hw) = (shape.per_group(), shape.spatial);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(cg * hw)
+        .zip(x.par_chunks(cg * hw))
+        .enumerate()
+        .for_each(|(block, (y, x))| {
+            let (mean, rstd) = moments(x, eps);
+            let c0 = (block % shape.groups) * cg;
+            for (i, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
+                let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[c0 + i], b[c0 + i]));
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = act.apply((x - mean) * rstd * g + b);
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of [`group_norm_act_forward`]: `(dx, dγ, dβ)` (the last two per channel, zeros
+/// when not affine).
+pub fn group_norm_act_backward(
+    x: &[f32],
+    affine: Option<(&[f32], &[f32])>,
+    dy: &[f32],
+    shape: GroupShape,
+    eps: f64,
+    act: Act,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (cg, hw) = (shape.per_group(), shape.spatial);
+    let n = (cg * hw) as f64;
+    let mut dx = vec![0f32; x.len()];
+    let partial = dx
+        .par_chunks_mut(cg * hw)
+        .zip(x.par_chunks(cg * hw).zip(dy.par_chunks(cg * hw)))
+        .enumerate()
+        .map(|(block, (dx, (x, dy)))| {
+            let (mean, rstd) = moments(x, eps);
+            let c0 = (block % shape.groups) * cg;
+            let mut dgamma = vec![0f64; shape.channels];
+            let mut dbeta = vec![0f64; shape.channels];
+            // dz = dy · act'(z), kept in dx until the normalisation's backward overwrites it.
+            let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+            for (i, ((dx, x), dy)) in dx
+                .chunks_exact_mut(hw)
+                .zip(x.chunks_exact(hw))
+                .zip(dy.chunks_exact(hw))
+                .enumerate()
+            {
+                let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[c0 + i], b[c0 + i]));
+                let (mut s_dz, mut s_dzx) = (0f64, 0f64);
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let xhat = (x - mean) * rstd;
+                    let dz = dy * act.derivative(xhat * g + b);
+                    *dx = dz * g;
+                    s_dz += f64::from(dz);
+                    s_dzx += f64::from(dz) * f64::from(xhat);
+                }
+                dgamma[c0 + i] = s_dzx;
+                dbeta[c0 + i] = s_dz;
+                sum_g += s_dz * f64::from(g);
+                sum_gx += s_dzx * f64::from(g);
+            }
+            let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+            for (dx, &x) in dx.iter_mut().zip(x) {
+                let xhat = (x - mean) * rstd;
+                *dx = rstd * (*dx - mean_g - xhat * mean_gx);
+            }
+            (dgamma, dbeta)
+        })
+        .collect::<Vec<_>>();
+    let (dgamma, dbeta) = sum_partials(partial, shape.channels);
+    (dx, dgamma, dbeta)
+}
+
+/// Shape of a depthwise input: `planes = batch · channels` planes of `h × w`.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaneShape {
+    pub batch: usize,
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// `y += Σ_k w[k] · x[· + offset_k]` for one `h × w` plane, zero padding 1 (cross-correlation
+/// with a 3×3 kernel, as conv2d computes).
+fn correlate3x3(x: &[f32], k: &[f32; 9], y: &mut [f32], h: usize, w: usize) {
+    for i in 0..h {
+        let out = &mut y[i * w..(i + 1) * w];
+        for dy in 0..3 {
+            let Some(r) = (i + dy).checked_sub(1).filter(|&r| r < h) else {
+                continue;
+            };
+            let row = &x[r * w..(r + 1) * w];
+            let (k0, k1, k2) = (k[dy * 3], k[dy * 3 + 1], k[dy * 3 + 2]);
+            if w == 1 {
+                out[0] += k1 * row[0];
+                continue;
+            }
+            out[0] += k1 * row[0] + k2 * row[1];
+            for j in 1..w - 1 {
+                out[j] += k0 * row[j - 1] + k1 * row[j] + k2 * row[j + 1];
+            }
+            out[w - 1] += k0 * row[w - 2] + k1 * row[w - 1];
+        }
+    }
+}
+
+/// Depthwise 3×3 conv, stride 1, padding 1, no bias: `x [batch, C, h, w]`, `weight [C, 9]`.
+pub fn depthwise3x3_forward(x: &[f32], weight: &[f32], shape: PlaneShape) -> Vec<f32> {
+    let plane = shape.h * shape.w;
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
+        .enumerate()
+        .for_each(|(p, (y, x))| {
+            let c = p % shape.channels;
+            let k: [f32; 9] = weight[c * 9..c * 9 + 9].try_into().expect("9 taps");
+            correlate3x3(x, &k, y, shape.h, shape.w);
+        });
+    y
+}
+
+/// Gradients of [`depthwise3x3_forward`]: `dx` is the correlation of `dy` with the kernel
+/// rotated by 180°; `dw[c, k] = Σ_{n,i,j} dy · x shifted by tap k`.
+pub fn depthwise3x3_backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    shape: PlaneShape,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (h, w) = (shape.h, shape.w);
+    let plane = h * w;
+    let dx = need_dx.then(|| {
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(plane)
+            .zip(dy.par_chunks(plane))
+            .enumerate()
+            .for_each(|(p, (dx, dy))| {
+                let c = p % shape.channels;
+                let mut k = [0f32; 9];
+                for (t, k) in k.iter_mut().enumerate() {
+                    *k = weight[c * 9 + 8 - t];
+                }
+                correlate3x3(dy, &k, dx, h, w);
+            });
+        dx
+    });
+    let per_plane: Vec<[f64; 9]> = x
+        .par_chunks(plane)
+        .zip(dy.par_chunks(plane))
+        .map(|(x, dy)| {
+            let mut acc = [0f64; 9];
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let (oy, ox) = (t / 3, t % 3);
+                // Output pixels (i, j) whose input pixel (i + oy − 1, j + ox − 1) is inside.
+                let (i0, i1) = (1usize.saturating_sub(oy), (h + 1 - oy).min(h));
+                let (j0, j1) = (1usize.saturating_sub(ox), (w + 1 - ox).min(w));
+                let mut s = 0f64;
+                for i in i0..i1 {
+                    let r = i + oy - 1;
+                    let d = &dy[i * w + j0..i * w + j1];
+                    let v = &x[r * w + j0 + ox - 1..r * w + j1 + ox - 1];
+                    s += f64::from(d.iter().zip(v).map(|(a, b)| a * b).sum::<f32>());
+                }
+                *acc = s;
+            }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0f64; shape.channels * 9];
+    for (p, acc) in per_plane.iter().enumerate() {
+        let c = p % shape.channels;
+        for t in 0..9 {
+            dw[c * 9 + t] += acc[t];
+        }
+    }
+    (dx, dw.into_iter().map(|v| v as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        (0..n as u64)
+            .map(|i| {
+                let h = (i ^ (seed << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                ((h >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// `Σ c·f(x)` by central differences in f64 around each input, against the kernel's
+    /// `dx` for the cotangent `c`.
+    fn check_dx(f: impl Fn(&[f32]) -> Vec<f32>, x: &[f32], c: &[f32], dx: &[f32], tol: f64) {
+        let loss = |x: &[f32]| -> f64 {
+            f(x).iter()
+                .zip(c)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
+        };
+        let h = 1e-2f32;
+        let scale = dx.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+        for i in (0..x.len()).step_by(7) {
+            let (mut p, mut m) = (x.to_vec(), x.to_vec());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * f64::from(h));
+            let err = (fd - f64::from(dx[i])).abs() / scale;
+            assert!(err < tol, "dx[{i}]: finite difference {fd}, kernel {}", dx[i]);
+        }
+    }
+
+    #[test]
+    fn depthwise_backward_is_the_forwards_adjoint() {
+        let shape = PlaneShape { batch: 2, channels: 3, h: 5, w: 4 };
+        let n = 2 * 3 * 5 * 4;
+        let (x, w, c) = (values(n, 1), values(27, 2), values(n, 3));
+        let (dx, dw) = depthwise3x3_backward(&x, &w, &c, shape, true);
+        // Linear in x and in w: ⟨c, f(x)⟩ = ⟨dx, x⟩ = ⟨dw, w⟩ exactly (up to rounding).
+        let y = depthwise3x3_forward(&x, &w, shape);
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+        };
+        let lhs = dot(&c, &y);
+        assert!((lhs - dot(&dx.unwrap(), &x)).abs() < 1e-4 * lhs.abs().max(1.0));
+        assert!((lhs - dot(&dw, &w)).abs() < 1e-4 * lhs.abs().max(1.0));
+    }
+
+    #[test]
+    fn norm_and_gelu_gradients_match_finite_differences() {
+        let (rows, d) = (3, 16);
+        let (x, g, b, c) = (values(rows * d, 4), values(d, 5), values(d, 6), values(rows * d, 7));
+        let (dx, _, _) = layer_norm_backward(&x, &g, &c, 1e-5);
+        check_dx(|x| layer_norm_forward(x, &g, Some(&b), 1e-5), &x, &c, &dx, 2e-3);
+
+        let shape = GroupShape { batch: 2, channels: 4, spatial: 6, groups: 2 };
+        let n = 2 * 4 * 6;
+        let (x, g, b, c) = (values(n, 8), values(4, 9), values(4, 10), values(n, 11));
+        for act in [Act::Identity, Act::Gelu] {
+            let (dx, _, _) = group_norm_act_backward(&x, Some((&g, &b)), &c, shape, 1e-5, act);
+            let f = |x: &[f32]| group_norm_act_forward(x, Some((&g, &b)), shape, 1e-5, act);
+            check_dx(f, &x, &c, &dx, 2e-3);
+        }
+
+        let x = values(64, 12);
+        let c = values(64, 13);
+        check_dx(gelu_forward, &x, &c, &gelu_backward(&x, &c), 1e-3);
+    }
+}

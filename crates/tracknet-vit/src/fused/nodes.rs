@@ -1,0 +1,187 @@
+//! The fused ops as single autodiff nodes: each keeps its inputs only and calls the inner
+//! backend's written-out backward ([`FusedBackend`]'s `*_backward` methods).
+
+use burn::backend::autodiff::{
+    Autodiff,
+    checkpoint::{base::Checkpointer, strategy::CheckpointStrategy},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+use burn::tensor::ops::FloatTensor;
+
+use super::FusedBackend;
+use super::kernels::Act;
+
+type Ad<B, C> = FloatTensor<Autodiff<B, C>>;
+
+/// Element-wise GELU with the exact derivative.
+pub fn gelu<B: FusedBackend, C: CheckpointStrategy>(x: Ad<B, C>) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct GeluBackward;
+
+    impl<B: FusedBackend> Backward<B, 1> for GeluBackward {
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            if let Some(node) = node {
+                grads.register::<B>(node.id, B::fused_gelu_backward(ops.state, grad));
+            }
+        }
+    }
+
+    match GeluBackward
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = B::fused_gelu(x.primitive.clone());
+            prep.finish(x.primitive, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::fused_gelu(x.primitive)),
+    }
+}
+
+/// LayerNorm over the last axis with weight and bias.
+pub fn layer_norm<B: FusedBackend, C: CheckpointStrategy>(
+    x: Ad<B, C>,
+    gamma: Ad<B, C>,
+    beta: Ad<B, C>,
+    eps: f64,
+) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct LayerNormBackward {
+        eps: f64,
+    }
+
+    impl<B: FusedBackend> Backward<B, 3> for LayerNormBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_x, node_g, node_b] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x, gamma) = ops.state;
+            let (dx, dg, db) = B::fused_layer_norm_backward(x, gamma, grad, self.eps);
+            for (node, g) in [(node_x, dx), (node_g, dg), (node_b, db)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+    }
+
+    let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    match (LayerNormBackward { eps })
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (x.primitive.clone(), gamma.primitive.clone());
+            let out = B::fused_layer_norm(x.primitive, gamma.primitive, beta.primitive, eps);
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::fused_layer_norm(
+            x.primitive,
+            gamma.primitive,
+            beta.primitive,
+            eps,
+        )),
+    }
+}
+
+/// `act(GroupNorm(x) · γ + β)` on `[batch, C, h, w]`.
+pub fn group_norm_act<B: FusedBackend, C: CheckpointStrategy>(
+    x: Ad<B, C>,
+    gamma: Ad<B, C>,
+    beta: Ad<B, C>,
+    groups: usize,
+    eps: f64,
+    act: Act,
+) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct GroupNormBackward {
+        groups: usize,
+        eps: f64,
+        act: Act,
+    }
+
+    impl<B: FusedBackend> Backward<B, 3> for GroupNormBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_x, node_g, node_b] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x, gamma, beta) = ops.state;
+            let (dx, dg, db) =
+                B::fused_group_norm_act_backward(x, gamma, beta, grad, self.groups, self.eps, self.act);
+            for (node, g) in [(node_x, dx), (node_g, dg), (node_b, db)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, g);
+                }
+            }
+        }
+    }
+
+    let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let forward = |x, g, b| B::fused_group_norm_act(x, g, b, groups, eps, act);
+    match (GroupNormBackward { groups, eps, act })
+        .prepare::<C>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (
+                x.primitive.clone(),
+                gamma.primitive.clone(),
+                beta.primitive.clone(),
+            );
+            prep.finish(state, forward(x.primitive, gamma.primitive, beta.primitive))
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward(x.primitive, gamma.primitive, beta.primitive))
+        }
+    }
+}
+
+/// Depthwise 3×3, stride 1, padding 1, no bias.
+pub fn depthwise3x3<B: FusedBackend, C: CheckpointStrategy>(
+    x: Ad<B, C>,
+    weight: Ad<B, C>,
+) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct DepthwiseBackward;
+
+    impl<B: FusedBackend> Backward<B, 2> for DepthwiseBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_x, node_w] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x, weight) = ops.state;
+            let (dx, dw) = B::fused_depthwise3x3_backward(x, weight, grad, node_x.is_some());
+            if let (Some(node), Some(dx)) = (node_x, dx) {
+                grads.register::<B>(node.id, dx);
+            }
+            if let Some(node) = node_w {
+                grads.register::<B>(node.id, dw);
+            }
+        }
+    }
+
+    match DepthwiseBackward
+        .prepare::<C>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = (x.primitive.clone(), weight.primitive.clone());
+            prep.finish(state, B::fused_depthwise3x3(x.primitive, weight.primitive))
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::fused_depthwise3x3(x.primitive, weight.primitive))
+        }
+    }
+}
