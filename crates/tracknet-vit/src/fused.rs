@@ -19,6 +19,7 @@
 //! (`Φ(x) + x·φ(x)`, PyTorch's derivative): Burn 0.21's autodiff uses the tanh
 //! approximation's derivative for its erf GELU.
 
+mod attention_kernel;
 mod composed;
 #[cfg(test)]
 mod grad_tests;
@@ -72,6 +73,18 @@ pub trait FusedBackend: Backend {
     ) -> FloatTensor<Self> {
         let (q, k, v) = (float::<Self>(q), float::<Self>(k), float::<Self>(v));
         attention_probs(q, k).matmul(v).into_primitive().tensor()
+    }
+
+    /// `[dq, dk, dv]` of [`fused_attention`](Self::fused_attention) for the output gradient
+    /// `grad`, each only where `need` says so. The probabilities are recomputed.
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        composed_attention_backward::<Self>(q, k, v, grad, need)
     }
 
     /// Whether the ops below are host kernels whose autodiff nodes should be used (NdArray).
@@ -178,6 +191,44 @@ impl FusedBackend for NdArray {
 
     fn host_kernels() -> bool {
         true
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (Some(vq), Some(vk), Some(vv)) = (host::view4(&q), host::view4(&k), host::view4(&v))
+        else {
+            let (q, k, v) = (float::<Self>(q), float::<Self>(k), float::<Self>(v));
+            return prim(attention_probs(q, k).matmul(v));
+        };
+        let out = attention_kernel::forward(&vq, &vk, &vv);
+        host::write_bthd(out, vq.shape)
+    }
+
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        let views = (
+            host::view4(&q),
+            host::view4(&k),
+            host::view4(&v),
+            host::view4(&grad),
+        );
+        let (Some(vq), Some(vk), Some(vv), Some(vg)) = views else {
+            return composed_attention_backward::<Self>(q, k, v, grad, need);
+        };
+        let [dq, dk, dv] = attention_kernel::backward(&vq, &vk, &vv, &vg, need);
+        [
+            dq.map(|g| host::write_bthd(g, vq.shape)),
+            dk.map(|g| host::write_bthd(g, vk.shape)),
+            dv.map(|g| host::write_bthd(g, vv.shape)),
+        ]
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -408,6 +459,33 @@ fn float<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
+/// [`FusedBackend::fused_attention_backward`] in Burn's tensor ops.
+fn composed_attention_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    need: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+        let grad = float::<B>(grad);
+    let (q, k, v) = (float::<B>(q), float::<B>(k), float::<B>(v));
+    let scale = (q.dims()[3] as f64).powf(-0.5);
+    let p = attention_probs(q.clone(), k.clone());
+    // dV = Pᵀ·dO
+    let dv = need[2].then(|| p.clone().swap_dims(2, 3).matmul(grad.clone()));
+    if !need[0] && !need[1] {
+        return [None, None, dv.map(prim)];
+    }
+    // dS = P ⊙ (dP − rowsum(dP ⊙ P)), dP = dO·vᵀ (the softmax backward), times the
+    // 1/√d of the scores.
+    let dp = grad.matmul(v.swap_dims(2, 3));
+    let row = (dp.clone() * p.clone()).sum_dim(3);
+    let ds = (p * (dp - row)) * scale;
+    let dq = need[0].then(|| ds.clone().matmul(k));
+    let dk = need[1].then(|| ds.swap_dims(2, 3).matmul(q));
+    [dq.map(prim), dk.map(prim), dv.map(prim)]
+}
+
 /// `softmax(q·kᵀ/√d)`: `[batch, heads, tokens, tokens]`.
 fn attention_probs<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> Tensor<B, 4> {
     use tracknet_quant::autocast::{to, to_f32};
@@ -495,7 +573,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         #[derive(Debug)]
         struct AttentionBackward;
 
-        impl<B: Backend> Backward<B, 3> for AttentionBackward {
+        impl<B: FusedBackend> Backward<B, 3> for AttentionBackward {
             /// q, k, v only: the probabilities are recomputed.
             type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
@@ -505,32 +583,14 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _checkpointer: &mut Checkpointer,
             ) {
-                let [node_q, node_k, node_v] = ops.parents;
-                let grad = float::<B>(grads.consume::<B>(&ops.node));
+                let grad = grads.consume::<B>(&ops.node);
                 let (q, k, v) = ops.state;
-                let (q, k, v) = (float::<B>(q), float::<B>(k), float::<B>(v));
-                let scale = (q.dims()[3] as f64).powf(-0.5);
-                let p = attention_probs(q.clone(), k.clone());
-                if let Some(node) = node_v {
-                    // dV = Pᵀ·dO
-                    let dv = p.clone().swap_dims(2, 3).matmul(grad.clone());
-                    grads.register::<B>(node.id, dv.into_primitive().tensor());
-                }
-                if node_q.is_none() && node_k.is_none() {
-                    return;
-                }
-                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), dP = dO·vᵀ (the softmax backward), times the
-                // 1/√d of the scores.
-                let dp = grad.matmul(v.swap_dims(2, 3));
-                let row = (dp.clone() * p.clone()).sum_dim(3);
-                let ds = (p * (dp - row)) * scale;
-                if let Some(node) = node_q {
-                    let dq = ds.clone().matmul(k);
-                    grads.register::<B>(node.id, dq.into_primitive().tensor());
-                }
-                if let Some(node) = node_k {
-                    let dk = ds.swap_dims(2, 3).matmul(q);
-                    grads.register::<B>(node.id, dk.into_primitive().tensor());
+                let need = ops.parents.each_ref().map(Option::is_some);
+                let out = B::fused_attention_backward(q, k, v, grad, need);
+                for (node, g) in ops.parents.into_iter().zip(out) {
+                    if let (Some(node), Some(g)) = (node, g) {
+                        grads.register::<B>(node.id, g);
+                    }
                 }
             }
         }
@@ -653,6 +713,31 @@ mod tests {
             let composed = rel_to(&host(t.grad(&g_composed).unwrap()), &want);
             println!("d{name}: fused {fused:e}, composed {composed:e} (relative to f64)");
             assert!(fused < 1e-5, "d{name}: fused {fused} from the f64 gradient");
+        }
+        // Strided inputs (the `split_heads` view of `[batch, tokens, heads, head_dim]`
+        // memory, which the NdArray kernel reads in place): the same values and gradients as
+        // contiguous ones.
+        let bthd = |i: usize| {
+            let t = Tensor::<A, 4>::from_data(TensorData::new(data[i].clone(), [2, 7, 3, 8]), &device);
+            t.require_grad()
+        };
+        let (qs, ks, vs) = (bthd(0), bthd(1), bthd(2));
+        let contiguous = |t: &Tensor<A, 4>| {
+            Tensor::<A, 4>::from_data(t.clone().swap_dims(1, 2).into_data(), &device).require_grad()
+        };
+        let (qc, kc, vc) = (contiguous(&qs), contiguous(&ks), contiguous(&vs));
+        let run = |q: Tensor<A, 4>, k: Tensor<A, 4>, v: Tensor<A, 4>| {
+            float::<A>(A::fused_attention(prim(q), prim(k), prim(v)))
+        };
+        let strided = run(qs.clone().swap_dims(1, 2), ks.clone().swap_dims(1, 2), vs.clone().swap_dims(1, 2));
+        let plain = run(qc.clone(), kc.clone(), vc.clone());
+        let wide = |t: Tensor<NdArray, 4>| host(t);
+        assert_eq!(wide(strided.clone().inner()), wide(plain.clone().inner()));
+        let w2 = Tensor::<A, 4>::from_data(TensorData::new(data[3].clone(), shape), &device);
+        let (gs, gc) = ((strided * w2.clone()).sum().backward(), (plain * w2).sum().backward());
+        for (s, c) in [(&qs, &qc), (&ks, &kc), (&vs, &vc)] {
+            let s = s.grad(&gs).unwrap().swap_dims(1, 2);
+            assert_eq!(wide(s), wide(c.grad(&gc).unwrap()));
         }
         // Only v needs a gradient: the others are not computed (and nothing fails).
         let v2 = leaf(2);

@@ -34,3 +34,30 @@ pub fn write(data: Vec<f32>, shape: &[usize]) -> FloatTensor<NdArray> {
 pub fn all_f32(ts: &[&FloatTensor<NdArray>]) -> bool {
     ts.iter().all(|t| matches!(t, NdArrayTensor::F32(_)))
 }
+
+/// A strided 4-D view of an f32 tensor for the attention kernel, valid while `t` lives.
+pub fn view4(t: &FloatTensor<NdArray>) -> Option<super::attention_kernel::View> {
+    let NdArrayTensor::F32(storage) = t else {
+        return None;
+    };
+    let view = storage.view();
+    let (shape, strides) = (view.shape(), view.strides());
+    if shape.len() != 4 {
+        return None;
+    }
+    Some(super::attention_kernel::View {
+        ptr: view.as_ptr(),
+        shape: [shape[0], shape[1], shape[2], shape[3]],
+        strides: [strides[0], strides[1], strides[2], strides[3]],
+    })
+}
+
+/// A `[batch, heads, tokens, head_dim]` tensor over `data` laid out as
+/// `[batch, tokens, heads, head_dim]` (the attention kernel's output order): a permuted view,
+/// no copy.
+pub fn write_bthd(data: Vec<f32>, [b, h, t, d]: [usize; 4]) -> FloatTensor<NdArray> {
+    let array = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&[b, t, h, d]), data)
+        .expect("kernel output has its shape's length")
+        .permuted_axes(ndarray::IxDyn(&[0, 2, 1, 3]));
+    NdArrayTensor::from(array)
+}
