@@ -7,7 +7,7 @@
 
 mod block;
 mod init;
-mod resize;
+pub(crate) mod resize;
 mod se;
 
 pub use block::{DecoderNorm, ResidualBlock, ResidualBlockConfig, channel_dropout2d};

@@ -87,6 +87,21 @@ pub trait FusedBackend: Backend {
         composed_attention_backward::<Self>(q, k, v, grad, need)
     }
 
+    /// Bilinear resize (`align_corners = false`) of `[batch, channels, h, w]` to `size`
+    /// (`[height, width]`), PyTorch's `F.interpolate(mode="bilinear")`.
+    fn fused_bilinear_resize(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
+        prim(crate::decoder::resize::composed(float::<Self>(x), size))
+    }
+
+    /// The gradient of [`fused_bilinear_resize`](Self::fused_bilinear_resize) with respect to
+    /// its input of spatial size `in_hw`.
+    fn fused_bilinear_resize_backward(
+        grad: FloatTensor<Self>,
+        in_hw: [usize; 2],
+    ) -> FloatTensor<Self> {
+        prim(crate::decoder::resize::composed_backward(float::<Self>(grad), in_hw))
+    }
+
     /// Whether the ops below are host kernels whose autodiff nodes should be used (NdArray).
     /// False: the autodiff backend differentiates the composed (native) forward instead.
     fn host_kernels() -> bool {
@@ -231,6 +246,27 @@ impl FusedBackend for NdArray {
         ]
     }
 
+    fn fused_bilinear_resize(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
+        let Some((data, shape)) = host::read(&x) else {
+            return prim(crate::decoder::resize::composed(float::<Self>(x), size));
+        };
+        let (ty, tx) = resize_taps([shape[2], shape[3]], size);
+        let y = kernels::bilinear_forward(&data, (shape[2], shape[3]), &ty, &tx);
+        host::write(y, &[shape[0], shape[1], size[0], size[1]])
+    }
+
+    fn fused_bilinear_resize_backward(
+        grad: FloatTensor<Self>,
+        in_hw: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let Some((data, shape)) = host::read(&grad) else {
+            return prim(crate::decoder::resize::composed_backward(float::<Self>(grad), in_hw));
+        };
+        let (ty, tx) = resize_taps(in_hw, [shape[2], shape[3]]);
+        let dx = kernels::bilinear_backward(&data, (in_hw[0], in_hw[1]), &ty, &tx);
+        host::write(dx, &[shape[0], shape[1], in_hw[0], in_hw[1]])
+    }
+
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match host::read(&x) {
             Some((data, shape)) => host::write(kernels::gelu_forward(&data), &shape),
@@ -370,6 +406,16 @@ impl FusedBackend for NdArray {
         let (dx, dw) = kernels::depthwise3x3_backward(&xs, &w, &dy, plane_shape(&shape), need_dx);
         (dx.map(|dx| host::write(dx, &shape)), host::write(dw, &ws))
     }
+}
+
+/// The taps of both axes for a resize `from` → `to` (`[height, width]`).
+#[allow(clippy::type_complexity)]
+fn resize_taps(
+    from: [usize; 2],
+    to: [usize; 2],
+) -> (Vec<(usize, usize, f32)>, Vec<(usize, usize, f32)>) {
+    use crate::decoder::resize::source_taps;
+    (source_taps(from[0], to[0]), source_taps(from[1], to[1]))
 }
 
 /// `[batch, channels, h, w]` (any trailing spatial axes) as the group-norm kernel's shape.
@@ -554,6 +600,14 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             nodes::gelu::<B, C>(y)
         } else {
             y
+        }
+    }
+
+    fn fused_bilinear_resize(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
+        if B::host_kernels() {
+            nodes::bilinear_resize::<B, C>(x, size)
+        } else {
+            prim(crate::decoder::resize::composed(float::<Self>(x), size))
         }
     }
 

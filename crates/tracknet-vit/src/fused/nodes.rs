@@ -185,3 +185,34 @@ pub fn depthwise3x3<B: FusedBackend, C: CheckpointStrategy>(
         }
     }
 }
+
+/// Bilinear resize (`align_corners = false`) of `[batch, channels, h, w]` to `size`.
+pub fn bilinear_resize<B: FusedBackend, C: CheckpointStrategy>(
+    x: Ad<B, C>,
+    size: [usize; 2],
+) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct ResizeBackward {
+        in_hw: [usize; 2],
+    }
+
+    impl<B: FusedBackend> Backward<B, 1> for ResizeBackward {
+        type State = ();
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            if let Some(node) = node {
+                grads.register::<B>(node.id, B::fused_bilinear_resize_backward(grad, self.in_hw));
+            }
+        }
+    }
+
+    use burn::tensor::TensorMetadata;
+    let shape = x.primitive.shape();
+    let in_hw = [shape[2], shape[3]];
+    (ResizeBackward { in_hw })
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateless(B::fused_bilinear_resize(x.primitive, size))
+}
