@@ -56,9 +56,13 @@ pub fn conv2d<B: FusedBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4
     let bias = conv.bias.as_ref().map(|b| b.val());
     let weight = conv.weight.val();
     let y = match (kh, kw, pad) {
-        (1, 1, Some(0)) if unit && conv.groups == 1 => pointwise(x, weight, out_c, in_c),
+        // With a bias: one fused op (bias included); without: the batched matmul.
+        (1, 1, Some(0)) if unit && conv.groups == 1 => match bias {
+            Some(b) => return crate::fused::pointwise(x, weight, b),
+            None => pointwise(x, weight, out_c, in_c),
+        },
         (3, 3, Some(1)) if unit && conv.groups == in_c && in_per_group == 1 && out_c == in_c => {
-            crate::fused::depthwise3x3(x, weight)
+            return crate::fused::depthwise3x3(x, weight, bias);
         }
         (3, 3, Some(1)) if unit && conv.groups == 1 => full3x3(x, weight),
         (p, q, Some(0))

@@ -43,6 +43,7 @@ use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
 use tracknet_quant::QuantBackend;
 
 type Grads3<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+type OptGrads3<B> = (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>);
 
 /// Backends with the model's fused ops.
 pub trait FusedBackend: Backend {
@@ -170,23 +171,65 @@ pub trait FusedBackend: Backend {
         composed::group_norm_act_backward::<Self>(x, gamma, beta, grad, groups, eps, act)
     }
 
-    /// Depthwise 3×3 conv, stride 1, padding 1, no bias.
+    /// Depthwise 3×3 conv, stride 1, padding 1, with bias.
     ///
     /// # Shapes
-    /// - x: `[batch, channels, h, w]`; weight: `[channels, 1, 3, 3]`
-    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed::depthwise3x3::<Self>(x, weight)
+    /// - x: `[batch, channels, h, w]`; weight: `[channels, 1, 3, 3]`; bias: `[channels]`
+    fn fused_depthwise3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::depthwise3x3::<Self>(x, weight, bias)
     }
 
-    /// `(dx, dw)` of [`fused_depthwise3x3`](Self::fused_depthwise3x3); `dx` only when
+    /// `(dx, dw, dbias)` of [`fused_depthwise3x3`](Self::fused_depthwise3x3); `dx` only when
     /// `need_dx`.
     fn fused_depthwise3x3_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         need_dx: bool,
-    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+    ) -> OptGrads3<Self> {
         composed::depthwise3x3_backward::<Self>(x, weight, grad, need_dx)
+    }
+
+    /// 1×1 conv with bias on NCHW data.
+    ///
+    /// # Shapes
+    /// - x: `[batch, C, h, w]`; weight: `[O, C, 1, 1]`; bias: `[O]`; output `[batch, O, h, w]`
+    fn fused_pointwise(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::pointwise::<Self>(x, weight, bias)
+    }
+
+    /// `(dx, dW, dbias)` of [`fused_pointwise`](Self::fused_pointwise); `dx` only when
+    /// `need_dx`.
+    fn fused_pointwise_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need_dx: bool,
+    ) -> OptGrads3<Self> {
+        composed::pointwise_backward::<Self>(x, weight, grad, need_dx)
+    }
+
+    /// DINOv3's 2-D RoPE on the last `patches` tokens, `x · cos + rot(x) · sin` with
+    /// `rot(x1, x2) = (−x2, x1)` over the halves of the head dimension; the leading
+    /// (CLS, register) tokens pass unchanged. With `transpose`, the adjoint (the backward).
+    ///
+    /// # Shapes
+    /// - x: `[batch, heads, tokens, head_dim]`; cos, sin: `[patches, head_dim]`
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        composed::rope::<Self>(x, cos, sin, transpose)
     }
 }
 
@@ -376,15 +419,21 @@ impl FusedBackend for NdArray {
         )
     }
 
-    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        if !host::all_f32(&[&x, &weight]) {
-            return composed::depthwise3x3::<Self>(x, weight);
+    fn fused_depthwise3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !host::all_f32(&[&x, &weight, &bias]) {
+            return composed::depthwise3x3::<Self>(x, weight, bias);
         }
-        let (Some((xs, shape)), Some((w, _))) = (host::read(&x), host::read(&weight)) else {
+        let (Some((xs, shape)), Some((w, _)), Some((b, _))) =
+            (host::read(&x), host::read(&weight), host::read(&bias))
+        else {
             unreachable!("checked f32 above")
         };
         host::write(
-            kernels::depthwise3x3_forward(&xs, &w, plane_shape(&shape)),
+            kernels::depthwise3x3_forward(&xs, &w, &b, plane_shape(&shape)),
             &shape,
         )
     }
@@ -394,7 +443,7 @@ impl FusedBackend for NdArray {
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         need_dx: bool,
-    ) -> (Option<FloatTensor<Self>>, FloatTensor<Self>) {
+    ) -> OptGrads3<Self> {
         if !host::all_f32(&[&x, &weight, &grad]) {
             return composed::depthwise3x3_backward::<Self>(x, weight, grad, need_dx);
         }
@@ -403,8 +452,69 @@ impl FusedBackend for NdArray {
         else {
             unreachable!("checked f32 above")
         };
-        let (dx, dw) = kernels::depthwise3x3_backward(&xs, &w, &dy, plane_shape(&shape), need_dx);
-        (dx.map(|dx| host::write(dx, &shape)), host::write(dw, &ws))
+        let (dx, dw, db) =
+            kernels::depthwise3x3_backward(&xs, &w, &dy, plane_shape(&shape), need_dx);
+        (
+            dx.map(|dx| host::write(dx, &shape)),
+            host::write(dw, &ws),
+            host::write(db, &[shape[1]]),
+        )
+    }
+
+    fn fused_pointwise(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !host::all_f32(&[&x, &weight, &bias]) {
+            return composed::pointwise::<Self>(x, weight, bias);
+        }
+        let (Some((xs, shape)), Some((w, _)), Some((b, _))) =
+            (host::read(&x), host::read(&weight), host::read(&bias))
+        else {
+            unreachable!("checked f32 above")
+        };
+        let (c, hw) = (shape[1], shape[2] * shape[3]);
+        let y = kernels::pointwise_forward(&xs, &w, &b, (c, hw));
+        host::write(y, &[shape[0], b.len(), shape[2], shape[3]])
+    }
+
+    fn fused_pointwise_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        need_dx: bool,
+    ) -> OptGrads3<Self> {
+        if !host::all_f32(&[&x, &weight, &grad]) {
+            return composed::pointwise_backward::<Self>(x, weight, grad, need_dx);
+        }
+        let (Some((xs, shape)), Some((w, ws)), Some((dy, _))) =
+            (host::read(&x), host::read(&weight), host::read(&grad))
+        else {
+            unreachable!("checked f32 above")
+        };
+        let (c, o, hw) = (shape[1], ws[0], shape[2] * shape[3]);
+        let (dx, dw, db) = kernels::pointwise_backward(&xs, &w, &dy, (c, o, hw), need_dx);
+        (
+            dx.map(|dx| host::write(dx, &shape)),
+            host::write(dw, &ws),
+            host::write(db, &[o]),
+        )
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        let (Some(view), Some((c, _)), Some((s, _))) =
+            (host::view4(&x), host::read(&cos), host::read(&sin))
+        else {
+            return composed::rope::<Self>(x, cos, sin, transpose);
+        };
+        let y = attention_kernel::rope(&view, &c, &s, transpose);
+        host::write_bthd(y, view.shape)
     }
 }
 
@@ -495,10 +605,31 @@ pub fn group_norm_act<B: FusedBackend>(
     }
 }
 
-/// Depthwise 3×3 conv, stride 1, padding 1, no bias, through
-/// [`FusedBackend::fused_depthwise3x3`]: `x [batch, C, h, w]`, `weight [C, 1, 3, 3]`.
-pub fn depthwise3x3<B: FusedBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
-    wrap(B::fused_depthwise3x3(prim(x), prim(weight)))
+/// Depthwise 3×3 conv, stride 1, padding 1, through [`FusedBackend::fused_depthwise3x3`]:
+/// `x [batch, C, h, w]`, `weight [C, 1, 3, 3]`, `bias [C]` (zeros when `None`).
+pub fn depthwise3x3<B: FusedBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 4> {
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+    wrap(B::fused_depthwise3x3(prim(x), prim(weight), prim(bias)))
+}
+
+/// 1×1 conv with bias through [`FusedBackend::fused_pointwise`]: `x [batch, C, h, w]`,
+/// `weight [O, C, 1, 1]`, `bias [O]`.
+pub fn pointwise<B: FusedBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, 4> {
+    wrap(B::fused_pointwise(prim(x), prim(weight), prim(bias)))
+}
+
+/// DINOv3's 2-D RoPE through [`FusedBackend::fused_rope`]: `x [batch, heads, tokens, d]`,
+/// `cos`, `sin` `[patches, d]` (constants: no gradient flows to them through the host node).
+pub fn rope<B: FusedBackend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+    wrap(B::fused_rope(prim(x), prim(cos), prim(sin), false))
 }
 
 fn float<B: Backend>(t: FloatTensor<B>) -> Tensor<B, 4> {
@@ -611,11 +742,42 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         }
     }
 
-    fn fused_depthwise3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn fused_depthwise3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         if B::host_kernels() {
-            nodes::depthwise3x3::<B, C>(x, weight)
+            nodes::conv::<B, C>(nodes::ConvKind::Depthwise3x3, x, weight, bias)
         } else {
-            composed::depthwise3x3::<Self>(x, weight)
+            composed::depthwise3x3::<Self>(x, weight, bias)
+        }
+    }
+
+    fn fused_pointwise(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if B::host_kernels() {
+            nodes::conv::<B, C>(nodes::ConvKind::Pointwise, x, weight, bias)
+        } else {
+            composed::pointwise::<Self>(x, weight, bias)
+        }
+    }
+
+    fn fused_rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+        transpose: bool,
+    ) -> FloatTensor<Self> {
+        // The node treats cos and sin as constants: tracked ones take the composed ops.
+        let constant = cos.node.requirement.is_none() && sin.node.requirement.is_none();
+        if B::host_kernels() && constant {
+            nodes::rope::<B, C>(x, cos.primitive, sin.primitive, transpose)
+        } else {
+            composed::rope::<Self>(x, cos, sin, transpose)
         }
     }
 

@@ -123,18 +123,11 @@ impl Dinov3Rope {
 
 /// Rotate the last `cos.dims()[0]` tokens of `x [batch, heads, tokens, head_dim]`; the leading
 /// CLS/register tokens pass unchanged. `cos`, `sin`: `[patches, head_dim]`.
-pub(crate) fn apply<B: Backend>(
+/// ([`crate::fused::rope`]: one host kernel with its adjoint as backward on NdArray.)
+pub(crate) fn apply<B: crate::fused::FusedBackend>(
     x: Tensor<B, 4>,
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
 ) -> Tensor<B, 4> {
-    let [b, h, t, d] = x.dims();
-    let prefix = t - cos.dims()[0];
-    let head = x.clone().slice([0..b, 0..h, 0..prefix, 0..d]);
-    let patches = x.slice([0..b, 0..h, prefix..t, 0..d]);
-    let x1 = patches.clone().slice([0..b, 0..h, 0..t - prefix, 0..d / 2]);
-    let x2 = patches.clone().slice([0..b, 0..h, 0..t - prefix, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let patches = patches * cos.unsqueeze::<4>() + rotated * sin.unsqueeze::<4>();
-    Tensor::cat(vec![head, patches], 2)
+    crate::fused::rope(x, cos, sin)
 }

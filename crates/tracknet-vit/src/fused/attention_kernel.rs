@@ -212,3 +212,43 @@ pub fn backward(
     });
     [dq, dk, dv]
 }
+
+/// 2-D RoPE on the last `cos.len() / d` tokens of `x` (`[batch, heads, tokens, d]`, strided),
+/// written in `[batch, tokens, heads, d]` order: `y = x · cos + rot(x) · sin` with
+/// `rot(x1, x2) = (−x2, x1)` (halves of the head dimension); the leading tokens are copied.
+/// With `transpose`, the adjoint: `x · cos + rotᵀ(x · sin)`, `rotᵀ(g1, g2) = (g2, −g1)`.
+pub fn rope(x: &View, cos: &[f32], sin: &[f32], transpose: bool) -> Vec<f32> {
+    let [bn, hn, t, d] = x.shape;
+    let patches = cos.len() / d;
+    let prefix = t - patches;
+    let half = d / 2;
+    let mut out = vec![0f32; bn * t * hn * d];
+    out.par_chunks_mut(hn * d)
+        .enumerate()
+        .for_each(|(bt, out)| {
+            let (b, tok) = (bt / t, bt % t);
+            for (h, y) in out.chunks_exact_mut(d).enumerate() {
+                // SAFETY: (b, h, tok, j) is inside the view for j < d.
+                let at = |j: usize| unsafe {
+                    *x.at(b, h).offset(tok as isize * x.strides[2] + j as isize * x.strides[3])
+                };
+                if tok < prefix {
+                    y.iter_mut().enumerate().for_each(|(j, y)| *y = at(j));
+                    continue;
+                }
+                let p = (tok - prefix) * d;
+                let (c, s) = (&cos[p..p + d], &sin[p..p + d]);
+                for j in 0..half {
+                    let (x1, x2) = (at(j), at(j + half));
+                    if transpose {
+                        y[j] = x1 * c[j] + x2 * s[j + half];
+                        y[j + half] = x2 * c[j + half] - x1 * s[j];
+                    } else {
+                        y[j] = x1 * c[j] - x2 * s[j];
+                        y[j + half] = x2 * c[j + half] + x1 * s[j + half];
+                    }
+                }
+            }
+        });
+    out
+}

@@ -149,25 +149,109 @@ fn depthwise_options(channels: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], channels)
 }
 
-/// Depthwise 3×3, stride 1, padding 1, no bias: Burn's conv2d with `groups = C`.
-pub fn depthwise3x3<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>) -> FloatTensor<B> {
+/// Depthwise 3×3, stride 1, padding 1, with bias: Burn's conv2d with `groups = C`.
+pub fn depthwise3x3<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
     use burn::tensor::TensorMetadata;
     let c = weight.shape()[0];
-    B::conv2d(x, weight, None, depthwise_options(c))
+    B::conv2d(x, weight, Some(bias), depthwise_options(c))
 }
 
-/// `(dx, dw)` of [`depthwise3x3`] (`dx` only when `need_dx`), by Burn's conv2d backward.
+/// `(dx, dw, dbias)` of [`depthwise3x3`] (`dx` only when `need_dx`), by Burn's conv2d
+/// backward.
 pub fn depthwise3x3_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
     need_dx: bool,
-) -> (Option<FloatTensor<B>>, FloatTensor<B>) {
+) -> (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>) {
     use burn::tensor::TensorMetadata;
-    let options = depthwise_options(weight.shape()[0]);
+    let c = weight.shape()[0];
+    let options = depthwise_options(c);
     let dx = need_dx.then(|| {
         B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
     });
+    let db = prim(per_channel_sum(tensor::<B, 4>(grad.clone())));
     let dw = B::conv2d_weight_backward(x, weight, grad, options);
-    (dx, dw)
+    (dx, dw, db)
+}
+
+/// `Σ_{b, h, w} t` per channel: `[C]`.
+fn per_channel_sum<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 1> {
+    let c = t.dims()[1];
+    t.sum_dim(0).sum_dim(2).sum_dim(3).reshape([c])
+}
+
+/// 1×1 conv with bias on NCHW: `y_b = W · x_b + bias`, `W: [O, C, 1, 1]`.
+pub fn pointwise<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let x = tensor::<B, 4>(x);
+    let weight = tensor::<B, 4>(weight);
+    let [b, c, h, w] = x.dims();
+    let o = weight.dims()[0];
+    let y = weight
+        .reshape([1, o, c])
+        .matmul(x.reshape([b, c, h * w]))
+        .reshape([b, o, h, w]);
+    prim(y + tensor::<B, 1>(bias).reshape([1, o, 1, 1]))
+}
+
+/// `(dx, dW, dbias)` of [`pointwise`] (`dx` only when `need_dx`).
+pub fn pointwise_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    need_dx: bool,
+) -> (Option<FloatTensor<B>>, FloatTensor<B>, FloatTensor<B>) {
+    let x = tensor::<B, 4>(x);
+    let weight = tensor::<B, 4>(weight);
+    let dy = tensor::<B, 4>(grad);
+    let [b, c, h, w] = x.dims();
+    let o = weight.dims()[0];
+    let db = per_channel_sum(dy.clone());
+    let dy = dy.reshape([b, o, h * w]);
+    let dx = need_dx.then(|| {
+        let wt = weight.clone().reshape([o, c]).transpose().reshape([1, c, o]);
+        prim(wt.matmul(dy.clone()).reshape([b, c, h, w]))
+    });
+    let dw = dy
+        .matmul(x.reshape([b, c, h * w]).swap_dims(1, 2))
+        .sum_dim(0)
+        .reshape([o, c, 1, 1]);
+    (dx, prim(dw), prim(db))
+}
+
+/// 2-D RoPE on the last `cos.dims()[0]` tokens of `x [batch, heads, tokens, d]`:
+/// `x · cos + rot(x) · sin`, `rot(x1, x2) = (−x2, x1)`; with `transpose`, its adjoint
+/// `x · cos − rot(x · sin)`.
+pub fn rope<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    transpose: bool,
+) -> FloatTensor<B> {
+    let x = tensor::<B, 4>(x);
+    let (cos, sin) = (tensor::<B, 2>(cos), tensor::<B, 2>(sin));
+    let [b, h, t, d] = x.dims();
+    let prefix = t - cos.dims()[0];
+    let rot = |p: Tensor<B, 4>| {
+        let x1 = p.clone().slice([0..b, 0..h, 0..t - prefix, 0..d / 2]);
+        let x2 = p.slice([0..b, 0..h, 0..t - prefix, d / 2..d]);
+        Tensor::cat(vec![x2.neg(), x1], 3)
+    };
+    let head = x.clone().slice([0..b, 0..h, 0..prefix, 0..d]);
+    let patches = x.slice([0..b, 0..h, prefix..t, 0..d]);
+    let (cos, sin) = (cos.unsqueeze::<4>(), sin.unsqueeze::<4>());
+    let patches = if transpose {
+        patches.clone() * cos - rot(patches * sin)
+    } else {
+        patches.clone() * cos + rot(patches) * sin
+    };
+    prim(Tensor::cat(vec![head, patches], 2))
 }

@@ -184,22 +184,31 @@ fn fused_gelu_and_group_norm_gelu_have_the_exact_derivative() {
     assert!(rel(&dx, &want) < 1e-4, "group_norm gelu dx {:e}", rel(&dx, &want));
 }
 
+/// A Burn `Conv2d` in f64 with the given weight and bias leaves.
+fn conv64(
+    cfg: Conv2dConfig,
+    weight: &Tensor<A64, 4>,
+    bias: &Tensor<A64, 1>,
+) -> burn::nn::conv::Conv2d<A64> {
+    let conv = cfg.init::<A64>(&Default::default());
+    burn::nn::conv::Conv2d {
+        weight: burn::module::Param::from_tensor(weight.clone()),
+        bias: Some(burn::module::Param::from_tensor(bias.clone())),
+        ..conv
+    }
+}
+
 #[test]
 fn fused_depthwise_matches_burns_conv_and_its_gradients() {
-    let d = Default::default();
     let (x, x64) = leaf([2, 4, 6, 9], 9);
     let (w, w64) = leaf([4, 1, 3, 3], 10);
-    let out = super::depthwise3x3(x.clone(), w.clone());
-    let conv = Conv2dConfig::new([4, 4], [3, 3])
+    let (b, b64) = leaf([4], 12);
+    let out = super::depthwise3x3(x.clone(), w.clone(), Some(b.clone()));
+    let cfg = Conv2dConfig::new([4, 4], [3, 3])
         .with_groups(4)
-        .with_bias(false)
-        .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init::<A64>(&d);
-    let conv = burn::nn::conv::Conv2d {
-        weight: burn::module::Param::from_tensor(w64.clone()),
-        ..conv
-    };
-    let wp = conv.weight.clone();
+        .with_padding(burn::nn::PaddingConfig2d::Explicit(1, 1, 1, 1));
+    let conv = conv64(cfg, &w64, &b64);
+    let (wp, bp) = (conv.weight.clone(), conv.bias.clone().unwrap());
     let truth = conv.forward(x64.clone());
     check(
         "depthwise3x3",
@@ -208,7 +217,51 @@ fn fused_depthwise_matches_burns_conv_and_its_gradients() {
         &[
             ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
             ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| host(wp.val().grad(gr).unwrap())),
+            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| host(bp.val().grad(gr).unwrap())),
         ],
+    );
+}
+
+#[test]
+fn fused_pointwise_matches_burns_conv_and_its_gradients() {
+    let (x, x64) = leaf([2, 5, 4, 7], 13);
+    let (w, w64) = leaf([3, 5, 1, 1], 14);
+    let (b, b64) = leaf([3], 15);
+    let out = super::pointwise(x.clone(), w.clone(), b.clone());
+    let conv = conv64(Conv2dConfig::new([5, 3], [1, 1]), &w64, &b64);
+    let (wp, bp) = (conv.weight.clone(), conv.bias.clone().unwrap());
+    let truth = conv.forward(x64.clone());
+    check(
+        "pointwise",
+        out,
+        truth,
+        &[
+            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
+            ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| host(wp.val().grad(gr).unwrap())),
+            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| host(bp.val().grad(gr).unwrap())),
+        ],
+    );
+}
+
+/// RoPE on a strided view (as `split_heads` gives it) against the composed rotation in f64.
+#[test]
+fn fused_rope_matches_the_composed_rotation_and_its_gradient() {
+    let (x, x64) = leaf([2, 7, 3, 8], 16); // [batch, tokens, heads, d]
+    let (cos, cos64) = leaf([5, 8], 17); // 5 patches after 2 prefix tokens
+    let (sin, sin64) = leaf([5, 8], 18);
+    let (cos, sin) = (cos.detach(), sin.detach());
+    let out = super::rope(x.clone().swap_dims(1, 2), cos, sin);
+    let truth = Tensor::<A64, 4>::from_primitive(TensorPrimitive::Float(composed::rope::<A64>(
+        x64.clone().swap_dims(1, 2).into_primitive().tensor(),
+        cos64.detach().into_primitive().tensor(),
+        sin64.detach().into_primitive().tensor(),
+        false,
+    )));
+    check(
+        "rope",
+        out,
+        truth,
+        &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap()))],
     );
 }
 
@@ -225,4 +278,36 @@ fn fused_bilinear_resize_matches_the_composed_resize_and_its_gradients() {
             &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap()))],
         );
     }
+}
+
+/// The composed RoPE's `transpose` (the fallback backward) is its forward's adjoint, and
+/// equals the host kernel's.
+#[test]
+fn composed_rope_transpose_is_the_adjoint() {
+    let d = Default::default();
+    let t = |shape: [usize; 4], seed| {
+        Tensor::<NdArray, 4>::from_data(TensorData::new(values(shape.iter().product(), seed), shape), &d)
+    };
+    let t2 = |seed| Tensor::<NdArray, 2>::from_data(TensorData::new(values(40, seed), [5, 8]), &d);
+    let (x, g, cos, sin) = (t([2, 3, 7, 8], 20), t([2, 3, 7, 8], 21), t2(22), t2(23));
+    let run = |x: Tensor<NdArray, 4>, transpose| {
+        let p = |t: Tensor<NdArray, 2>| t.into_primitive().tensor();
+        Tensor::<NdArray, 4>::from_primitive(TensorPrimitive::Float(composed::rope::<NdArray>(
+            x.into_primitive().tensor(),
+            p(cos.clone()),
+            p(sin.clone()),
+            transpose,
+        )))
+    };
+    let lhs: f32 = (run(x.clone(), false) * g.clone()).sum().into_scalar();
+    let rhs: f32 = (run(g.clone(), true) * x).sum().into_scalar();
+    assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    let kernel = NdArray::fused_rope(
+        g.clone().into_primitive().tensor(),
+        cos.clone().into_primitive().tensor(),
+        sin.clone().into_primitive().tensor(),
+        true,
+    );
+    let kernel = Tensor::<NdArray, 4>::from_primitive(TensorPrimitive::Float(kernel));
+    assert!(rel(&host(kernel), &host(run(g, true))) < 1e-6);
 }

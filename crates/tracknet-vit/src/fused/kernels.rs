@@ -320,8 +320,9 @@ fn correlate3x3(x: &[f32], k: &[f32; 9], y: &mut [f32], h: usize, w: usize) {
     }
 }
 
-/// Depthwise 3×3 conv, stride 1, padding 1, no bias: `x [batch, C, h, w]`, `weight [C, 9]`.
-pub fn depthwise3x3_forward(x: &[f32], weight: &[f32], shape: PlaneShape) -> Vec<f32> {
+/// Depthwise 3×3 conv, stride 1, padding 1: `x [batch, C, h, w]`, `weight [C, 9]`,
+/// `bias [C]`.
+pub fn depthwise3x3_forward(x: &[f32], weight: &[f32], bias: &[f32], shape: PlaneShape) -> Vec<f32> {
     let plane = shape.h * shape.w;
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(plane)
@@ -330,20 +331,21 @@ pub fn depthwise3x3_forward(x: &[f32], weight: &[f32], shape: PlaneShape) -> Vec
         .for_each(|(p, (y, x))| {
             let c = p % shape.channels;
             let k: [f32; 9] = weight[c * 9..c * 9 + 9].try_into().expect("9 taps");
+            y.fill(bias[c]);
             correlate3x3(x, &k, y, shape.h, shape.w);
         });
     y
 }
 
 /// Gradients of [`depthwise3x3_forward`]: `dx` is the correlation of `dy` with the kernel
-/// rotated by 180°; `dw[c, k] = Σ_{n,i,j} dy · x shifted by tap k`.
+/// rotated by 180°; `dw[c, k] = Σ_{n,i,j} dy · x shifted by tap k`; `dbias[c] = Σ dy`.
 pub fn depthwise3x3_backward(
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
     shape: PlaneShape,
     need_dx: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (h, w) = (shape.h, shape.w);
     let plane = h * w;
     let dx = need_dx.then(|| {
@@ -361,10 +363,11 @@ pub fn depthwise3x3_backward(
             });
         dx
     });
-    let per_plane: Vec<[f64; 9]> = x
+    let per_plane: Vec<([f64; 9], f64)> = x
         .par_chunks(plane)
         .zip(dy.par_chunks(plane))
         .map(|(x, dy)| {
+            let sum = dy.iter().map(|&v| f64::from(v)).sum::<f64>();
             let mut acc = [0f64; 9];
             for (t, acc) in acc.iter_mut().enumerate() {
                 let (oy, ox) = (t / 3, t % 3);
@@ -380,17 +383,100 @@ pub fn depthwise3x3_backward(
                 }
                 *acc = s;
             }
-            acc
+            (acc, sum)
         })
         .collect();
     let mut dw = vec![0f64; shape.channels * 9];
-    for (p, acc) in per_plane.iter().enumerate() {
+    let mut db = vec![0f64; shape.channels];
+    for (p, (acc, sum)) in per_plane.iter().enumerate() {
         let c = p % shape.channels;
         for t in 0..9 {
             dw[c * 9 + t] += acc[t];
         }
+        db[c] += sum;
     }
-    (dx, dw.into_iter().map(|v| v as f32).collect())
+    let f32s = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+    (dx, f32s(dw), f32s(db))
+}
+
+/// `C (m×n) = A (m×k) · B (k×n) + β · C`, all row-major and contiguous unless a stride pair
+/// says otherwise (`(row stride, column stride)` per operand).
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+) {
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= m * n);
+    if k > 0 {
+        assert!(a.len() > last(rsa, csa, m, k) && b.len() > last(rsb, csb, k, n));
+    }
+    // SAFETY: the asserts above keep every access of the m×k, k×n and m×n operands inside
+    // the slices; `c` is a unique borrow, so it aliases neither input.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        )
+    }
+}
+
+/// 1×1 conv on NCHW: `y_b = W · x_b + bias` per image, `x: [batch, C, hw]`, `W: [O, C]`.
+pub fn pointwise_forward(x: &[f32], w: &[f32], bias: &[f32], (c, hw): (usize, usize)) -> Vec<f32> {
+    let o = bias.len();
+    let mut y = vec![0f32; x.len() / c * o];
+    for (y, x) in y.chunks_exact_mut(o * hw).zip(x.chunks_exact(c * hw)) {
+        for (row, &b) in y.chunks_exact_mut(hw).zip(bias) {
+            row.fill(b);
+        }
+        sgemm((o, c, hw), w, (c, 1), x, (hw, 1), 1.0, y);
+    }
+    y
+}
+
+/// Gradients of [`pointwise_forward`]: `(dx, dW, dbias)` with `dx_b = Wᵀ · dy_b`,
+/// `dW = Σ_b dy_b · x_bᵀ`, `dbias = Σ_{b, hw} dy`; `dx` only when `need_dx`.
+pub fn pointwise_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (c, o, hw): (usize, usize, usize),
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let mut dx = need_dx.then(|| vec![0f32; x.len()]);
+    let mut dw = vec![0f32; o * c];
+    let mut db = vec![0f64; o];
+    for (b, (x, dy)) in x.chunks_exact(c * hw).zip(dy.chunks_exact(o * hw)).enumerate() {
+        if let Some(dx) = dx.as_mut() {
+            let dx = &mut dx[b * c * hw..(b + 1) * c * hw];
+            sgemm((c, o, hw), w, (1, c), dy, (hw, 1), 0.0, dx);
+        }
+        sgemm((o, hw, c), dy, (hw, 1), x, (1, hw), 1.0, &mut dw);
+        for (db, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+            *db += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+    }
+    (dx, dw, db.into_iter().map(|v| v as f32).collect())
 }
 
 /// Linear-interpolation taps of one axis: per output sample `(lower, upper, weight of upper)`.
@@ -487,15 +573,19 @@ mod tests {
         let shape = PlaneShape { batch: 2, channels: 3, h: 5, w: 4 };
         let n = 2 * 3 * 5 * 4;
         let (x, w, c) = (values(n, 1), values(27, 2), values(n, 3));
-        let (dx, dw) = depthwise3x3_backward(&x, &w, &c, shape, true);
+        let (dx, dw, db) = depthwise3x3_backward(&x, &w, &c, shape, true);
         // Linear in x and in w: ⟨c, f(x)⟩ = ⟨dx, x⟩ = ⟨dw, w⟩ exactly (up to rounding).
-        let y = depthwise3x3_forward(&x, &w, shape);
+        let y = depthwise3x3_forward(&x, &w, &[0.0; 3], shape);
+        let bias = values(3, 14);
+        let yb = depthwise3x3_forward(&x, &w, &bias, shape);
         let dot = |a: &[f32], b: &[f32]| -> f64 {
             a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
         };
         let lhs = dot(&c, &y);
         assert!((lhs - dot(&dx.unwrap(), &x)).abs() < 1e-4 * lhs.abs().max(1.0));
         assert!((lhs - dot(&dw, &w)).abs() < 1e-4 * lhs.abs().max(1.0));
+        let with_bias = dot(&c, &yb) - lhs;
+        assert!((with_bias - dot(&db, &bias)).abs() < 1e-4 * with_bias.abs().max(1.0));
     }
 
     #[test]
@@ -519,6 +609,30 @@ mod tests {
         };
         let (lhs, rhs) = (dot(&c, &y), dot(&dx, &x));
         assert!((lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn pointwise_backward_is_the_forwards_adjoint() {
+        let (b, c, o, hw) = (2, 3, 4, 5);
+        let (x, w, bias, g) = (
+            values(b * c * hw, 30),
+            values(o * c, 31),
+            values(o, 32),
+            values(b * o * hw, 33),
+        );
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+        };
+        let zero = vec![0f32; o];
+        let y = pointwise_forward(&x, &w, &zero, (c, hw));
+        let (dx, dw, db) = pointwise_backward(&x, &w, &g, (c, o, hw), true);
+        // Bilinear in (x, W): ⟨g, y⟩ = ⟨dx, x⟩ = ⟨dW, W⟩; the bias adds ⟨db, bias⟩.
+        let lhs = dot(&g, &y);
+        assert!((lhs - dot(&dx.unwrap(), &x)).abs() < 1e-4 * lhs.abs().max(1.0));
+        assert!((lhs - dot(&dw, &w)).abs() < 1e-4 * lhs.abs().max(1.0));
+        let yb = pointwise_forward(&x, &w, &bias, (c, hw));
+        let with_bias = dot(&g, &yb) - lhs;
+        assert!((with_bias - dot(&db, &bias)).abs() < 1e-4 * with_bias.abs().max(1.0));
     }
 
     #[test]

@@ -146,43 +146,106 @@ pub fn group_norm_act<B: FusedBackend, C: CheckpointStrategy>(
     }
 }
 
-/// Depthwise 3×3, stride 1, padding 1, no bias.
-pub fn depthwise3x3<B: FusedBackend, C: CheckpointStrategy>(
+/// Which convolution [`conv`] records.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvKind {
+    /// Depthwise 3×3, stride 1, padding 1.
+    Depthwise3x3,
+    /// 1×1.
+    Pointwise,
+}
+
+/// A convolution with bias (`x`, `weight`, `bias` parents) as one node.
+pub fn conv<B: FusedBackend, C: CheckpointStrategy>(
+    kind: ConvKind,
     x: Ad<B, C>,
     weight: Ad<B, C>,
+    bias: Ad<B, C>,
 ) -> Ad<B, C> {
     #[derive(Debug)]
-    struct DepthwiseBackward;
+    struct ConvBackward {
+        kind: ConvKind,
+    }
 
-    impl<B: FusedBackend> Backward<B, 2> for DepthwiseBackward {
+    impl<B: FusedBackend> Backward<B, 3> for ConvBackward {
         type State = (FloatTensor<B>, FloatTensor<B>);
 
-        fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let [node_x, node_w] = ops.parents;
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node_x, node_w, node_b] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
             let (x, weight) = ops.state;
-            let (dx, dw) = B::fused_depthwise3x3_backward(x, weight, grad, node_x.is_some());
+            let need_dx = node_x.is_some();
+            let (dx, dw, db) = match self.kind {
+                ConvKind::Depthwise3x3 => B::fused_depthwise3x3_backward(x, weight, grad, need_dx),
+                ConvKind::Pointwise => B::fused_pointwise_backward(x, weight, grad, need_dx),
+            };
             if let (Some(node), Some(dx)) = (node_x, dx) {
                 grads.register::<B>(node.id, dx);
             }
-            if let Some(node) = node_w {
-                grads.register::<B>(node.id, dw);
+            for (node, g) in [(node_w, dw), (node_b, db)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, g);
+                }
             }
         }
     }
 
-    match DepthwiseBackward
-        .prepare::<C>([x.node.clone(), weight.node.clone()])
+    let forward = |x, w, b| match kind {
+        ConvKind::Depthwise3x3 => B::fused_depthwise3x3(x, w, b),
+        ConvKind::Pointwise => B::fused_pointwise(x, w, b),
+    };
+    let parents = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+    match (ConvBackward { kind })
+        .prepare::<C>(parents)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => {
             let state = (x.primitive.clone(), weight.primitive.clone());
-            prep.finish(state, B::fused_depthwise3x3(x.primitive, weight.primitive))
+            prep.finish(state, forward(x.primitive, weight.primitive, bias.primitive))
         }
         OpsKind::UnTracked(prep) => {
-            prep.finish(B::fused_depthwise3x3(x.primitive, weight.primitive))
+            prep.finish(forward(x.primitive, weight.primitive, bias.primitive))
         }
+    }
+}
+
+/// RoPE with constant `cos`/`sin` (inner-backend tensors): the backward is the adjoint.
+pub fn rope<B: FusedBackend, C: CheckpointStrategy>(
+    x: Ad<B, C>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+    transpose: bool,
+) -> Ad<B, C> {
+    #[derive(Debug)]
+    struct RopeBackward {
+        transpose: bool,
+    }
+
+    impl<B: FusedBackend> Backward<B, 1> for RopeBackward {
+        type State = (FloatTensor<B>, FloatTensor<B>);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (cos, sin) = ops.state;
+            if let Some(node) = node {
+                let dx = B::fused_rope(grad, cos, sin, !self.transpose);
+                grads.register::<B>(node.id, dx);
+            }
+        }
+    }
+
+    match (RopeBackward { transpose })
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = B::fused_rope(x.primitive, cos.clone(), sin.clone(), transpose);
+            prep.finish((cos, sin), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::fused_rope(x.primitive, cos, sin, transpose)),
     }
 }
 
