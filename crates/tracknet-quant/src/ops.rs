@@ -313,16 +313,21 @@ impl HostQ4 {
         }
     }
 
-    /// Output rows `r0 .. r1` of the weight as a `[r1 - r0, in]` tensor.
-    fn rows(&self, layout: Q4Layout, r0: usize, r1: usize) -> Tensor<NdArray, 2> {
-        let vals = dequantize_range(
+    /// Output rows `r0 .. r1` of the weight, `[r1 - r0, in]` row-major.
+    fn rows_host(&self, layout: Q4Layout, r0: usize, r1: usize) -> Vec<f32> {
+        dequantize_range(
             &self.words,
             &self.absmax,
             &self.code,
             layout.blocksize,
             r0 * layout.in_features,
             (r1 - r0) * layout.in_features,
-        );
+        )
+    }
+
+    /// Output rows `r0 .. r1` of the weight as a `[r1 - r0, in]` tensor.
+    fn rows(&self, layout: Q4Layout, r0: usize, r1: usize) -> Tensor<NdArray, 2> {
+        let vals = self.rows_host(layout, r0, r1);
         Tensor::from_data(
             TensorData::new(vals, [r1 - r0, layout.in_features]),
             &Default::default(),
@@ -354,21 +359,19 @@ impl QuantBackend for NdArray {
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
         let host = HostQ4::new(weight);
-        let x = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x));
-        let step = chunk_rows(layout);
-        let parts: Vec<Tensor<Self, 2>> = (0..layout.out_features)
-            .step_by(step)
-            .map(|r0| {
-                let r1 = (r0 + step).min(layout.out_features);
-                x.clone().matmul(host.rows(layout, r0, r1).transpose())
-            })
-            .collect();
-        let y = if parts.len() == 1 {
-            parts.into_iter().next().unwrap_or_else(|| x.clone())
-        } else {
-            Tensor::cat(parts, 1)
-        };
-        y.into_primitive().tensor()
+        let x = host_vec::<f32>(Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x)).into_data());
+        let (k, n) = (layout.in_features, layout.out_features);
+        let rows = x.len() / k.max(1);
+        let mut y = vec![0f32; rows * n];
+        for r0 in (0..n).step_by(chunk_rows(layout)) {
+            let r1 = (r0 + chunk_rows(layout)).min(n);
+            let w = host.rows_host(layout, r0, r1); // [r1 - r0, in]
+            // y[:, r0..r1] = x · wᵀ
+            row_parallel_gemm(&x, k, &w, (1, k), r1 - r0, &mut y, (n, r0), 0.0);
+        }
+        Tensor::<Self, 2>::from_data(TensorData::new(y, [rows, n]), &Default::default())
+            .into_primitive()
+            .tensor()
     }
 
     fn q4_matmul_grad(
@@ -377,25 +380,88 @@ impl QuantBackend for NdArray {
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
         let host = HostQ4::new(weight);
-        let grad = Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad));
-        let [n, _] = grad.dims();
-        let step = chunk_rows(layout);
-        let mut acc: Option<Tensor<Self, 2>> = None;
-        for r0 in (0..layout.out_features).step_by(step) {
-            let r1 = (r0 + step).min(layout.out_features);
-            let g = grad
-                .clone()
-                .slice([0..n, r0..r1])
-                .matmul(host.rows(layout, r0, r1));
-            acc = Some(match acc {
-                Some(a) => a + g,
-                None => g,
-            });
+        let (k, n) = (layout.in_features, layout.out_features);
+        let grad =
+            host_vec::<f32>(Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad)).into_data());
+        let rows = grad.len() / n.max(1);
+        let mut dx = vec![0f32; rows * k];
+        for r0 in (0..n).step_by(chunk_rows(layout)) {
+            let r1 = (r0 + chunk_rows(layout)).min(n);
+            let w = host.rows_host(layout, r0, r1); // [r1 - r0, in]
+            // dx += grad[:, r0..r1] · w
+            let g = &grad[r0..];
+            row_parallel_gemm_strided(g, n, r1 - r0, &w, (k, 1), k, &mut dx, (k, 0), 1.0);
         }
-        acc.unwrap_or_else(|| Tensor::zeros([n, layout.in_features], &Default::default()))
+        Tensor::<Self, 2>::from_data(TensorData::new(dx, [rows, k]), &Default::default())
             .into_primitive()
             .tensor()
     }
+}
+
+/// `C[:, c0 .. c0 + n] = A · B + β · C[:, c0 .. c0 + n]` with `A: [rows, k]` contiguous, `B`
+/// (`k × n`) by its `(row, column)` strides and `C` rows of `ldc` elements; the rows are split
+/// over rayon tasks, each one single-threaded GEMM (the cores are shared with the training
+/// step's shards; see `tracknet_train::backend::single_threaded_host_gemm`).
+#[allow(clippy::too_many_arguments)]
+fn row_parallel_gemm(
+    a: &[f32],
+    k: usize,
+    b: &[f32],
+    b_strides: (usize, usize),
+    n: usize,
+    c: &mut [f32],
+    (ldc, c0): (usize, usize),
+    beta: f32,
+) {
+    row_parallel_gemm_strided(a, k, k, b, b_strides, n, c, (ldc, c0), beta)
+}
+
+/// [`row_parallel_gemm`] with `A`'s rows `lda` elements apart (its first `k` columns used).
+#[allow(clippy::too_many_arguments)]
+fn row_parallel_gemm_strided(
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    n: usize,
+    c: &mut [f32],
+    (ldc, c0): (usize, usize),
+    beta: f32,
+) {
+    use rayon::prelude::*;
+    let rows = c.len() / ldc.max(1);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(c0 + n <= ldc && (rows - 1) * lda + k <= a.len().max(k));
+    assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
+    // Blocks of rows big enough for the GEMM's packing to pay, at least one per core.
+    let block = rows.div_ceil(rayon::current_num_threads().max(1)).clamp(1, 256).max(64.min(rows));
+    c.par_chunks_mut(block * ldc).enumerate().for_each(|(i, c)| {
+        let m = c.len() / ldc;
+        let a = &a[i * block * lda..];
+        // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
+        // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                lda as isize,
+                1,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                c.as_mut_ptr().add(c0),
+                ldc as isize,
+                1,
+            )
+        }
+    });
 }
 
 /// `x [.., features]` as `[rows, features]`, and the shape `[.., out]` of the result.

@@ -10,6 +10,8 @@ use tracknet_train::bench::memory::Counting;
 static GLOBAL: Counting = Counting;
 
 fn main() {
+    // SAFETY: first line of main, no other thread yet.
+    unsafe { tracknet_train::backend::single_threaded_host_gemm() };
     let cli = tracknet_train::bench::Cli::parse();
     tracknet_train::log::init(false);
     match tracknet_train::bench::run(cli) {
