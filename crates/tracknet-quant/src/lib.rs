@@ -16,6 +16,7 @@ pub mod codebook;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
 pub mod error;
+pub mod gemm;
 pub mod linear;
 pub mod model;
 pub mod ops;

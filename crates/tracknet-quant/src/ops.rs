@@ -359,7 +359,7 @@ impl QuantBackend for NdArray {
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
         let host = HostQ4::new(weight);
-        let x = host_vec::<f32>(Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(x)).into_data());
+        let x = host_f32(&x);
         let (k, n) = (layout.in_features, layout.out_features);
         let rows = x.len() / k.max(1);
         let mut y = vec![0f32; rows * n];
@@ -369,9 +369,7 @@ impl QuantBackend for NdArray {
             // y[:, r0..r1] = x · wᵀ
             row_parallel_gemm(&x, k, &w, (1, k), r1 - r0, &mut y, (n, r0), 0.0);
         }
-        Tensor::<Self, 2>::from_data(TensorData::new(y, [rows, n]), &Default::default())
-            .into_primitive()
-            .tensor()
+        owned_f32(y, [rows, n])
     }
 
     fn q4_matmul_grad(
@@ -381,8 +379,7 @@ impl QuantBackend for NdArray {
     ) -> FloatTensor<Self> {
         let host = HostQ4::new(weight);
         let (k, n) = (layout.in_features, layout.out_features);
-        let grad =
-            host_vec::<f32>(Tensor::<Self, 2>::from_primitive(TensorPrimitive::Float(grad)).into_data());
+        let grad = host_f32(&grad);
         let rows = grad.len() / n.max(1);
         let mut dx = vec![0f32; rows * k];
         for r0 in (0..n).step_by(chunk_rows(layout)) {
@@ -392,10 +389,30 @@ impl QuantBackend for NdArray {
             let g = &grad[r0..];
             row_parallel_gemm_strided(g, n, r1 - r0, &w, (k, 1), k, &mut dx, (k, 0), 1.0);
         }
-        Tensor::<Self, 2>::from_data(TensorData::new(dx, [rows, k]), &Default::default())
-            .into_primitive()
-            .tensor()
+        owned_f32(dx, [rows, k])
     }
+}
+
+/// An NdArray float tensor's elements in row-major order as f32: in place when it is a
+/// contiguous f32 array (no copy of the activation), gathered otherwise.
+fn host_f32(t: &FloatTensor<NdArray>) -> std::borrow::Cow<'_, [f32]> {
+    use burn_ndarray::NdArrayTensor;
+    if let NdArrayTensor::F32(storage) = t {
+        let view = storage.view();
+        if let Some(s) = view.to_slice() {
+            return std::borrow::Cow::Borrowed(s);
+        }
+        return std::borrow::Cow::Owned(view.iter().copied().collect());
+    }
+    let t = Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(t.clone()));
+    std::borrow::Cow::Owned(host_vec::<f32>(t.flatten::<1>(0, 0).into_data()))
+}
+
+/// A `[rows, cols]` f32 NdArray tensor owning `data` (no copy).
+fn owned_f32(data: Vec<f32>, shape: [usize; 2]) -> FloatTensor<NdArray> {
+    let array = ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&shape), data)
+        .expect("the GEMM output has its shape's length");
+    burn_ndarray::NdArrayTensor::from(array)
 }
 
 /// `C[:, c0 .. c0 + n] = A · B + β · C[:, c0 .. c0 + n]` with `A: [rows, k]` contiguous, `B`
@@ -444,21 +461,13 @@ fn row_parallel_gemm_strided(
         // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
         // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
         unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
+            crate::gemm::sgemm(
+                (m, k, n),
                 1.0,
-                a.as_ptr(),
-                lda as isize,
-                1,
-                b.as_ptr(),
-                rsb as isize,
-                csb as isize,
+                (a.as_ptr(), lda as isize, 1),
+                (b.as_ptr(), rsb as isize, csb as isize),
                 beta,
-                c.as_mut_ptr().add(c0),
-                ldc as isize,
-                1,
+                (c.as_mut_ptr().add(c0), ldc as isize, 1),
             )
         }
     });

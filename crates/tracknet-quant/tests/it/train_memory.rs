@@ -95,6 +95,17 @@ fn child_measures_the_train_step_peaks() {
     let device = Default::default();
     let weight_bytes = LAYERS * WIDTH * WIDTH * 4;
 
+    // The host GEMM (`tracknet_quant::gemm`) keeps one packing buffer per thread for the
+    // process's life (about an L2 cache each): a fixed cost of the process, not of a step or
+    // of the weights. A small 4-bit step first makes it part of both measurements' baseline.
+    {
+        let books = CodeBooks::<AD>::new(&device);
+        let small = LinearConfig::new(64, 64).with_bias(false).init::<AD>(&device);
+        let q = QuantizedLinear::from_linear(&small, QuantSpec::default(), &books).unwrap();
+        let x = Tensor::<AD, 2>::random([ROWS, 64], Distribution::Default, &device).require_grad();
+        let _ = x.grad(&q.forward(x.clone()).sum().backward());
+    }
+
     let dense = frozen_dense(&device);
     let dense_peak = step_peak(|x| dense.iter().fold(x, |h, l| l.forward(h)));
 

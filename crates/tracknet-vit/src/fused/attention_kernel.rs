@@ -1,5 +1,5 @@
 //! `softmax(q·kᵀ/√d)·v` and its backward on the host, per (batch, head) in parallel, with the
-//! matmuls through `matrixmultiply`'s strided GEMM.
+//! matmuls through the strided host GEMM (`tracknet_quant::gemm`).
 //!
 //! The GEMM reads q, k, v (and the output gradient) through their strides, so the
 //! `[batch, tokens, heads, head_dim]` memory that `split_heads` views as
@@ -56,18 +56,15 @@ impl Out {
 /// # Safety
 /// The pointers with these sizes and strides address valid memory; `c` is writable and not
 /// aliased by `a` or `b`.
-#[allow(clippy::too_many_arguments)]
 unsafe fn gemm(
-    (m, k, n): (usize, usize, usize),
+    dims: (usize, usize, usize),
     alpha: f32,
     a: (*const f32, isize, isize),
     b: (*const f32, isize, isize),
     c: (*mut f32, isize, isize),
 ) {
     // SAFETY: forwarded from the caller.
-    unsafe {
-        matrixmultiply::sgemm(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, 0.0, c.0, c.1, c.2)
-    }
+    unsafe { tracknet_quant::gemm::sgemm(dims, alpha, a, b, 0.0, c) }
 }
 
 /// `P = softmax(scale · Q Kᵀ)` of pair (b, h) into `p` (`[tq, tk]`, row-major).

@@ -422,21 +422,13 @@ fn sgemm(
     // SAFETY: the asserts above keep every access of the m×k, k×n and m×n operands inside
     // the slices; `c` is a unique borrow, so it aliases neither input.
     unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
+        tracknet_quant::gemm::sgemm(
+            (m, k, n),
             1.0,
-            a.as_ptr(),
-            rsa as isize,
-            csa as isize,
-            b.as_ptr(),
-            rsb as isize,
-            csb as isize,
+            (a.as_ptr(), rsa as isize, csa as isize),
+            (b.as_ptr(), rsb as isize, csb as isize),
             beta,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
+            (c.as_mut_ptr(), n as isize, 1),
         )
     }
 }
