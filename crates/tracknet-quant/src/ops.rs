@@ -454,23 +454,28 @@ fn row_parallel_gemm_strided(
     assert!(c0 + n <= ldc && (rows - 1) * lda + k <= a.len().max(k));
     assert!(k == 0 || (k - 1) * rsb + (n - 1) * csb < b.len());
     // Blocks of rows big enough for the GEMM's packing to pay, at least one per core.
-    let block = rows.div_ceil(rayon::current_num_threads().max(1)).clamp(1, 256).max(64.min(rows));
-    c.par_chunks_mut(block * ldc).enumerate().for_each(|(i, c)| {
-        let m = c.len() / ldc;
-        let a = &a[i * block * lda..];
-        // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
-        // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
-        unsafe {
-            crate::gemm::sgemm(
-                (m, k, n),
-                1.0,
-                (a.as_ptr(), lda as isize, 1),
-                (b.as_ptr(), rsb as isize, csb as isize),
-                beta,
-                (c.as_mut_ptr().add(c0), ldc as isize, 1),
-            )
-        }
-    });
+    let block = rows
+        .div_ceil(rayon::current_num_threads().max(1))
+        .clamp(1, 256)
+        .max(64.min(rows));
+    c.par_chunks_mut(block * ldc)
+        .enumerate()
+        .for_each(|(i, c)| {
+            let m = c.len() / ldc;
+            let a = &a[i * block * lda..];
+            // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
+            // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
+            unsafe {
+                crate::gemm::sgemm(
+                    (m, k, n),
+                    1.0,
+                    (a.as_ptr(), lda as isize, 1),
+                    (b.as_ptr(), rsb as isize, csb as isize),
+                    beta,
+                    (c.as_mut_ptr().add(c0), ldc as isize, 1),
+                )
+            }
+        });
 }
 
 /// `x [.., features]` as `[rows, features]`, and the shape `[.., out]` of the result.

@@ -149,6 +149,24 @@ pub fn train_on(
     with_autodiff(spec, Train { cfg, opts })
 }
 
+/// Turns off `matrixmultiply`'s own GEMM threads (NdArray's matmul) unless the user set
+/// `MATMUL_NUM_THREADS`. The NdArray step already keeps both cores busy with its parallel
+/// shards (`training.parallel_shards`) and the rayon-parallel fused kernels; GEMM threads on
+/// top of that contend for the same cores (two shards share one GEMM thread pool and wait on
+/// each other). Measured on the seed's QLoRA step (2 cores, 2 shards): 3.25–3.48 s with one
+/// GEMM thread against 3.93–4.02 s with the default (docs/performance.md). The GPU backends
+/// do not use it.
+///
+/// # Safety
+/// Sets an environment variable: call it before the process starts any other thread (the
+/// first line of `main`), as `std::env::set_var` requires.
+pub unsafe fn single_threaded_host_gemm() {
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        // SAFETY: the caller guarantees no other thread exists yet.
+        unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,23 +214,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--features wgpu"), "{e}");
-    }
-}
-
-/// Turns off `matrixmultiply`'s own GEMM threads (NdArray's matmul) unless the user set
-/// `MATMUL_NUM_THREADS`. The NdArray step already keeps both cores busy with its parallel
-/// shards (`training.parallel_shards`) and the rayon-parallel fused kernels; GEMM threads on
-/// top of that contend for the same cores (two shards share one GEMM thread pool and wait on
-/// each other). Measured on the seed's QLoRA step (2 cores, 2 shards): 3.25–3.48 s with one
-/// GEMM thread against 3.93–4.02 s with the default (docs/performance.md). The GPU backends
-/// do not use it.
-///
-/// # Safety
-/// Sets an environment variable: call it before the process starts any other thread (the
-/// first line of `main`), as `std::env::set_var` requires.
-pub unsafe fn single_threaded_host_gemm() {
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        // SAFETY: the caller guarantees no other thread exists yet.
-        unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") }
     }
 }

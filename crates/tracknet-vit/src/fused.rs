@@ -100,7 +100,10 @@ pub trait FusedBackend: Backend {
         grad: FloatTensor<Self>,
         in_hw: [usize; 2],
     ) -> FloatTensor<Self> {
-        prim(crate::decoder::resize::composed_backward(float::<Self>(grad), in_hw))
+        prim(crate::decoder::resize::composed_backward(
+            float::<Self>(grad),
+            in_hw,
+        ))
     }
 
     /// Whether the ops below are host kernels whose autodiff nodes should be used (NdArray).
@@ -303,7 +306,10 @@ impl FusedBackend for NdArray {
         in_hw: [usize; 2],
     ) -> FloatTensor<Self> {
         let Some((data, shape)) = host::read(&grad) else {
-            return prim(crate::decoder::resize::composed_backward(float::<Self>(grad), in_hw));
+            return prim(crate::decoder::resize::composed_backward(
+                float::<Self>(grad),
+                in_hw,
+            ));
         };
         let (ty, tx) = resize_taps(in_hw, [shape[2], shape[3]]);
         let dx = kernels::bilinear_backward(&data, (in_hw[0], in_hw[1]), &ty, &tx);
@@ -628,7 +634,11 @@ pub fn pointwise<B: FusedBackend>(
 
 /// DINOv3's 2-D RoPE through [`FusedBackend::fused_rope`]: `x [batch, heads, tokens, d]`,
 /// `cos`, `sin` `[patches, d]` (constants: no gradient flows to them through the host node).
-pub fn rope<B: FusedBackend>(x: Tensor<B, 4>, cos: Tensor<B, 2>, sin: Tensor<B, 2>) -> Tensor<B, 4> {
+pub fn rope<B: FusedBackend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+) -> Tensor<B, 4> {
     wrap(B::fused_rope(prim(x), prim(cos), prim(sin), false))
 }
 
@@ -644,7 +654,7 @@ fn composed_attention_backward<B: Backend>(
     grad: FloatTensor<B>,
     need: [bool; 3],
 ) -> [Option<FloatTensor<B>>; 3] {
-        let grad = float::<B>(grad);
+    let grad = float::<B>(grad);
     let (q, k, v) = (float::<B>(q), float::<B>(k), float::<B>(v));
     let scale = (q.dims()[3] as f64).powf(-0.5);
     let p = attention_probs(q.clone(), k.clone());
@@ -934,7 +944,8 @@ mod tests {
         // memory, which the NdArray kernel reads in place): the same values and gradients as
         // contiguous ones.
         let bthd = |i: usize| {
-            let t = Tensor::<A, 4>::from_data(TensorData::new(data[i].clone(), [2, 7, 3, 8]), &device);
+            let t =
+                Tensor::<A, 4>::from_data(TensorData::new(data[i].clone(), [2, 7, 3, 8]), &device);
             t.require_grad()
         };
         let (qs, ks, vs) = (bthd(0), bthd(1), bthd(2));
@@ -945,12 +956,19 @@ mod tests {
         let run = |q: Tensor<A, 4>, k: Tensor<A, 4>, v: Tensor<A, 4>| {
             float::<A>(A::fused_attention(prim(q), prim(k), prim(v)))
         };
-        let strided = run(qs.clone().swap_dims(1, 2), ks.clone().swap_dims(1, 2), vs.clone().swap_dims(1, 2));
+        let strided = run(
+            qs.clone().swap_dims(1, 2),
+            ks.clone().swap_dims(1, 2),
+            vs.clone().swap_dims(1, 2),
+        );
         let plain = run(qc.clone(), kc.clone(), vc.clone());
         let wide = |t: Tensor<NdArray, 4>| host(t);
         assert_eq!(wide(strided.clone().inner()), wide(plain.clone().inner()));
         let w2 = Tensor::<A, 4>::from_data(TensorData::new(data[3].clone(), shape), &device);
-        let (gs, gc) = ((strided * w2.clone()).sum().backward(), (plain * w2).sum().backward());
+        let (gs, gc) = (
+            (strided * w2.clone()).sum().backward(),
+            (plain * w2).sum().backward(),
+        );
         for (s, c) in [(&qs, &qc), (&ks, &kc), (&vs, &vc)] {
             let s = s.grad(&gs).unwrap().swap_dims(1, 2);
             assert_eq!(wide(s), wide(c.grad(&gc).unwrap()));

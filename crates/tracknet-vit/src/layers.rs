@@ -9,7 +9,7 @@ pub(crate) mod params;
 mod tokens;
 
 pub use act::HiddenAct;
-pub use norm::LayerNorm;
 pub(crate) use attention::{attention, split_heads};
+pub use norm::LayerNorm;
 pub use tokens::BackboneOutput;
 pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches, patch_grid};

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use burn::module::Param;
 use crate::layers::LayerNorm;
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::TensorData;

@@ -100,7 +100,9 @@ fn child_measures_the_train_step_peaks() {
     // of the weights. A small 4-bit step first makes it part of both measurements' baseline.
     {
         let books = CodeBooks::<AD>::new(&device);
-        let small = LinearConfig::new(64, 64).with_bias(false).init::<AD>(&device);
+        let small = LinearConfig::new(64, 64)
+            .with_bias(false)
+            .init::<AD>(&device);
         let q = QuantizedLinear::from_linear(&small, QuantSpec::default(), &books).unwrap();
         let x = Tensor::<AD, 2>::random([ROWS, 64], Distribution::Default, &device).require_grad();
         let _ = x.grad(&q.forward(x.clone()).sum().backward());

@@ -116,10 +116,16 @@ mod tests {
     fn composed_backward_is_the_adjoint() {
         let d = Default::default();
         let x = Tensor::<NdArray, 4>::random([2, 3, 5, 4], burn::tensor::Distribution::Default, &d);
-        let g = Tensor::<NdArray, 4>::random([2, 3, 9, 11], burn::tensor::Distribution::Default, &d);
-        let lhs: f32 = (composed(x.clone(), [9, 11]) * g.clone()).sum().into_scalar();
+        let g =
+            Tensor::<NdArray, 4>::random([2, 3, 9, 11], burn::tensor::Distribution::Default, &d);
+        let lhs: f32 = (composed(x.clone(), [9, 11]) * g.clone())
+            .sum()
+            .into_scalar();
         let rhs: f32 = (composed_backward(g, [5, 4]) * x).sum().into_scalar();
-        assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 
     #[test]

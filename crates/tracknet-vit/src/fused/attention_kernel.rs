@@ -227,7 +227,8 @@ pub fn rope(x: &View, cos: &[f32], sin: &[f32], transpose: bool) -> Vec<f32> {
             for (h, y) in out.chunks_exact_mut(d).enumerate() {
                 // SAFETY: (b, h, tok, j) is inside the view for j < d.
                 let at = |j: usize| unsafe {
-                    *x.at(b, h).offset(tok as isize * x.strides[2] + j as isize * x.strides[3])
+                    *x.at(b, h)
+                        .offset(tok as isize * x.strides[2] + j as isize * x.strides[3])
                 };
                 if tok < prefix {
                     y.iter_mut().enumerate().for_each(|(j, y)| *y = at(j));

@@ -25,7 +25,10 @@ fn rows<B: Backend>(t: FloatTensor<B>) -> (Tensor<B, 2>, Shape) {
     let shape = t.shape();
     let d = shape[shape.num_dims() - 1];
     let n = shape.num_elements() / d.max(1);
-    (tensor::<B, 1>(B::float_reshape(t, Shape::new([n * d]))).reshape([n, d]), shape)
+    (
+        tensor::<B, 1>(B::float_reshape(t, Shape::new([n * d]))).reshape([n, d]),
+        shape,
+    )
 }
 
 fn unrows<B: Backend>(t: Tensor<B, 2>, shape: Shape) -> FloatTensor<B> {
@@ -96,7 +99,11 @@ fn act_derivative<B: Backend, const D: usize>(z: Tensor<B, D>, act: Act) -> Tens
 }
 
 /// `x̂` per group and the per-group `1/√(var + eps)`: `[batch · groups, C/groups · h · w]`.
-fn group_xhat<B: Backend>(x: Tensor<B, 4>, groups: usize, eps: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+fn group_xhat<B: Backend>(
+    x: Tensor<B, 4>,
+    groups: usize,
+    eps: f64,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [b, c, h, w] = x.dims();
     let x = x.reshape([b * groups, c / groups * h * w]);
     let (mean, rstd) = moments(x.clone(), eps);
@@ -171,9 +178,8 @@ pub fn depthwise3x3_backward<B: Backend>(
     use burn::tensor::TensorMetadata;
     let c = weight.shape()[0];
     let options = depthwise_options(c);
-    let dx = need_dx.then(|| {
-        B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
-    });
+    let dx = need_dx
+        .then(|| B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()));
     let db = prim(per_channel_sum(tensor::<B, 4>(grad.clone())));
     let dw = B::conv2d_weight_backward(x, weight, grad, options);
     (dx, dw, db)
@@ -217,7 +223,11 @@ pub fn pointwise_backward<B: Backend>(
     let db = per_channel_sum(dy.clone());
     let dy = dy.reshape([b, o, h * w]);
     let dx = need_dx.then(|| {
-        let wt = weight.clone().reshape([o, c]).transpose().reshape([1, c, o]);
+        let wt = weight
+            .clone()
+            .reshape([o, c])
+            .transpose()
+            .reshape([1, c, o]);
         prim(wt.matmul(dy.clone()).reshape([b, c, h, w]))
     });
     let dw = dy

@@ -2,10 +2,10 @@
 //! Burn ops they replace, differentiated by Burn's autodiff in f64 (GELU: against the exact
 //! derivative, which Burn's autodiff does not use).
 
+use burn::backend::autodiff::grads::Gradients;
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::{GroupNormConfig, conv::Conv2dConfig};
 use burn::prelude::*;
-use burn::backend::autodiff::grads::Gradients;
 use burn::tensor::ops::{ActivationOps, ModuleOps};
 use burn::tensor::{DType, TensorPrimitive};
 
@@ -75,7 +75,10 @@ fn check<const D: usize>(
 
 #[test]
 fn fused_layer_norm_matches_burns_layer_norm_and_its_gradients() {
-    assert!(<A as FusedBackend>::host_kernels(), "NdArray runs the host kernels");
+    assert!(
+        <A as FusedBackend>::host_kernels(),
+        "NdArray runs the host kernels"
+    );
     let (x, x64) = leaf([2, 5, 24], 1);
     let (g, g64) = leaf([24], 2);
     let (b, b64) = leaf([24], 3);
@@ -91,9 +94,15 @@ fn fused_layer_norm_matches_burns_layer_norm_and_its_gradients() {
         out,
         truth,
         &[
-            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
-            ("gamma", &|gr| host(g.grad(gr).unwrap()), &|gr| host(g64.grad(gr).unwrap())),
-            ("beta", &|gr| host(b.grad(gr).unwrap()), &|gr| host(b64.grad(gr).unwrap())),
+            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+                host(x64.grad(gr).unwrap())
+            }),
+            ("gamma", &|gr| host(g.grad(gr).unwrap()), &|gr| {
+                host(g64.grad(gr).unwrap())
+            }),
+            ("beta", &|gr| host(b.grad(gr).unwrap()), &|gr| {
+                host(b64.grad(gr).unwrap())
+            }),
         ],
     );
 }
@@ -124,7 +133,9 @@ fn fused_group_norm_act_matches_burns_group_norm_and_its_gradients() {
             out,
             truth,
             &[
-                ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
+                ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+                    host(x64.grad(gr).unwrap())
+                }),
                 ("gamma", &|gr| host(gp.val().grad(gr).unwrap()), &|gr| {
                     host(gp64.val().grad(gr).unwrap())
                 }),
@@ -147,28 +158,47 @@ fn fused_gelu_and_group_norm_gelu_have_the_exact_derivative() {
     let (c, c64) = (c.detach(), c64.detach());
 
     let y = super::gelu(x.clone());
-    let want = Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(N64::gelu(prim64(
-        x64.clone(),
-    ))));
+    let want =
+        Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(N64::gelu(prim64(x64.clone()))));
     assert!(rel(&host(y.clone().inner()), &host(want)) < 1e-6);
     let dx = host(x.grad(&(y * c.clone()).sum().backward()).unwrap());
     let want = composed::gelu_backward::<N64>(prim64(x64.clone()), prim64(c64.clone()));
-    let want = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(want)));
+    let want = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(
+        want,
+    )));
     assert!(rel(&dx, &want) < 1e-5, "gelu dx {:e}", rel(&dx, &want));
     // Burn's own derivative is measurably different: the reason for the fused op.
     let burn = host(
-        x.grad(&(burn::tensor::activation::gelu(x.clone()) * c.clone()).sum().backward())
-            .unwrap(),
+        x.grad(
+            &(burn::tensor::activation::gelu(x.clone()) * c.clone())
+                .sum()
+                .backward(),
+        )
+        .unwrap(),
     );
-    assert!(rel(&burn, &want) > 1e-4, "Burn's GELU derivative became exact");
+    assert!(
+        rel(&burn, &want) > 1e-4,
+        "Burn's GELU derivative became exact"
+    );
 
     let d = Default::default();
     let norm = GroupNormConfig::new(2, 6).init::<A>(&d);
     let y = super::group_norm_act(x.clone(), &norm, Act::Gelu);
-    let ones = || Tensor::<N64, 1>::ones([6], (&d, DType::F64)).into_primitive().tensor();
-    let zeros = || Tensor::<N64, 1>::zeros([6], (&d, DType::F64)).into_primitive().tensor();
-    let fwd = composed::group_norm_act::<N64>(prim64(x64.clone()), ones(), zeros(), 2, 1e-5, Act::Gelu);
-    let fwd = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(fwd)));
+    let ones = || {
+        Tensor::<N64, 1>::ones([6], (&d, DType::F64))
+            .into_primitive()
+            .tensor()
+    };
+    let zeros = || {
+        Tensor::<N64, 1>::zeros([6], (&d, DType::F64))
+            .into_primitive()
+            .tensor()
+    };
+    let fwd =
+        composed::group_norm_act::<N64>(prim64(x64.clone()), ones(), zeros(), 2, 1e-5, Act::Gelu);
+    let fwd = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(
+        fwd,
+    )));
     assert!(rel(&host(y.clone().inner()), &fwd) < 1e-5);
     let dx = host(x.grad(&(y * c).sum().backward()).unwrap());
     let (want, _, _) = composed::group_norm_act_backward::<N64>(
@@ -180,8 +210,14 @@ fn fused_gelu_and_group_norm_gelu_have_the_exact_derivative() {
         1e-5,
         Act::Gelu,
     );
-    let want = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(want)));
-    assert!(rel(&dx, &want) < 1e-4, "group_norm gelu dx {:e}", rel(&dx, &want));
+    let want = host(Tensor::<N64, 4>::from_primitive(TensorPrimitive::Float(
+        want,
+    )));
+    assert!(
+        rel(&dx, &want) < 1e-4,
+        "group_norm gelu dx {:e}",
+        rel(&dx, &want)
+    );
 }
 
 /// A Burn `Conv2d` in f64 with the given weight and bias leaves.
@@ -215,9 +251,15 @@ fn fused_depthwise_matches_burns_conv_and_its_gradients() {
         out,
         truth,
         &[
-            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
-            ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| host(wp.val().grad(gr).unwrap())),
-            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| host(bp.val().grad(gr).unwrap())),
+            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+                host(x64.grad(gr).unwrap())
+            }),
+            ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| {
+                host(wp.val().grad(gr).unwrap())
+            }),
+            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| {
+                host(bp.val().grad(gr).unwrap())
+            }),
         ],
     );
 }
@@ -236,9 +278,15 @@ fn fused_pointwise_matches_burns_conv_and_its_gradients() {
         out,
         truth,
         &[
-            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap())),
-            ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| host(wp.val().grad(gr).unwrap())),
-            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| host(bp.val().grad(gr).unwrap())),
+            ("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+                host(x64.grad(gr).unwrap())
+            }),
+            ("w", &|gr| host(w.grad(gr).unwrap()), &|gr| {
+                host(wp.val().grad(gr).unwrap())
+            }),
+            ("b", &|gr| host(b.grad(gr).unwrap()), &|gr| {
+                host(bp.val().grad(gr).unwrap())
+            }),
         ],
     );
 }
@@ -261,7 +309,9 @@ fn fused_rope_matches_the_composed_rotation_and_its_gradient() {
         "rope",
         out,
         truth,
-        &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap()))],
+        &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+            host(x64.grad(gr).unwrap())
+        })],
     );
 }
 
@@ -275,7 +325,9 @@ fn fused_bilinear_resize_matches_the_composed_resize_and_its_gradients() {
             &format!("bilinear {size:?}"),
             out,
             truth,
-            &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| host(x64.grad(gr).unwrap()))],
+            &[("x", &|gr| host(x.grad(gr).unwrap()), &|gr| {
+                host(x64.grad(gr).unwrap())
+            })],
         );
     }
 }
@@ -286,7 +338,10 @@ fn fused_bilinear_resize_matches_the_composed_resize_and_its_gradients() {
 fn composed_rope_transpose_is_the_adjoint() {
     let d = Default::default();
     let t = |shape: [usize; 4], seed| {
-        Tensor::<NdArray, 4>::from_data(TensorData::new(values(shape.iter().product(), seed), shape), &d)
+        Tensor::<NdArray, 4>::from_data(
+            TensorData::new(values(shape.iter().product(), seed), shape),
+            &d,
+        )
     };
     let t2 = |seed| Tensor::<NdArray, 2>::from_data(TensorData::new(values(40, seed), [5, 8]), &d);
     let (x, g, cos, sin) = (t([2, 3, 7, 8], 20), t([2, 3, 7, 8], 21), t2(22), t2(23));
@@ -301,7 +356,10 @@ fn composed_rope_transpose_is_the_adjoint() {
     };
     let lhs: f32 = (run(x.clone(), false) * g.clone()).sum().into_scalar();
     let rhs: f32 = (run(g.clone(), true) * x).sum().into_scalar();
-    assert!((lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    assert!(
+        (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
+        "{lhs} vs {rhs}"
+    );
     let kernel = NdArray::fused_rope(
         g.clone().into_primitive().tensor(),
         cos.clone().into_primitive().tensor(),

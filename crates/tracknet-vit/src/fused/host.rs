@@ -5,8 +5,8 @@
 
 use std::borrow::Cow;
 
-use burn::tensor::ops::FloatTensor;
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
+use burn::tensor::ops::FloatTensor;
 
 /// The tensor's elements in row-major order and its shape, or `None` when it is not f32 (the
 /// caller then takes the composed ops).

@@ -322,7 +322,12 @@ fn correlate3x3(x: &[f32], k: &[f32; 9], y: &mut [f32], h: usize, w: usize) {
 
 /// Depthwise 3×3 conv, stride 1, padding 1: `x [batch, C, h, w]`, `weight [C, 9]`,
 /// `bias [C]`.
-pub fn depthwise3x3_forward(x: &[f32], weight: &[f32], bias: &[f32], shape: PlaneShape) -> Vec<f32> {
+pub fn depthwise3x3_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: PlaneShape,
+) -> Vec<f32> {
     let plane = shape.h * shape.w;
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(plane)
@@ -458,7 +463,11 @@ pub fn pointwise_backward(
     let mut dx = need_dx.then(|| vec![0f32; x.len()]);
     let mut dw = vec![0f32; o * c];
     let mut db = vec![0f64; o];
-    for (b, (x, dy)) in x.chunks_exact(c * hw).zip(dy.chunks_exact(o * hw)).enumerate() {
+    for (b, (x, dy)) in x
+        .chunks_exact(c * hw)
+        .zip(dy.chunks_exact(o * hw))
+        .enumerate()
+    {
         if let Some(dx) = dx.as_mut() {
             let dx = &mut dx[b * c * hw..(b + 1) * c * hw];
             sgemm((c, o, hw), w, (1, c), dy, (hw, 1), 0.0, dx);
@@ -556,13 +565,22 @@ mod tests {
             m[i] -= h;
             let fd = (loss(&p) - loss(&m)) / (2.0 * f64::from(h));
             let err = (fd - f64::from(dx[i])).abs() / scale;
-            assert!(err < tol, "dx[{i}]: finite difference {fd}, kernel {}", dx[i]);
+            assert!(
+                err < tol,
+                "dx[{i}]: finite difference {fd}, kernel {}",
+                dx[i]
+            );
         }
     }
 
     #[test]
     fn depthwise_backward_is_the_forwards_adjoint() {
-        let shape = PlaneShape { batch: 2, channels: 3, h: 5, w: 4 };
+        let shape = PlaneShape {
+            batch: 2,
+            channels: 3,
+            h: 5,
+            w: 4,
+        };
         let n = 2 * 3 * 5 * 4;
         let (x, w, c) = (values(n, 1), values(27, 2), values(n, 3));
         let (dx, dw, db) = depthwise3x3_backward(&x, &w, &c, shape, true);
@@ -571,7 +589,10 @@ mod tests {
         let bias = values(3, 14);
         let yb = depthwise3x3_forward(&x, &w, &bias, shape);
         let dot = |a: &[f32], b: &[f32]| -> f64 {
-            a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
         };
         let lhs = dot(&c, &y);
         assert!((lhs - dot(&dx.unwrap(), &x)).abs() < 1e-4 * lhs.abs().max(1.0));
@@ -597,10 +618,16 @@ mod tests {
         let y = bilinear_forward(&x, (3, 5), &ty, &tx);
         let dx = bilinear_backward(&c, (3, 5), &ty, &tx);
         let dot = |a: &[f32], b: &[f32]| -> f64 {
-            a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
         };
         let (lhs, rhs) = (dot(&c, &y), dot(&dx, &x));
-        assert!((lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        assert!(
+            (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1.0),
+            "{lhs} vs {rhs}"
+        );
     }
 
     #[test]
@@ -613,7 +640,10 @@ mod tests {
             values(b * o * hw, 33),
         );
         let dot = |a: &[f32], b: &[f32]| -> f64 {
-            a.iter().zip(b).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum()
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
         };
         let zero = vec![0f32; o];
         let y = pointwise_forward(&x, &w, &zero, (c, hw));
@@ -630,11 +660,27 @@ mod tests {
     #[test]
     fn norm_and_gelu_gradients_match_finite_differences() {
         let (rows, d) = (3, 16);
-        let (x, g, b, c) = (values(rows * d, 4), values(d, 5), values(d, 6), values(rows * d, 7));
+        let (x, g, b, c) = (
+            values(rows * d, 4),
+            values(d, 5),
+            values(d, 6),
+            values(rows * d, 7),
+        );
         let (dx, _, _) = layer_norm_backward(&x, &g, &c, 1e-5);
-        check_dx(|x| layer_norm_forward(x, &g, Some(&b), 1e-5), &x, &c, &dx, 2e-3);
+        check_dx(
+            |x| layer_norm_forward(x, &g, Some(&b), 1e-5),
+            &x,
+            &c,
+            &dx,
+            2e-3,
+        );
 
-        let shape = GroupShape { batch: 2, channels: 4, spatial: 6, groups: 2 };
+        let shape = GroupShape {
+            batch: 2,
+            channels: 4,
+            spatial: 6,
+            groups: 2,
+        };
         let n = 2 * 4 * 6;
         let (x, g, b, c) = (values(n, 8), values(4, 9), values(4, 10), values(n, 11));
         for act in [Act::Identity, Act::Gelu] {

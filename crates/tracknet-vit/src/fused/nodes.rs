@@ -115,8 +115,15 @@ pub fn group_norm_act<B: FusedBackend, C: CheckpointStrategy>(
             let [node_x, node_g, node_b] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
             let (x, gamma, beta) = ops.state;
-            let (dx, dg, db) =
-                B::fused_group_norm_act_backward(x, gamma, beta, grad, self.groups, self.eps, self.act);
+            let (dx, dg, db) = B::fused_group_norm_act_backward(
+                x,
+                gamma,
+                beta,
+                grad,
+                self.groups,
+                self.eps,
+                self.act,
+            );
             for (node, g) in [(node_x, dx), (node_g, dg), (node_b, db)] {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, g);
@@ -202,7 +209,10 @@ pub fn conv<B: FusedBackend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let state = (x.primitive.clone(), weight.primitive.clone());
-            prep.finish(state, forward(x.primitive, weight.primitive, bias.primitive))
+            prep.finish(
+                state,
+                forward(x.primitive, weight.primitive, bias.primitive),
+            )
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(forward(x.primitive, weight.primitive, bias.primitive))

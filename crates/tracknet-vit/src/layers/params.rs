@@ -3,9 +3,9 @@
 //! Model builders ask a [`ParamSource`] for every tensor by its canonical Hugging Face name, so the
 //! random initialiser and the checkpoint loader share the exact same model-building code.
 
+use super::LayerNorm;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use super::LayerNorm;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
