@@ -291,34 +291,28 @@ pub fn dequantize_host(words: &[i32], absmax: &[f32], code: &[f32], layout: Q4La
     dequantize_range(words, absmax, code, layout.blocksize, 0, layout.numel())
 }
 
-/// Host copies of a 4-bit weight's tensors (the codes are 1/8 of the f32 size).
+/// A 4-bit weight's tensors on NdArray, read in place (the codes are 1/8 of the f32 size).
 struct HostQ4 {
-    words: Vec<i32>,
-    absmax: Vec<f32>,
-    code: Vec<f32>,
+    packed: IntTensor<NdArray>,
+    absmax: FloatTensor<NdArray>,
+    code: FloatTensor<NdArray>,
 }
 
 impl HostQ4 {
     fn new(weight: Q4Weight<NdArray>) -> Self {
         Self {
-            words: host_vec(Tensor::<NdArray, 1, Int>::from_primitive(weight.packed).into_data()),
-            absmax: host_vec(
-                Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(weight.absmax))
-                    .into_data(),
-            ),
-            code: host_vec(
-                Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(weight.code))
-                    .into_data(),
-            ),
+            packed: weight.packed,
+            absmax: weight.absmax,
+            code: weight.code,
         }
     }
 
     /// Output rows `r0 .. r1` of the weight, `[r1 - r0, in]` row-major.
     fn rows_host(&self, layout: Q4Layout, r0: usize, r1: usize) -> Vec<f32> {
         dequantize_range(
-            &self.words,
-            &self.absmax,
-            &self.code,
+            &host_i32(&self.packed),
+            &host_f32(&self.absmax),
+            &host_f32(&self.code),
             layout.blocksize,
             r0 * layout.in_features,
             (r1 - r0) * layout.in_features,
@@ -406,6 +400,29 @@ fn host_f32(t: &FloatTensor<NdArray>) -> std::borrow::Cow<'_, [f32]> {
     }
     let t = Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(t.clone()));
     std::borrow::Cow::Owned(host_vec::<f32>(t.flatten::<1>(0, 0).into_data()))
+}
+
+/// The packed words as i32: in place when NdArray holds them as contiguous i32, converted
+/// element by element otherwise (its default int type is i64).
+fn host_i32(t: &IntTensor<NdArray>) -> std::borrow::Cow<'_, [i32]> {
+    use burn_ndarray::NdArrayTensor;
+    match t {
+        NdArrayTensor::I32(storage) => {
+            let view = storage.view();
+            match view.to_slice() {
+                Some(s) => std::borrow::Cow::Borrowed(s),
+                None => std::borrow::Cow::Owned(view.iter().copied().collect()),
+            }
+        }
+        // The words are 32-bit patterns stored widened: truncation gives them back.
+        NdArrayTensor::I64(storage) => {
+            std::borrow::Cow::Owned(storage.view().iter().map(|&w| w as i32).collect())
+        }
+        other => {
+            let t = Tensor::<NdArray, 1, Int>::from_primitive(other.clone());
+            std::borrow::Cow::Owned(host_vec::<i32>(t.flatten::<1>(0, 0).into_data()))
+        }
+    }
 }
 
 /// A `[rows, cols]` f32 NdArray tensor owning `data` (no copy).
