@@ -15,6 +15,7 @@ pub mod bnb;
 pub mod codebook;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
+pub mod dense;
 pub mod error;
 pub mod gemm;
 pub mod linear;
