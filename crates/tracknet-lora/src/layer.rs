@@ -26,7 +26,7 @@ impl<B: QuantBackend> BaseLinear<B> {
     /// `x [..., in] → [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Dense(l) => tracknet_quant::dense::linear_layer(l, x),
+            Self::Dense(l) => tracknet_quant::autocast::linear_layer(l, x),
             Self::Quant(q) => q.forward(x),
         }
     }
@@ -304,7 +304,7 @@ impl<B: QuantBackend> LoraLinear<B> {
                     Some(d) => crate::rng::dropout(x, d.prob),
                     None => x,
                 };
-                use tracknet_quant::dense::linear_layer;
+                use tracknet_quant::autocast::linear_layer;
                 y + linear_layer(b, linear_layer(a, x)).mul_scalar(self.scaling)
             }
             _ => y,

@@ -15,7 +15,6 @@ pub mod bnb;
 pub mod codebook;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
-pub mod dense;
 pub mod error;
 pub mod gemm;
 pub mod linear;
