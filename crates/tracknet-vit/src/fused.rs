@@ -341,11 +341,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &gamma, &beta]) {
             return Self::layer_norm(x, gamma, Some(beta), eps);
         }
-        let (Some((x, shape)), Some((g, _)), Some((b, _))) =
-            (host::read(&x), host::read(&gamma), host::read(&beta))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(x, shape), (g, _), (b, _)] = host::read_all([&x, &gamma, &beta]);
         host::write(kernels::layer_norm_forward(&x, &g, Some(&b), eps), &shape)
     }
 
@@ -358,11 +354,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &gamma, &grad]) {
             return composed::layer_norm_backward::<Self>(x, gamma, grad, eps);
         }
-        let (Some((xs, shape)), Some((g, gs)), Some((dy, _))) =
-            (host::read(&x), host::read(&gamma), host::read(&grad))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (g, gs), (dy, _)] = host::read_all([&x, &gamma, &grad]);
         let (dx, dg, db) = kernels::layer_norm_backward(&xs, &g, &dy, eps);
         (
             host::write(dx, &shape),
@@ -382,11 +374,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &gamma, &beta]) {
             return composed::group_norm_act::<Self>(x, gamma, beta, groups, eps, act);
         }
-        let (Some((xs, shape)), Some((g, _)), Some((b, _))) =
-            (host::read(&x), host::read(&gamma), host::read(&beta))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (g, _), (b, _)] = host::read_all([&x, &gamma, &beta]);
         let gs = group_shape(&shape, groups);
         host::write(
             kernels::group_norm_act_forward(&xs, Some((&g, &b)), gs, eps, act),
@@ -408,14 +396,7 @@ impl FusedBackend for NdArray {
                 x, gamma, beta, grad, groups, eps, act,
             );
         }
-        let (Some((xs, shape)), Some((g, cs)), Some((b, _)), Some((dy, _))) = (
-            host::read(&x),
-            host::read(&gamma),
-            host::read(&beta),
-            host::read(&grad),
-        ) else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (g, cs), (b, _), (dy, _)] = host::read_all([&x, &gamma, &beta, &grad]);
         let gs = group_shape(&shape, groups);
         let (dx, dg, db) = kernels::group_norm_act_backward(&xs, Some((&g, &b)), &dy, gs, eps, act);
         (
@@ -433,11 +414,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &weight, &bias]) {
             return composed::depthwise3x3::<Self>(x, weight, bias);
         }
-        let (Some((xs, shape)), Some((w, _)), Some((b, _))) =
-            (host::read(&x), host::read(&weight), host::read(&bias))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (w, _), (b, _)] = host::read_all([&x, &weight, &bias]);
         host::write(
             kernels::depthwise3x3_forward(&xs, &w, &b, plane_shape(&shape)),
             &shape,
@@ -453,11 +430,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &weight, &grad]) {
             return composed::depthwise3x3_backward::<Self>(x, weight, grad, need_dx);
         }
-        let (Some((xs, shape)), Some((w, ws)), Some((dy, _))) =
-            (host::read(&x), host::read(&weight), host::read(&grad))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (w, ws), (dy, _)] = host::read_all([&x, &weight, &grad]);
         let (dx, dw, db) =
             kernels::depthwise3x3_backward(&xs, &w, &dy, plane_shape(&shape), need_dx);
         (
@@ -475,11 +448,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &weight, &bias]) {
             return composed::pointwise::<Self>(x, weight, bias);
         }
-        let (Some((xs, shape)), Some((w, _)), Some((b, _))) =
-            (host::read(&x), host::read(&weight), host::read(&bias))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (w, _), (b, _)] = host::read_all([&x, &weight, &bias]);
         let (c, hw) = (shape[1], shape[2] * shape[3]);
         let y = kernels::pointwise_forward(&xs, &w, &b, (c, hw));
         host::write(y, &[shape[0], b.len(), shape[2], shape[3]])
@@ -494,11 +463,7 @@ impl FusedBackend for NdArray {
         if !host::all_f32(&[&x, &weight, &grad]) {
             return composed::pointwise_backward::<Self>(x, weight, grad, need_dx);
         }
-        let (Some((xs, shape)), Some((w, ws)), Some((dy, _))) =
-            (host::read(&x), host::read(&weight), host::read(&grad))
-        else {
-            unreachable!("checked f32 above")
-        };
+        let [(xs, shape), (w, ws), (dy, _)] = host::read_all([&x, &weight, &grad]);
         let (c, o, hw) = (shape[1], ws[0], shape[2] * shape[3]);
         let (dx, dw, db) = kernels::pointwise_backward(&xs, &w, &dy, (c, o, hw), need_dx);
         (

@@ -30,6 +30,13 @@ pub fn write(data: Vec<f32>, shape: &[usize]) -> FloatTensor<NdArray> {
     NdArrayTensor::from(array)
 }
 
+/// [`read`] of tensors the caller has checked with [`all_f32`].
+pub fn read_all<'a, const N: usize>(
+    ts: [&'a FloatTensor<NdArray>; N],
+) -> [(Cow<'a, [f32]>, Vec<usize>); N] {
+    ts.map(|t| read(t).expect("an f32 tensor (checked with all_f32 by the caller)"))
+}
+
 /// Whether every tensor is f32 (the kernels' only type).
 pub fn all_f32(ts: &[&FloatTensor<NdArray>]) -> bool {
     ts.iter().all(|t| matches!(t, NdArrayTensor::F32(_)))
