@@ -252,7 +252,7 @@ pub fn dequantize_generic<B: Backend>(weight: Q4Weight<B>, layout: Q4Layout) -> 
 }
 
 /// Host dequantizer over packed int32 words: elements `start .. start + len` of the flattened
-/// `[out, in]` weight, in one fused pass (split over threads when large).
+/// `[out, in]` weight, split over rayon tasks when large.
 pub fn dequantize_range(
     words: &[i32],
     absmax: &[f32],
@@ -261,29 +261,59 @@ pub fn dequantize_range(
     start: usize,
     len: usize,
 ) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut out = vec![0.0f32; len];
-    let threads = if len >= 1 << 18 {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
+    // Pieces of whole blocks (~16 Ki weights), so that each task runs the block loop.
+    let piece = if len >= 1 << 16 {
+        (1usize << 14).div_ceil(blocksize.max(1)) * blocksize.max(1)
     } else {
-        1
+        len.max(1)
     };
-    let per_thread = len.div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for (t, chunk) in out.chunks_mut(per_thread).enumerate() {
-            let first = start + t * per_thread;
-            s.spawn(move || {
-                for (k, v) in chunk.iter_mut().enumerate() {
-                    let i = first + k;
-                    let word = words[i / 8] as u32;
-                    let nib = (word >> (28 - 4 * (i % 8) as u32)) & 0xF;
-                    *v = code[nib as usize] * absmax[i / blocksize];
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(piece)
+        .enumerate()
+        .for_each(|(p, chunk)| {
+            dequantize_serial(words, absmax, code, blocksize, start + p * piece, chunk)
+        });
     out
+}
+
+/// One thread's part of [`dequantize_range`]: per block, the code book scaled by the block's
+/// absmax (the same `code[c] · absmax` product, so the same bits) and then a table lookup per
+/// 4-bit code, eight codes per word, the first in the high nibble.
+fn dequantize_serial(
+    words: &[i32],
+    absmax: &[f32],
+    code: &[f32],
+    blocksize: usize,
+    start: usize,
+    out: &mut [f32],
+) {
+    let blocksize = blocksize.max(1);
+    let nibble = |i: usize| ((words[i / 8] as u32) >> (28 - 4 * (i % 8) as u32)) & 0xF;
+    let end = start + out.len();
+    let (mut i, mut o) = (start, 0);
+    while i < end {
+        let block = i / blocksize;
+        let block_end = ((block + 1) * blocksize).min(end);
+        let scale = absmax[block];
+        let lut: [f32; 16] = std::array::from_fn(|c| code[c] * scale);
+        while i < block_end && i % 8 != 0 {
+            out[o] = lut[nibble(i) as usize];
+            (i, o) = (i + 1, o + 1);
+        }
+        while i + 8 <= block_end {
+            let w = words[i / 8] as u32;
+            let dst = &mut out[o..o + 8];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = lut[((w >> (28 - 4 * j as u32)) & 0xF) as usize];
+            }
+            (i, o) = (i + 8, o + 8);
+        }
+        while i < block_end {
+            out[o] = lut[nibble(i) as usize];
+            (i, o) = (i + 1, o + 1);
+        }
+    }
 }
 
 /// The whole weight, `[out, in]` row-major.
@@ -680,5 +710,41 @@ fn q4_linear_tracked<B: QuantBackend, C: CheckpointStrategy>(
             prep.finish((inner, layout, x_shape), output)
         }
         OpsKind::UnTracked(prep) => prep.finish(B::q4_linear(x.primitive, inner, layout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The block-table dequantizer against the per-element definition `code[nibble] ·
+    /// absmax[i / blocksize]` over ranges that start and end inside words and blocks, small
+    /// (one task) and large (split over tasks), for a block size that is not a multiple of 8.
+    #[test]
+    fn dequantize_range_is_code_times_absmax_for_any_range() {
+        let n: usize = 150_000;
+        let words: Vec<i32> = (0..n.div_ceil(8) as u32)
+            .map(|w| w.wrapping_mul(0x9E37_79B9).rotate_left(7) as i32)
+            .collect();
+        let code: Vec<f32> = (0..16).map(|c| (c as f32 - 7.5) / 7.3).collect();
+        for blocksize in [64, 100] {
+            let absmax: Vec<f32> = (0..n.div_ceil(blocksize))
+                .map(|b| 0.01 + b as f32 * 0.37 % 3.0)
+                .collect();
+            let want = |i: usize| {
+                let nib = ((words[i / 8] as u32) >> (28 - 4 * (i % 8) as u32)) & 0xF;
+                code[nib as usize] * absmax[i / blocksize]
+            };
+            for (start, len) in [(0, n), (3, 13), (61, 70_001), (1000, 0), (n - 5, 5)] {
+                let got = super::dequantize_range(&words, &absmax, &code, blocksize, start, len);
+                assert_eq!(got.len(), len);
+                for (k, g) in got.iter().enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        want(start + k).to_bits(),
+                        "element {}",
+                        start + k
+                    );
+                }
+            }
+        }
     }
 }
