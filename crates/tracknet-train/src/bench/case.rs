@@ -25,6 +25,10 @@ use crate::trainer::{StepPlan, parallel_shards, train_step};
 /// parameters, peak memory of a training step, step time, inference frames/s). Run each case
 /// in its own process (the xtask does) so that the peak memory is its own.
 pub fn case(a: &CaseArgs) -> Result<Value, TrainError> {
+    // `TRACKNET_HEAP_TRACE=1`: print what is alive at the timed steps' heap peak (slow).
+    if std::env::var_os("TRACKNET_HEAP_TRACE").is_some() {
+        super::memory::trace::enable();
+    }
     let sizes = Sizes::resolve(a)?;
     let mut overrides = mode_overrides(&a.mode)?;
     overrides.extend(sizes.overrides(a));
@@ -228,6 +232,9 @@ where
         None
     };
     let peak_heap = heap_peak();
+    if std::env::var_os("TRACKNET_HEAP_TRACE").is_some() {
+        super::memory::trace::report(6);
+    }
     // Cores kept busy through the timed steps: (user + system CPU time) / wall time.
     let step_cpu_cores = match (cpu_before, cpu_seconds()) {
         (Some(b), Some(e)) if !seconds.is_empty() => Some((e - b) / seconds.iter().sum::<f64>()),
