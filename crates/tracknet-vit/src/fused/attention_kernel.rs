@@ -82,11 +82,10 @@ fn probs(q: &View, k: &View, b: usize, h: usize, scale: f32, p: &mut [f32]) {
     }
     for row in p.chunks_exact_mut(tk) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f64;
-        for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += f64::from(*x);
-        }
+        // The exponentials in one (vectorized) pass, then their sum in f64.
+        row.iter_mut()
+            .for_each(|x| *x = super::kernels::exp(*x - max));
+        let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
         let inv = (1.0 / sum) as f32;
         row.iter_mut().for_each(|x| *x *= inv);
     }
