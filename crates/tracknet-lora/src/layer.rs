@@ -26,7 +26,7 @@ impl<B: QuantBackend> BaseLinear<B> {
     /// `x [..., in] → [..., out]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::Dense(l) => tracknet_quant::autocast::linear_layer(l, x),
+            Self::Dense(l) => tracknet_quant::dense::linear_layer(l, x),
             Self::Quant(q) => q.forward(x),
         }
     }
@@ -289,6 +289,15 @@ impl<B: Backend> LoraLinear<B> {
 }
 
 impl<B: QuantBackend> LoraLinear<B> {
+    /// Whether the update goes through [`tracknet_quant::low_rank`]'s node: a backend with host
+    /// kernels, f32 (no autocast region), factors without bias (PEFT's default).
+    fn fused_update(&self, a: &Linear<B>, b: &Linear<B>, device: &B::Device) -> bool {
+        B::host_dense()
+            && tracknet_quant::autocast::active::<B>(device).is_none()
+            && a.bias.is_none()
+            && b.bias.is_none()
+    }
+
     /// PEFT's LoRA forward: `base(x) + scaling · B(A(dropout(x)))` (the base alone when
     /// there is no adapter or it is merged).
     ///
@@ -298,13 +307,32 @@ impl<B: QuantBackend> LoraLinear<B> {
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let y = self.base.forward(x.clone());
         match (&self.lora_a, &self.lora_b, self.merged) {
+            (Some(a), Some(b), false) if self.fused_update(a, b, &x.device()) => {
+                // One node (NdArray): the mask is regenerated in the backward, not stored.
+                let drop = self.lora_dropout.as_ref().and_then(|d| {
+                    (d.prob > 0.0 && B::ad_enabled(&x.device())).then(|| {
+                        tracknet_quant::low_rank::DropMask::new(
+                            1.0 - d.prob,
+                            crate::rng::mask_state::<B>(x.shape().num_elements(), &x.device()),
+                        )
+                    })
+                });
+                tracknet_quant::low_rank::low_rank_update(
+                    y,
+                    x,
+                    a.weight.val(),
+                    b.weight.val(),
+                    self.scaling as f32,
+                    drop,
+                )
+            }
             (Some(a), Some(b), false) => {
                 // Burn's `Dropout` math, its mask drawn through `rng` (a shard's own stream).
                 let x = match &self.lora_dropout {
                     Some(d) => crate::rng::dropout(x, d.prob),
                     None => x,
                 };
-                use tracknet_quant::autocast::linear_layer;
+                use tracknet_quant::dense::linear_layer;
                 y + linear_layer(b, linear_layer(a, x)).mul_scalar(self.scaling)
             }
             _ => y,

@@ -84,6 +84,22 @@ pub fn dropout_shaped<B: Backend, const D: usize>(
     (x * mask) * (1.0 / keep)
 }
 
+/// Where a positional dropout mask of `n` elements starts
+/// ([`tracknet_quant::low_rank::DropMask`]): inside [`with_stream`], this thread's stream
+/// state, which then moves on by `n` draws, so the mask is exactly [`bernoulli`]'s of the same
+/// `n` elements and the draws after it are unchanged; outside, a seed from the backend's
+/// generator ([`draw_seed`]).
+pub fn mask_state<B: Backend>(n: usize, device: &B::Device) -> u64 {
+    let in_stream = STREAM.with(|s| {
+        let state = s.get()?;
+        s.set(Some(
+            state.wrapping_add((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        ));
+        Some(state)
+    });
+    in_stream.unwrap_or_else(|| draw_seed::<B>(device))
+}
+
 /// One seed: the next value of this thread's stream inside [`with_stream`], else drawn from
 /// the backend's generator (so a seeded run stays reproducible either way).
 pub fn draw_seed<B: Backend>(device: &B::Device) -> u64 {

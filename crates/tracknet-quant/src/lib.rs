@@ -15,9 +15,11 @@ pub mod bnb;
 pub mod codebook;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod cube;
+pub mod dense;
 pub mod error;
 pub mod gemm;
 pub mod linear;
+pub mod low_rank;
 pub mod model;
 pub mod ops;
 

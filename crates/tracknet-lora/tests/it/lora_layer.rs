@@ -462,3 +462,55 @@ fn config_init_gives_a_torch_initialised_dense_base_without_adapter() {
     let json = serde_json::to_string(&cfg).unwrap();
     assert!(json.contains("\"d_input\":64"), "{json}");
 }
+
+/// With LoRA dropout inside a shard's stream, the one-node update (NdArray) draws the same
+/// mask as Burn's ops with `rng::dropout` would: the same output and gradients, and the
+/// stream left where the composed path leaves it.
+#[test]
+fn fused_update_with_dropout_matches_the_composed_ops_in_a_stream() {
+    use tracknet_lora::rng;
+    let c = case();
+    let s = LoraSettings {
+        dropout: 0.4,
+        ..settings(4.0, false)
+    };
+    let run = |fused: bool| {
+        let layer = adapted(&c, &s);
+        let x = t2(&c.x, [N, IN]).require_grad();
+        rng::with_stream(7, || {
+            let y = if fused {
+                layer.forward(x.clone())
+            } else {
+                let (a, b) = (
+                    layer.lora_a.as_ref().unwrap(),
+                    layer.lora_b.as_ref().unwrap(),
+                );
+                let xd = rng::dropout(x.clone(), 0.4);
+                layer.base.forward(x.clone())
+                    + xd.matmul(a.weight.val())
+                        .matmul(b.weight.val())
+                        .mul_scalar(layer.scaling)
+            };
+            let next = host(rng::uniform::<B, 1>([3], 0.0, 1.0, &dev()));
+            let weights = t2(&vals(N * OUT, 9.9), [N, OUT]);
+            let g = (y.clone() * weights).sum().backward();
+            let ga = layer.lora_a.as_ref().unwrap().weight.grad(&g).unwrap();
+            let gb = layer.lora_b.as_ref().unwrap().weight.grad(&g).unwrap();
+            (host(y), host(x.grad(&g).unwrap()), host(ga), host(gb), next)
+        })
+    };
+    let (fused, composed) = (run(true), run(false));
+    assert_eq!(fused.4, composed.4, "the stream moved on differently");
+    for (name, f, c) in [
+        ("y", &fused.0, &composed.0),
+        ("dx", &fused.1, &composed.1),
+        ("dA", &fused.2, &composed.2),
+        ("dB", &fused.3, &composed.3),
+    ] {
+        let err = max_abs_diff(f, c);
+        assert!(err < 1e-5, "{name}: {err}");
+    }
+    // The mask did drop something: without dropout the output differs.
+    let plain = host(adapted(&c, &settings(4.0, false)).forward(t2(&c.x, [N, IN])));
+    assert!(max_abs_diff(&plain, &fused.0) > 1e-3);
+}
