@@ -139,7 +139,7 @@ pub mod trace {
             e.1 += 1;
         }
         let mut groups: Vec<_> = groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+        groups.sort_by_key(|g| std::cmp::Reverse(g.1.0));
         let total: usize = groups.iter().map(|g| g.1.0).sum();
         eprintln!(
             "heap trace: peak {:.1} MB, of which {:.1} MB in allocations >= {} KiB:",

@@ -70,7 +70,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let er = p * z + r + 1.0;
     // n in [-126, 128]: 2ⁿ as (n + 127) in the exponent field; 2¹²⁸ as 2 · 2¹²⁷.
     let n = n as i32;
