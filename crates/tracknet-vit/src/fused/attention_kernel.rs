@@ -81,14 +81,47 @@ fn probs(q: &View, k: &View, b: usize, h: usize, scale: f32, p: &mut [f32]) {
         );
     }
     for row in p.chunks_exact_mut(tk) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // The exponentials in one (vectorized) pass, then their sum in f64.
-        row.iter_mut()
-            .for_each(|x| *x = super::kernels::exp(*x - max));
-        let sum: f64 = row.iter().map(|&x| f64::from(x)).sum();
-        let inv = (1.0 / sum) as f32;
-        row.iter_mut().for_each(|x| *x *= inv);
+        super::kernels::wide(
+            #[inline(always)]
+            || softmax_row(row),
+        );
     }
+}
+
+/// `row = softmax(row)` in place: the max and the f64 sum over 16 lanes (so that they
+/// vectorize; the lane order is fixed, so the result is deterministic), the exponentials by
+/// [`super::kernels::exp`].
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    const L: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let mut chunks = row.chunks_exact(L);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks.remainder().iter().copied().fold(
+        lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        f32::max,
+    );
+    row.iter_mut()
+        .for_each(|x| *x = super::kernels::exp(*x - max));
+    let mut sums = [0f64; L];
+    let mut chunks = row.chunks_exact(L);
+    for c in &mut chunks {
+        for (s, &x) in sums.iter_mut().zip(c) {
+            *s += f64::from(x);
+        }
+    }
+    let sum = sums.iter().sum::<f64>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|&x| f64::from(x))
+            .sum::<f64>();
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|x| *x *= inv);
 }
 
 fn out_len(v: &View) -> usize {
