@@ -22,6 +22,8 @@ pub mod linear;
 pub mod low_rank;
 pub mod model;
 pub mod ops;
+#[cfg(test)]
+mod test_util;
 
 pub use blockwise::{
     Absmax, Quantized4, aten_sum_f32, dequantize_4bit, quantize_4bit, torch_mean_f32,

@@ -99,7 +99,7 @@ pub struct CaseArgs {
     pub compute_dtype: String,
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Measured training steps.
+    /// Measured training steps (at least one: 0 runs one, as the medians need a step).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Untimed steps first (optimizer state, caches).
