@@ -57,6 +57,19 @@ fn weight_at(
     code[nibble as usize] * absmax[e / blocksize]
 }
 
+/// [`weight_at`] rounded to the compute dtype `F` and back to f32: the weight the
+/// dequantize-then-cast path multiplies (bitsandbytes decodes into the compute dtype too).
+#[cube]
+fn weight_in<F: Float>(
+    packed: &Array<i32>,
+    absmax: &Array<f32>,
+    code: &Array<f32>,
+    e: usize,
+    blocksize: usize,
+) -> f32 {
+    f32::cast_from(F::cast_from(weight_at(packed, absmax, code, e, blocksize)))
+}
+
 /// Rows one thread of the fused kernels multiplies: each decoded weight is used this many times.
 const ROW_TILE: usize = 8;
 
@@ -67,12 +80,12 @@ const ROW_TILE: usize = 8;
 /// [`ROW_TILE`] rows, each weight decoded once per tile; `W` is never written.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn fused_tile_kernel(
-    input: &Array<f32>,
+fn fused_tile_kernel<F: Float>(
+    input: &Array<F>,
     packed: &Array<i32>,
     absmax: &Array<f32>,
     code: &Array<f32>,
-    output: &mut Array<f32>,
+    output: &mut Array<F>,
     rows: usize,
     cols: usize,
     inner: usize,
@@ -104,43 +117,43 @@ fn fused_tile_kernel(
     let mut acc6 = f32::new(0.0);
     let mut acc7 = f32::new(0.0);
     for k in 0..inner {
-        let w = weight_at(
+        let w = weight_in::<F>(
             packed,
             absmax,
             code,
             c * col_stride + k * inner_stride,
             blocksize,
         );
-        acc0 += input[r0 * inner + k] * w;
-        acc1 += input[r1 * inner + k] * w;
-        acc2 += input[r2 * inner + k] * w;
-        acc3 += input[r3 * inner + k] * w;
-        acc4 += input[r4 * inner + k] * w;
-        acc5 += input[r5 * inner + k] * w;
-        acc6 += input[r6 * inner + k] * w;
-        acc7 += input[r7 * inner + k] * w;
+        acc0 += f32::cast_from(input[r0 * inner + k]) * w;
+        acc1 += f32::cast_from(input[r1 * inner + k]) * w;
+        acc2 += f32::cast_from(input[r2 * inner + k]) * w;
+        acc3 += f32::cast_from(input[r3 * inner + k]) * w;
+        acc4 += f32::cast_from(input[r4 * inner + k]) * w;
+        acc5 += f32::cast_from(input[r5 * inner + k]) * w;
+        acc6 += f32::cast_from(input[r6 * inner + k]) * w;
+        acc7 += f32::cast_from(input[r7 * inner + k]) * w;
     }
-    output[r0 * cols + c] = acc0;
+    output[r0 * cols + c] = F::cast_from(acc0);
     if r0 + 1 < rows {
-        output[r1 * cols + c] = acc1;
+        output[r1 * cols + c] = F::cast_from(acc1);
     }
     if r0 + 2 < rows {
-        output[r2 * cols + c] = acc2;
+        output[r2 * cols + c] = F::cast_from(acc2);
     }
     if r0 + 3 < rows {
-        output[r3 * cols + c] = acc3;
+        output[r3 * cols + c] = F::cast_from(acc3);
     }
     if r0 + 4 < rows {
-        output[r4 * cols + c] = acc4;
+        output[r4 * cols + c] = F::cast_from(acc4);
     }
     if r0 + 5 < rows {
-        output[r5 * cols + c] = acc5;
+        output[r5 * cols + c] = F::cast_from(acc5);
     }
     if r0 + 6 < rows {
-        output[r6 * cols + c] = acc6;
+        output[r6 * cols + c] = F::cast_from(acc6);
     }
     if r0 + 7 < rows {
-        output[r7 * cols + c] = acc7;
+        output[r7 * cols + c] = F::cast_from(acc7);
     }
 }
 
@@ -148,12 +161,12 @@ fn fused_tile_kernel(
 /// whose repeated rows would multiply every weight [`ROW_TILE`] times for nothing.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn fused_row_kernel(
-    input: &Array<f32>,
+fn fused_row_kernel<F: Float>(
+    input: &Array<F>,
     packed: &Array<i32>,
     absmax: &Array<f32>,
     code: &Array<f32>,
-    output: &mut Array<f32>,
+    output: &mut Array<F>,
     rows: usize,
     cols: usize,
     inner: usize,
@@ -167,8 +180,8 @@ fn fused_row_kernel(
     }
     let mut acc = f32::new(0.0);
     for k in 0..inner {
-        acc += input[k]
-            * weight_at(
+        acc += f32::cast_from(input[k])
+            * weight_in::<F>(
                 packed,
                 absmax,
                 code,
@@ -176,7 +189,7 @@ fn fused_row_kernel(
                 blocksize,
             );
     }
-    output[c] = acc;
+    output[c] = F::cast_from(acc);
 }
 
 fn check_q4_inputs<R: CubeRuntime>(
@@ -205,10 +218,10 @@ fn launch_fused<R: CubeRuntime>(
     blocksize: usize,
 ) -> CubeTensor<R> {
     check_q4_inputs(&packed, &absmax, &code);
-    assert_eq!(
-        input.dtype,
-        DType::F32,
-        "the fused 4-bit matmul runs in f32"
+    let dtype = input.dtype;
+    assert!(
+        matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
+        "the fused 4-bit matmul runs in f32, f16 or bf16, not {dtype:?}"
     );
     // Forward: columns are output features; gradient: input features (see the kernels).
     let (inner, cols, col_stride, inner_stride) = if grad {
@@ -234,7 +247,7 @@ fn launch_fused<R: CubeRuntime>(
         client.clone(),
         input.device.clone(),
         Shape::new([rows, cols]),
-        DType::F32,
+        dtype,
     );
     if rows * cols == 0 {
         return output;
@@ -242,10 +255,19 @@ fn launch_fused<R: CubeRuntime>(
     let threads = rows.div_ceil(ROW_TILE) * cols;
     let cube_dim = CubeDim::new(&client, threads);
     let cube_count = calculate_cube_count_elemwise(&client, threads, cube_dim);
-    let launch = if rows == 1 {
-        fused_row_kernel::launch::<R>
-    } else {
-        fused_tile_kernel::launch::<R>
+    macro_rules! launch_as {
+        ($f:ty) => {
+            if rows == 1 {
+                fused_row_kernel::launch::<$f, R>
+            } else {
+                fused_tile_kernel::launch::<$f, R>
+            }
+        };
+    }
+    let launch = match dtype {
+        DType::F16 => launch_as!(half::f16),
+        DType::BF16 => launch_as!(half::bf16),
+        _ => launch_as!(f32),
     };
     launch(
         &client,
@@ -267,7 +289,8 @@ fn launch_fused<R: CubeRuntime>(
 }
 
 /// `x [rows, in] → x · Wᵀ [rows, out]` with each 4-bit weight decoded where it is multiplied
-/// (never a dense `W`), in f32.
+/// (never a dense `W`), in `x`'s dtype (f32, f16 or bf16: the weight rounded to it, products
+/// summed in f32, as bitsandbytes' `gemv_4bit` sums).
 pub fn dequant_matmul<R: CubeRuntime>(
     x: CubeTensor<R>,
     packed: CubeTensor<R>,

@@ -252,11 +252,29 @@ pub fn dequantize_then_matmul_grad<B: QuantBackend>(
 pub const FUSED_MAX_ROWS: usize = 8;
 
 /// Whether a CubeCL backend multiplies `rows` rows with the fused kernels of [`crate::cube`]:
-/// few rows, f32 compute.
+/// few rows, in any compute dtype.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
-fn use_fused(rows: usize, layout: Q4Layout) -> bool {
-    // A half `compute` is only ever set where the backend supports it (`with_compute`).
-    rows <= FUSED_MAX_ROWS && layout.compute.dtype().is_none()
+fn use_fused(rows: usize) -> bool {
+    rows <= FUSED_MAX_ROWS
+}
+
+/// The fused kernel `k(input)` in `layout.compute` (a half `compute` is only ever set where
+/// the backend has it: `with_compute`), the result back in the input's dtype.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn fused_in_compute<B: Backend>(
+    input: FloatTensor<B>,
+    layout: Q4Layout,
+    k: impl FnOnce(FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<B> {
+    let input = Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(input));
+    let out_dtype = input.dtype();
+    let input = match layout.compute.dtype() {
+        Some(dtype) => input.cast(dtype),
+        None => input,
+    };
+    let out =
+        Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(k(input.into_primitive().tensor())));
+    out.cast(out_dtype).into_primitive().tensor()
 }
 
 /// Unpack `n` fields of `bits` bits (4 or 8) from big-endian-ordered int32 words with tensor
@@ -438,17 +456,19 @@ macro_rules! cube_q4_methods {
             weight: Q4Weight<Self>,
             layout: Q4Layout,
         ) -> FloatTensor<Self> {
-            if !use_fused(x.meta.shape()[0], layout) {
+            if !use_fused(x.meta.shape()[0]) {
                 return dequantize_then_matmul::<Self>(x, weight, layout);
             }
-            crate::cube::dequant_matmul(
-                x,
-                weight.packed,
-                weight.absmax,
-                weight.code,
-                [layout.out_features, layout.in_features],
-                layout.blocksize,
-            )
+            fused_in_compute::<Self>(x, layout, |x| {
+                crate::cube::dequant_matmul(
+                    x,
+                    weight.packed,
+                    weight.absmax,
+                    weight.code,
+                    [layout.out_features, layout.in_features],
+                    layout.blocksize,
+                )
+            })
         }
 
         fn q4_matmul_grad(
@@ -456,17 +476,19 @@ macro_rules! cube_q4_methods {
             weight: Q4Weight<Self>,
             layout: Q4Layout,
         ) -> FloatTensor<Self> {
-            if !use_fused(grad.meta.shape()[0], layout) {
+            if !use_fused(grad.meta.shape()[0]) {
                 return dequantize_then_matmul_grad::<Self>(grad, weight, layout);
             }
-            crate::cube::dequant_matmul_grad(
-                grad,
-                weight.packed,
-                weight.absmax,
-                weight.code,
-                [layout.out_features, layout.in_features],
-                layout.blocksize,
-            )
+            fused_in_compute::<Self>(grad, layout, |grad| {
+                crate::cube::dequant_matmul_grad(
+                    grad,
+                    weight.packed,
+                    weight.absmax,
+                    weight.code,
+                    [layout.out_features, layout.in_features],
+                    layout.blocksize,
+                )
+            })
         }
     };
 }

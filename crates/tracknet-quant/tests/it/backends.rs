@@ -303,7 +303,8 @@ fn the_backend_dequantizer_equals_the_generic_tensor_ops<B: QuantBackend>(device
 /// `compute_dtype: float16` / `bfloat16`: the 4-bit matmul and its input gradient run in that
 /// dtype where the backend has its arithmetic (f16 on wgpu/lavapipe and CUDA, bf16 on CUDA),
 /// within that dtype's rounding of the f32 layer but not equal to it; elsewhere (NdArray, bf16
-/// on wgpu) the layer is made with f32 compute and gives the f32 numbers bit for bit.
+/// on wgpu) the layer is made with f32 compute and gives the f32 numbers bit for bit. For a
+/// few rows the CubeCL backends run the fused kernels in that dtype, for more the tiled path.
 fn half_compute_dtype_multiplies_in_half_where_the_backend_has_it<B: QuantBackend>(
     device: &B::Device,
 ) {
@@ -319,46 +320,55 @@ fn half_compute_dtype_multiplies_in_half_where_the_backend_has_it<B: QuantBacken
         };
         QuantizedLinear::<Autodiff<B>>::from_torch_weight(&w, inp, out, None, spec, &books).unwrap()
     };
-    let x0 = Tensor::<Autodiff<B>, 2>::random([16, inp], Distribution::Normal(0.0, 1.0), device);
-    let run = |l: &QuantizedLinear<Autodiff<B>>| {
-        let x = x0.clone().require_grad();
-        let y = l.forward(x.clone());
-        assert_eq!(y.dtype(), burn::tensor::DType::F32);
-        let gx = x.grad(&y.clone().sum().backward()).unwrap();
-        assert_eq!(gx.dtype(), burn::tensor::DType::F32);
-        (host(y.inner()), host(gx))
-    };
-    let (y32, g32) = run(&layer(ComputeDtype::F32));
-    for (compute, dtype, tol) in [
-        (ComputeDtype::F16, burn::tensor::DType::F16, 2e-3),
-        (ComputeDtype::BF16, burn::tensor::DType::BF16, 2e-2),
-    ] {
-        let l = layer(compute);
-        let (y, g) = run(&l);
-        if !B::q4_supports(device, dtype) {
-            assert_eq!(l.layout.compute, ComputeDtype::F32, "{compute:?}");
-            assert!(
-                bits(&y) == bits(&y32) && bits(&g) == bits(&g32),
-                "{compute:?}"
-            );
-            continue;
-        }
-        assert_eq!(l.layout.compute, compute);
-        let rel = |a: &[f32], b: &[f32]| {
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            a.iter()
-                .zip(b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max)
-                / scale
+    // 1 and 5 rows take the fused kernels on the CubeCL backends, 16 the tiled matmul.
+    for rows in [1, 5, 16] {
+        let x0 =
+            Tensor::<Autodiff<B>, 2>::random([rows, inp], Distribution::Normal(0.0, 1.0), device);
+        let run = |l: &QuantizedLinear<Autodiff<B>>| {
+            let x = x0.clone().require_grad();
+            let y = l.forward(x.clone());
+            assert_eq!(y.dtype(), burn::tensor::DType::F32);
+            let gx = x.grad(&y.clone().sum().backward()).unwrap();
+            assert_eq!(gx.dtype(), burn::tensor::DType::F32);
+            (host(y.inner()), host(gx))
         };
-        let (ey, eg) = (rel(&y, &y32), rel(&g, &g32));
-        println!("{compute:?}: output off by {ey:e}, input gradient by {eg:e} (relative)");
-        assert!(ey > 0.0 && ey < tol, "{compute:?}: output off by {ey}");
-        assert!(
-            eg > 0.0 && eg < tol,
-            "{compute:?}: input gradient off by {eg}"
-        );
+        let (y32, g32) = run(&layer(ComputeDtype::F32));
+        for (compute, dtype, tol) in [
+            (ComputeDtype::F16, burn::tensor::DType::F16, 2e-3),
+            (ComputeDtype::BF16, burn::tensor::DType::BF16, 2e-2),
+        ] {
+            let l = layer(compute);
+            let (y, g) = run(&l);
+            if !B::q4_supports(device, dtype) {
+                assert_eq!(l.layout.compute, ComputeDtype::F32, "{compute:?}");
+                assert!(
+                    bits(&y) == bits(&y32) && bits(&g) == bits(&g32),
+                    "{compute:?}"
+                );
+                continue;
+            }
+            assert_eq!(l.layout.compute, compute);
+            let rel = |a: &[f32], b: &[f32]| {
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                a.iter()
+                    .zip(b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max)
+                    / scale
+            };
+            let (ey, eg) = (rel(&y, &y32), rel(&g, &g32));
+            println!(
+                "{compute:?}, {rows} rows: output off by {ey:e}, input gradient by {eg:e} (relative)"
+            );
+            assert!(
+                ey > 0.0 && ey < tol,
+                "{compute:?}, {rows} rows: output off by {ey}"
+            );
+            assert!(
+                eg > 0.0 && eg < tol,
+                "{compute:?}, {rows} rows: input gradient off by {eg}"
+            );
+        }
     }
 }
 
