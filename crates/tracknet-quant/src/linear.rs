@@ -10,7 +10,7 @@ use burn::tensor::TensorPrimitive;
 use crate::blockwise::{Absmax, Quantized4, dequantize_4bit, quantize_4bit};
 use crate::codebook::{QuantType, codebook, dynamic_map_signed};
 use crate::error::QuantError;
-use crate::ops::{ComputeDtype, Q4Layout, Q4Weight, QuantBackend, expand_blocks, unpack_words};
+use crate::ops::{ComputeDtype, Q4Layout, Q4Weight, QuantBackend};
 
 /// How to quantize one layer (bitsandbytes' `Linear4bit` arguments).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -413,9 +413,14 @@ impl<B: QuantBackend> QuantizedLinear<B> {
             &self.nested_code,
         ) {
             (Some(q), Some(nested), Some(offset), Some(map)) => {
-                let codes = unpack_words(q.clone(), 8, nb);
-                let scales = expand_blocks(nested.clone(), self.nested_blocksize, nb);
-                map.clone().select(0, codes) * scales + offset.clone()
+                Tensor::from_primitive(TensorPrimitive::Float(B::q4_decode_absmax(
+                    q.clone().into_primitive(),
+                    nested.clone().into_primitive().tensor(),
+                    offset.clone().into_primitive().tensor(),
+                    map.clone().into_primitive().tensor(),
+                    self.nested_blocksize,
+                    nb,
+                )))
             }
             // Construction guarantees one of the two forms; an empty absmax would only be
             // reachable by hand-assembling the struct.

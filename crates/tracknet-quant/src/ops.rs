@@ -134,6 +134,22 @@ pub trait QuantBackend: Backend {
         dequantize_then_matmul_grad::<Self>(grad, weight, layout)
     }
 
+    /// bitsandbytes' double-quantization decode of the absmax: `map[q_i] · nested[i /
+    /// nested_blocksize] + offset` for the `n` 8-bit codes `q` packed four per i32 word (first
+    /// in the high byte). Burn's tensor ops by default; a host loop on NdArray, where the ops
+    /// (unpack, gather, two element-wise passes per 4-bit layer and forward) cost more than the
+    /// decode.
+    fn q4_decode_absmax(
+        q: IntTensor<Self>,
+        nested: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        nested_blocksize: usize,
+        n: usize,
+    ) -> FloatTensor<Self> {
+        decode_absmax_generic::<Self>(q, nested, offset, map, nested_blocksize, n)
+    }
+
     /// Whether [`dense_linear`](Self::dense_linear) is a host kernel whose autodiff node
     /// should be used (NdArray); otherwise the autodiff backend differentiates Burn's ops.
     fn host_dense() -> bool {
@@ -275,6 +291,23 @@ fn fused_in_compute<B: Backend>(
     let out =
         Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(k(input.into_primitive().tensor())));
     out.cast(out_dtype).into_primitive().tensor()
+}
+
+/// [`QuantBackend::q4_decode_absmax`] in Burn's tensor ops (any backend; the reference).
+pub fn decode_absmax_generic<B: Backend>(
+    q: IntTensor<B>,
+    nested: FloatTensor<B>,
+    offset: FloatTensor<B>,
+    map: FloatTensor<B>,
+    nested_blocksize: usize,
+    n: usize,
+) -> FloatTensor<B> {
+    let float = |t| Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(t));
+    let codes = unpack_words(Tensor::<B, 1, Int>::from_primitive(q), 8, n);
+    let scales = expand_blocks(float(nested), nested_blocksize, n);
+    (float(map).select(0, codes) * scales + float(offset))
+        .into_primitive()
+        .tensor()
 }
 
 /// Unpack `n` fields of `bits` bits (4 or 8) from big-endian-ordered int32 words with tensor
@@ -537,6 +570,26 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
         q4_linear_tracked::<B, C>(x, weight, layout)
     }
 
+    fn q4_decode_absmax(
+        q: IntTensor<Self>,
+        nested: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        nested_blocksize: usize,
+        n: usize,
+    ) -> FloatTensor<Self> {
+        // Constants of a frozen layer: no graph.
+        let decoded = B::q4_decode_absmax(
+            q,
+            nested.primitive,
+            offset.primitive,
+            map.primitive,
+            nested_blocksize,
+            n,
+        );
+        <Self as burn::tensor::backend::AutodiffBackend>::from_inner(decoded)
+    }
+
     fn q4_linear(
         x: FloatTensor<Self>,
         weight: Q4Weight<Self>,
@@ -633,6 +686,58 @@ fn q4_linear_tracked<B: QuantBackend, C: CheckpointStrategy>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    /// The NdArray host decode of double-quantized absmax gives the generic tensor ops' bits,
+    /// for a count that ends inside a word and inside a nested block.
+    #[test]
+    fn host_absmax_decode_is_the_generic_decode_bit_for_bit() {
+        let d = Default::default();
+        let n: usize = 1001; // 251 words (the last partial), 4 nested blocks of 256
+        let words: Vec<i32> = (0..n.div_ceil(4) as u32)
+            .map(|w| w.wrapping_mul(0x9E37_79B9).rotate_left(11) as i32)
+            .collect();
+        let nested: Vec<f32> = (0..4).map(|b| 0.013 + b as f32 * 0.0071).collect();
+        let map: Vec<f32> = (0..256).map(|c| (c as f32 - 127.3) / 131.0).collect();
+        let q = || {
+            Tensor::<NdArray, 1, Int>::from_data(TensorData::new(words.clone(), [words.len()]), &d)
+        };
+        let f = |v: &[f32]| {
+            Tensor::<NdArray, 1>::from_floats(v, &d)
+                .into_primitive()
+                .tensor()
+        };
+        let host = NdArray::q4_decode_absmax(
+            q().into_primitive(),
+            f(&nested),
+            f(&[0.0421]),
+            f(&map),
+            256,
+            n,
+        );
+        let generic = decode_absmax_generic::<NdArray>(
+            q().into_primitive(),
+            f(&nested),
+            f(&[0.0421]),
+            f(&map),
+            256,
+            n,
+        );
+        let bits = |t| {
+            Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(t))
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let (h, g) = (bits(host), bits(generic));
+        assert_eq!(h.len(), n);
+        assert_eq!(h, g);
+    }
+
     /// The block-table dequantizer against the per-element definition `code[nibble] ·
     /// absmax[i / blocksize]` over ranges that start and end inside words and blocks, small
     /// (one task) and large (split over tasks), for a block size that is not a multiple of 8.

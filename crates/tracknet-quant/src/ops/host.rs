@@ -104,6 +104,40 @@ impl QuantBackend for NdArray {
         owned_f32(dx, [rows, k])
     }
 
+    fn q4_decode_absmax(
+        q: IntTensor<Self>,
+        nested: FloatTensor<Self>,
+        offset: FloatTensor<Self>,
+        map: FloatTensor<Self>,
+        nested_blocksize: usize,
+        n: usize,
+    ) -> FloatTensor<Self> {
+        let all_f32 = [&nested, &offset, &map]
+            .iter()
+            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
+        if !all_f32 {
+            return super::decode_absmax_generic::<Self>(
+                q,
+                nested,
+                offset,
+                map,
+                nested_blocksize,
+                n,
+            );
+        }
+        let (words, nested, map) = (host_i32(&q), host_f32(&nested), host_f32(&map));
+        let offset = host_f32(&offset).first().copied().unwrap_or(0.0);
+        let nb = nested_blocksize.max(1);
+        // The generic ops' order: the product rounded, then the offset added.
+        let out: Vec<f32> = (0..n)
+            .map(|i| {
+                let code = ((words[i / 4] as u32) >> (24 - 8 * (i % 4) as u32)) & 0xFF;
+                map[code as usize] * nested[i / nb] + offset
+            })
+            .collect();
+        owned_f32_dims(out, &[n])
+    }
+
     fn host_dense() -> bool {
         true
     }
