@@ -92,9 +92,9 @@ pub fn dropout_shaped<B: Backend, const D: usize>(
 pub fn mask_state<B: Backend>(n: usize, device: &B::Device) -> u64 {
     let in_stream = STREAM.with(|s| {
         let state = s.get()?;
-        s.set(Some(
-            state.wrapping_add((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        ));
+        s.set(Some(state.wrapping_add(
+            (n as u64).wrapping_mul(tracknet_quant::low_rank::GOLDEN),
+        )));
         Some(state)
     });
     in_stream.unwrap_or_else(|| draw_seed::<B>(device))
@@ -150,11 +150,9 @@ fn unit(x: u64) -> f64 {
 
 /// SplitMix64 (Steele, Lea and Flood 2014): a small, fast generator with good statistics.
 fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    use tracknet_quant::low_rank::{GOLDEN, mix};
+    *state = state.wrapping_add(GOLDEN);
+    mix(*state)
 }
 
 #[cfg(test)]

@@ -42,9 +42,11 @@ fn dequant4_kernel(
     output[e] = code[nibble as usize] * absmax[e / blocksize];
 }
 
-/// The f32 weight `W[o, i]` of element `e = o·in + i`: its nibble times its block's absmax.
+/// The weight `W[o, i]` of element `e = o·in + i` (its nibble times its block's absmax, in
+/// f32) rounded to the compute dtype `F` and back to f32: the weight the dequantize-then-cast
+/// path multiplies (bitsandbytes decodes into the compute dtype too).
 #[cube]
-fn weight_at(
+fn weight_in<F: Float>(
     packed: &Array<i32>,
     absmax: &Array<f32>,
     code: &Array<f32>,
@@ -54,20 +56,7 @@ fn weight_at(
     let word = packed[e / 8];
     let shift = 28i32 - 4i32 * ((e % 8) as i32);
     let nibble = (word >> shift) & 15i32;
-    code[nibble as usize] * absmax[e / blocksize]
-}
-
-/// [`weight_at`] rounded to the compute dtype `F` and back to f32: the weight the
-/// dequantize-then-cast path multiplies (bitsandbytes decodes into the compute dtype too).
-#[cube]
-fn weight_in<F: Float>(
-    packed: &Array<i32>,
-    absmax: &Array<f32>,
-    code: &Array<f32>,
-    e: usize,
-    blocksize: usize,
-) -> f32 {
-    f32::cast_from(F::cast_from(weight_at(packed, absmax, code, e, blocksize)))
+    f32::cast_from(F::cast_from(code[nibble as usize] * absmax[e / blocksize]))
 }
 
 /// Rows one thread of the fused kernels multiplies: each decoded weight is used this many times.

@@ -34,7 +34,16 @@ pub struct DropMask {
     bits: Option<std::sync::Arc<[u64]>>,
 }
 
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+/// SplitMix64's increment: the stream's state moves by this per draw.
+pub const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output function of a state (Steele, Lea and Flood 2014): the draw
+/// `tracknet_lora::rng` streams and [`DropMask`] share.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 impl DropMask {
     /// The mask keeping each element with probability `keep` (in `[0, 1]`), drawn from a stream
@@ -49,18 +58,10 @@ impl DropMask {
         }
     }
 
-    /// Probability of keeping an element.
-    pub fn keep(&self) -> f64 {
-        self.keep
-    }
-
     fn draw(&self, i: usize) -> bool {
-        let mut z = self
+        let z = mix(self
             .state
-            .wrapping_add((i as u64).wrapping_add(1).wrapping_mul(GOLDEN));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+            .wrapping_add((i as u64).wrapping_add(1).wrapping_mul(GOLDEN)));
         (z >> 11) < self.threshold
     }
 

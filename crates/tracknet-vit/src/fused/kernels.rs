@@ -81,7 +81,7 @@ pub fn exp(x: f32) -> f32 {
 /// erf in f32 as an odd/even rational function of `x` clamped to `[-4, 4]` (beyond it erf
 /// is ±1 in f32): the float coefficients of Eigen's and XLA's `fast_erf`. Plain arithmetic
 /// that the compiler vectorizes, no libm call; within 1e-6 of the f64 erf everywhere
-/// (tested), as PyTorch's own vectorized CPU erf is an approximation of this kind.
+/// (tested).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
