@@ -211,16 +211,36 @@ mod tests {
 
     /// The same weight values laid out row-major (as a checkpoint loads them) or as a
     /// transposed view (as Hugging Face / PEFT loading gives them) give the same bits.
+    /// Both are read in place; rows of 9, 3 and 1 take the GEMM's blocked, small-product and
+    /// matrix-vector paths. The input gradient (through `Wᵀ`) likewise.
     #[test]
     fn the_weights_layout_does_not_change_the_result() {
         let d = Default::default();
-        let x = Tensor::<NdArray, 2>::from_data(TensorData::new(values(9 * 300, 5), [9, 300]), &d);
-        let torch =
-            Tensor::<NdArray, 2>::from_data(TensorData::new(values(70 * 300, 6), [70, 300]), &d);
-        let view = torch.clone().transpose(); // [300, 70], strided
-        let rows = Tensor::<NdArray, 2>::from_data(view.clone().into_data(), &d); // row-major
-        let a = linear(x.clone(), view, None).into_data();
-        let b = linear(x, rows, None).into_data();
-        assert_eq!(a, b);
+        for m in [9, 3, 1] {
+            let x =
+                Tensor::<NdArray, 2>::from_data(TensorData::new(values(m * 300, 5), [m, 300]), &d);
+            let torch = Tensor::<NdArray, 2>::from_data(
+                TensorData::new(values(70 * 300, 6), [70, 300]),
+                &d,
+            );
+            let view = torch.clone().transpose(); // [300, 70], strided
+            let rows = Tensor::<NdArray, 2>::from_data(view.clone().into_data(), &d); // row-major
+            let a = linear(x.clone(), view.clone(), None).into_data();
+            let b = linear(x.clone(), rows.clone(), None).into_data();
+            assert_eq!(a, b, "forward, {m} rows");
+            let dy =
+                Tensor::<NdArray, 2>::from_data(TensorData::new(values(m * 70, 7), [m, 70]), &d);
+            let dx = |w: Tensor<NdArray, 2>| {
+                let [dx, _, _] = NdArray::dense_linear_backward(
+                    None,
+                    w.into_primitive().tensor(),
+                    dy.clone().into_primitive().tensor(),
+                    [true, false, false],
+                );
+                let dx = dx.expect("dx was asked for");
+                Tensor::<NdArray, 2>::from_primitive(TensorPrimitive::Float(dx)).into_data()
+            };
+            assert_eq!(dx(view), dx(rows), "input gradient, {m} rows");
+        }
     }
 }

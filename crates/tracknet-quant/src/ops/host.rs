@@ -157,7 +157,7 @@ impl QuantBackend for NdArray {
         let mut dims = x.shape().to_vec();
         let (k, n) = (w.shape()[0], w.shape()[1]);
         let (xs, bs) = (host_f32(&x), host_f32(&bias));
-        let (ws, (rs, cs)) = (weight_cols(&w), (1, k));
+        let (ws, (rs, cs)) = weight_2d(&w);
         let rows = xs.len() / k.max(1);
         let mut y = vec![0f32; rows * n];
         for row in y.chunks_exact_mut(n.max(1)) {
@@ -189,7 +189,7 @@ impl QuantBackend for NdArray {
         let rows = dy.len() / n.max(1);
         // dx = dy · Wᵀ, rows split over rayon; the weight through its strides.
         let dx = need[0].then(|| {
-            let (ws, (rs, cs)) = (weight_cols(&w), (1, k));
+            let (ws, (rs, cs)) = weight_2d(&w);
             let mut dx = vec![0f32; rows * k];
             row_parallel_gemm(&dy, n, &ws, (cs, rs), k, &mut dx, (k, 0), 0.0);
             let mut dims = grad.shape().to_vec();
@@ -247,12 +247,12 @@ impl QuantBackend for NdArray {
             v
         });
         let input = dropped.as_deref().unwrap_or(&xs);
-        // Both factors column-major (strides (1, rows)): see `weight_cols`.
-        let (aw, bw) = (weight_cols(&a), weight_cols(&b));
+        // Both factors in place, through their strides: see `weight_2d`.
+        let ((aw, a_st), (bw, b_st)) = (weight_2d(&a), weight_2d(&b));
         let mut t = vec![0f32; rows * r];
-        row_parallel_gemm(input, k, &aw, (1, k), r, &mut t, (r, 0), 0.0);
+        row_parallel_gemm(input, k, &aw, a_st, r, &mut t, (r, 0), 0.0);
         let mut out = host_f32(&y).into_owned();
-        row_parallel_gemm_scaled(&t, r, r, &bw, (1, r), n, &mut out, (n, 0), (scaling, 1.0));
+        row_parallel_gemm_scaled(&t, r, r, &bw, b_st, n, &mut out, (n, 0), (scaling, 1.0));
         (owned_f32_dims(out, &dims), owned_f32(t, [rows, r]))
     }
 
@@ -286,7 +286,7 @@ impl QuantBackend for NdArray {
         let (k, r, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
         let (g, ts) = (host_f32(&grad), host_f32(&t));
         let rows = g.len() / n.max(1);
-        let (aw, bw) = (weight_cols(&a), weight_cols(&b));
+        let ((aw, a_st), (bw, b_st)) = (weight_2d(&a), weight_2d(&b));
         // dB = s · tᵀ · g
         let db = need[2].then(|| {
             let mut db = vec![0f32; r * n];
@@ -294,9 +294,19 @@ impl QuantBackend for NdArray {
             db.iter_mut().for_each(|v| *v *= scaling);
             owned_f32(db, [r, n])
         });
-        // dt = s · g · Bᵀ, Bᵀ read through B's column-major strides.
+        // dt = s · g · Bᵀ, Bᵀ read through B's strides swapped.
         let mut dt = vec![0f32; rows * r];
-        row_parallel_gemm_scaled(&g, n, n, &bw, (r, 1), r, &mut dt, (r, 0), (scaling, 0.0));
+        row_parallel_gemm_scaled(
+            &g,
+            n,
+            n,
+            &bw,
+            (b_st.1, b_st.0),
+            r,
+            &mut dt,
+            (r, 0),
+            (scaling, 0.0),
+        );
         // dA = drop(x)ᵀ · dt, the dropped input recomputed from the mask's stream position.
         let da = match (need[1], x) {
             (true, Some(x)) => {
@@ -316,7 +326,7 @@ impl QuantBackend for NdArray {
         // dx = drop'(dt · Aᵀ)
         let dx = need[0].then(|| {
             let mut dx = vec![0f32; rows * k];
-            row_parallel_gemm(&dt, r, &aw, (k, 1), k, &mut dx, (k, 0), 0.0);
+            row_parallel_gemm(&dt, r, &aw, (a_st.1, a_st.0), k, &mut dx, (k, 0), 0.0);
             if let Some(d) = &drop {
                 d.apply(&mut dx);
             }
@@ -356,48 +366,40 @@ fn transposed_gemm(a: &[f32], rows: usize, k: usize, b: &[f32], n: usize, c: &mu
     });
 }
 
-/// A 2-D f32 NdArray weight `[k, n]` in one fixed layout, column-major (element `(i, j)` at
-/// `j·k + i`: PyTorch's `[out, in]` row-major, which is how weights loaded from Hugging Face or
-/// PEFT are viewed): in place when it is laid out so, copied otherwise. One layout means one
-/// summation order in the GEMM, so a model gives the same bits whichever way its weights were
-/// loaded (a checkpoint holds them row-major).
-fn weight_cols(t: &FloatTensor<NdArray>) -> std::borrow::Cow<'_, [f32]> {
+/// A 2-D f32 NdArray weight `[k, n]` and its `(row, column)` strides in elements: in place
+/// when its elements are one contiguous run, row-major (as a checkpoint loads it or an
+/// optimizer step leaves it) or column-major (PyTorch's `[out, in]` row-major, as Hugging Face
+/// and PEFT loading view it), copied row-major otherwise. The layout does not change the
+/// result's bits: `crate::gemm::sgemm_weight` takes care of that.
+type Weight2d<'a> = (std::borrow::Cow<'a, [f32]>, (usize, usize));
+
+fn weight_2d(t: &FloatTensor<NdArray>) -> Weight2d<'_> {
     use burn_ndarray::NdArrayTensor;
     if let NdArrayTensor::F32(storage) = t {
         let view = storage.view();
         if view.ndim() == 2 {
             let (k, n) = (view.shape()[0], view.shape()[1]);
-            if view.strides() == [1, k as isize] || k * n <= 1 {
-                // SAFETY: strides (1, k) over k × n elements: exactly k·n consecutive f32 from
-                // the first element, owned by the storage `t` keeps alive.
+            let strides = match view.strides() {
+                _ if k * n <= 1 => Some((n, 1)),
+                [1, s] if *s == k as isize => Some((1, k)),
+                [s, 1] if *s == n as isize => Some((n, 1)),
+                _ => None,
+            };
+            if let Some(strides) = strides {
+                // SAFETY: strides (1, k) or (n, 1) over k × n elements: exactly k·n consecutive
+                // f32 from the first element, owned by the storage `t` keeps alive.
                 let data = unsafe { std::slice::from_raw_parts(view.as_ptr(), k * n) };
-                return std::borrow::Cow::Borrowed(data);
+                return (std::borrow::Cow::Borrowed(data), strides);
             }
-            let mut out = vec![0f32; k * n];
-            if let Some(rows) = view.to_slice() {
-                // Row-major: a blocked transpose.
-                const T: usize = 32;
-                for i0 in (0..k).step_by(T) {
-                    for j0 in (0..n).step_by(T) {
-                        for i in i0..(i0 + T).min(k) {
-                            for j in j0..(j0 + T).min(n) {
-                                out[j * k + i] = rows[i * n + j];
-                            }
-                        }
-                    }
-                }
-            } else {
-                // Any other view: row-major order of the logical elements.
-                for (idx, &v) in view.iter().enumerate() {
-                    let (i, j) = (idx / n, idx % n);
-                    out[j * k + i] = v;
-                }
-            }
-            return std::borrow::Cow::Owned(out);
+            return (view.iter().copied().collect(), (n, 1));
         }
     }
     let t = Tensor::<NdArray, 2>::from_primitive(TensorPrimitive::Float(t.clone()));
-    std::borrow::Cow::Owned(host_vec::<f32>(t.transpose().into_data()))
+    let n = t.dims()[1];
+    (
+        std::borrow::Cow::Owned(host_vec::<f32>(t.into_data())),
+        (n, 1),
+    )
 }
 
 /// An f32 NdArray tensor of `dims` owning `data` (no copy).
@@ -520,7 +522,7 @@ fn row_parallel_gemm_scaled(
             // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
             // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
             unsafe {
-                crate::gemm::sgemm(
+                crate::gemm::sgemm_weight(
                     (m, k, n),
                     alpha,
                     (a.as_ptr(), lda as isize, 1),
