@@ -63,7 +63,8 @@ pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
     let mut p = r * 1.987_569_1e-4 + 1.398_199_9e-3;
@@ -72,10 +73,14 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let er = p * z + r + 1.0;
-    // n in [-126, 128]: 2ⁿ as (n + 127) in the exponent field; 2¹²⁸ as 2 · 2¹²⁷.
-    let n = n as i32;
+    // n in [-126, 128]: 2ⁿ as (n + 127) in the exponent field; 2¹²⁸ as 2 · 2¹²⁷. n is read
+    // from t = 1.5·2²³ + n's low mantissa bits: Rust's saturating float-to-int cast made
+    // the vectorized loop 3× slower (0.82 against 0.27 ns per element, AVX-512).
+    // Wrapping arithmetic: the values cannot overflow, and the dev profile's overflow checks
+    // would keep the loop from vectorizing.
+    let n = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let (n, twice) = if n > 127 { (127, 2.0) } else { (n, 1.0) };
-    er * f32::from_bits(((n + 127).max(1) as u32) << 23) * twice
+    er * f32::from_bits((n.wrapping_add(127).max(1) as u32) << 23) * twice
 }
 
 /// erf in f32 as an odd/even rational function of `x` clamped to `[-4, 4]` (beyond it erf
@@ -312,12 +317,33 @@ pub fn group_norm_act_forward(
             let c0 = (block % shape.groups) * cg;
             for (i, (y, x)) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).enumerate() {
                 let (g, b) = affine.map_or((1.0, 0.0), |(g, b)| (g[c0 + i], b[c0 + i]));
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = act.apply((x - mean) * rstd * g + b);
-                }
+                norm_act_row(y, x, (mean, rstd, g, b), act);
             }
         });
     y
+}
+
+/// `y = act((x − mean) · rstd · g + b)` over one channel's row, the activation chosen once
+/// outside the loop and the loop run [`wide`].
+#[inline(always)]
+fn norm_act_row(y: &mut [f32], x: &[f32], (mean, rstd, g, b): (f32, f32, f32, f32), act: Act) {
+    macro_rules! run {
+        ($f:expr) => {
+            wide(
+                #[inline(always)]
+                || {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = $f((x - mean) * rstd * g + b);
+                    }
+                },
+            )
+        };
+    }
+    match act {
+        Act::Identity => run!(|z: f32| z),
+        Act::Gelu => run!(gelu),
+        Act::Relu => run!(|z: f32| z.max(0.0)),
+    }
 }
 
 /// Gradients of [`group_norm_act_forward`]: `(dx, dγ, dβ)` (the last two per channel, zeros
