@@ -439,4 +439,51 @@ mod tests {
         assert!(rel(&host(x.grad(&g).unwrap()), &host(x64.grad(&g64).unwrap())) < 1e-5);
         assert!(rel(&host(b.grad(&g).unwrap()), &host(b64.grad(&g64).unwrap())) < 1e-5);
     }
+
+    /// The NdArray forward adds the update into `y`'s buffer: a `y` another tensor still
+    /// shares is copied first (the other tensor keeps its values), a `y` it alone owns is
+    /// written in place (no copy).
+    #[test]
+    fn the_update_goes_into_y_only_when_y_is_not_shared() {
+        use burn::backend::NdArray;
+        let d = Default::default();
+        let t = |n: usize, seed: u64, dims: [usize; 2]| {
+            Tensor::<NdArray, 2>::from_data(TensorData::new(values(n, seed), dims), &d)
+        };
+        let (y, x, a, b) = (
+            t(24, 1, [4, 6]),
+            t(20, 2, [4, 5]),
+            t(10, 3, [5, 2]),
+            t(12, 4, [2, 6]),
+        );
+        let want = y.clone()
+            + x.clone()
+                .matmul(a.clone())
+                .matmul(b.clone())
+                .mul_scalar(0.5);
+        let kept = y.clone().into_data();
+        let run = |y: Tensor<NdArray, 2>| {
+            let (out, _) = NdArray::low_rank_forward(
+                y.into_primitive().tensor(),
+                x.clone().into_primitive().tensor(),
+                a.clone().into_primitive().tensor(),
+                b.clone().into_primitive().tensor(),
+                0.5,
+                None,
+            );
+            Tensor::<NdArray, 2>::from_primitive(TensorPrimitive::Float(out))
+        };
+        let shared = run(y.clone());
+        assert_eq!(y.clone().into_data(), kept, "a shared y keeps its values");
+        assert!(rel(&host(shared), &host(want.clone())) < 1e-6);
+        let fresh = y.clone() + 0.0; // a buffer of its own
+        let ptr = |t: &Tensor<NdArray, 2>| match t.clone().into_primitive().tensor() {
+            burn_ndarray::NdArrayTensor::F32(s) => s.view().as_ptr() as usize,
+            _ => 0,
+        };
+        let before = ptr(&fresh);
+        let out = run(fresh);
+        assert_eq!(ptr(&out), before, "an unshared y is written in place");
+        assert!(rel(&host(out), &host(want)) < 1e-6);
+    }
 }

@@ -237,7 +237,6 @@ impl QuantBackend for NdArray {
             return crate::low_rank::composed::<Self>(y, x, a, b, scaling, drop);
         }
         let (k, r, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
-        let dims = y.shape().to_vec();
         let xs = host_f32(&x);
         let rows = xs.len() / k.max(1);
         // The dropped input lives only for this call; the backward regenerates the mask.
@@ -251,9 +250,15 @@ impl QuantBackend for NdArray {
         let ((aw, a_st), (bw, b_st)) = (weight_2d(&a), weight_2d(&b));
         let mut t = vec![0f32; rows * r];
         row_parallel_gemm(input, k, &aw, a_st, r, &mut t, (r, 0), 0.0);
-        let mut out = host_f32(&y).into_owned();
-        row_parallel_gemm_scaled(&t, r, r, &bw, b_st, n, &mut out, (n, 0), (scaling, 1.0));
-        (owned_f32_dims(out, &dims), owned_f32(t, [rows, r]))
+        // The update is added into y's own buffer when y is the only owner (the base layer's
+        // fresh output, as a step gives it), else into a copy.
+        let mut out = into_standard_f32(y);
+        let out_rows = out.as_slice_mut().expect("an array in standard layout");
+        row_parallel_gemm_scaled(&t, r, r, &bw, b_st, n, out_rows, (n, 0), (scaling, 1.0));
+        (
+            burn_ndarray::NdArrayTensor::from(out),
+            owned_f32(t, [rows, r]),
+        )
     }
 
     fn low_rank_backward(
@@ -400,6 +405,29 @@ fn weight_2d(t: &FloatTensor<NdArray>) -> Weight2d<'_> {
         std::borrow::Cow::Owned(host_vec::<f32>(t.into_data())),
         (n, 1),
     )
+}
+
+/// An f32 NdArray tensor as a row-major (standard layout) array: its own buffer when it is
+/// one (owned, in standard layout), a copy otherwise. Writing through `as_slice_mut` copies
+/// first only while another tensor shares the buffer.
+fn into_standard_f32(t: FloatTensor<NdArray>) -> ndarray::ArcArray<f32, ndarray::IxDyn> {
+    use burn::tensor::TensorMetadata;
+    match t {
+        burn_ndarray::NdArrayTensor::F32(storage) => {
+            let array = storage.into_owned();
+            if array.is_standard_layout() {
+                array
+            } else {
+                array.as_standard_layout().into_owned().into_shared()
+            }
+        }
+        other => {
+            let dims = other.shape().to_vec();
+            let data = host_f32(&other).into_owned();
+            ndarray::ArcArray::from_shape_vec(ndarray::IxDyn(&dims), data)
+                .expect("a tensor's elements fill its shape")
+        }
+    }
 }
 
 /// An f32 NdArray tensor of `dims` owning `data` (no copy).
