@@ -79,7 +79,21 @@ impl QuantBackend for NdArray {
             let r1 = (r0 + chunk_rows(layout)).min(n);
             let w = host.rows_host(layout, r0, r1); // [r1 - r0, in]
             // y[:, r0..r1] = x · wᵀ
-            row_parallel_gemm(&x, k, &w, (1, k), r1 - r0, &mut y, (n, r0), 0.0);
+            let w_t = Chunk {
+                b: &w,
+                strides: (1, k),
+                n: r1 - r0,
+            };
+            row_parallel_gemm_with(
+                crate::gemm::sgemm,
+                &x,
+                k,
+                k,
+                w_t,
+                &mut y,
+                (n, r0),
+                (1.0, 0.0),
+            );
         }
         owned_f32(y, [rows, n])
     }
@@ -99,7 +113,21 @@ impl QuantBackend for NdArray {
             let w = host.rows_host(layout, r0, r1); // [r1 - r0, in]
             // dx += grad[:, r0..r1] · w
             let g = &grad[r0..];
-            row_parallel_gemm_strided(g, n, r1 - r0, &w, (k, 1), k, &mut dx, (k, 0), 1.0);
+            let w = Chunk {
+                b: &w,
+                strides: (k, 1),
+                n: k,
+            };
+            row_parallel_gemm_with(
+                crate::gemm::sgemm,
+                g,
+                n,
+                r1 - r0,
+                w,
+                &mut dx,
+                (k, 0),
+                (1.0, 1.0),
+            );
         }
         owned_f32(dx, [rows, k])
     }
@@ -497,35 +525,68 @@ fn row_parallel_gemm(
     (ldc, c0): (usize, usize),
     beta: f32,
 ) {
-    row_parallel_gemm_strided(a, k, k, b, b_strides, n, c, (ldc, c0), beta)
-}
-
-/// [`row_parallel_gemm`] with `A`'s rows `lda` elements apart (its first `k` columns used).
-#[allow(clippy::too_many_arguments)]
-fn row_parallel_gemm_strided(
-    a: &[f32],
-    lda: usize,
-    k: usize,
-    b: &[f32],
-    b_strides: (usize, usize),
-    n: usize,
-    c: &mut [f32],
-    c_cols: (usize, usize),
-    beta: f32,
-) {
-    row_parallel_gemm_scaled(a, lda, k, b, b_strides, n, c, c_cols, (1.0, beta))
+    row_parallel_gemm_scaled(a, k, k, b, b_strides, n, c, (ldc, c0), (1.0, beta))
 }
 
 /// `C[:, c0 .. c0 + n] = α · A · B + β · C[:, c0 .. c0 + n]`, otherwise as
-/// [`row_parallel_gemm_strided`].
+/// [`row_parallel_gemm`]: `A`'s rows `lda` elements apart (its first `k` columns used), `B`
+/// a weight (its layout does not change the bits: `crate::gemm::sgemm_weight`).
 #[allow(clippy::too_many_arguments)]
 fn row_parallel_gemm_scaled(
     a: &[f32],
     lda: usize,
     k: usize,
     b: &[f32],
-    (rsb, csb): (usize, usize),
+    strides: (usize, usize),
     n: usize,
+    c: &mut [f32],
+    c_cols: (usize, usize),
+    alpha_beta: (f32, f32),
+) {
+    let b = Chunk { b, strides, n };
+    row_parallel_gemm_with(
+        crate::gemm::sgemm_weight,
+        a,
+        lda,
+        k,
+        b,
+        c,
+        c_cols,
+        alpha_beta,
+    )
+}
+
+/// `B` of a product: `k × n` elements by their `(row, column)` strides.
+struct Chunk<'a> {
+    b: &'a [f32],
+    strides: (usize, usize),
+    n: usize,
+}
+
+/// The GEMM function a product runs: `sgemm_weight` for a weight, whose bits must not depend
+/// on how it was loaded, plain `sgemm` for the 4-bit path's freshly dequantized chunks (always
+/// the same layout, and a copy for one row would cost more than the product).
+type Gemm = unsafe fn(
+    (usize, usize, usize),
+    f32,
+    crate::gemm::Operand<*const f32>,
+    crate::gemm::Operand<*const f32>,
+    f32,
+    crate::gemm::Operand<*mut f32>,
+);
+
+/// [`row_parallel_gemm_scaled`] with the GEMM function given.
+#[allow(clippy::too_many_arguments)]
+fn row_parallel_gemm_with(
+    gemm: Gemm,
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    Chunk {
+        b,
+        strides: (rsb, csb),
+        n,
+    }: Chunk<'_>,
     c: &mut [f32],
     (ldc, c0): (usize, usize),
     (alpha, beta): (f32, f32),
@@ -550,7 +611,7 @@ fn row_parallel_gemm_scaled(
             // SAFETY: the asserts bound every access: A's m rows of k within `a`, B's k × n by
             // its strides within `b`, C's m rows of n columns from c0 within this task's `c`.
             unsafe {
-                crate::gemm::sgemm_weight(
+                gemm(
                     (m, k, n),
                     alpha,
                     (a.as_ptr(), lda as isize, 1),
