@@ -526,21 +526,25 @@ macro_rules! cube_q4_methods {
     };
 }
 
-/// CUDA and wgpu: up to [`FUSED_MAX_ROWS`] rows (f32) multiply with the fused
+/// The CubeCL backends (CUDA, wgpu): up to [`FUSED_MAX_ROWS`] rows multiply with the fused
 /// CubeCL kernels that decode each code where they use it (bitsandbytes' `gemv_4bit`); more rows
 /// dequantize with one CubeCL kernel and multiply with Burn's tiled matmul, as bitsandbytes'
-/// `MatMul4Bit` does for training batches. Never the NdArray host kernel.
-#[cfg(feature = "cuda")]
-impl QuantBackend for burn::backend::Cuda {
+/// `MatMul4Bit` does for training batches. Never the NdArray host kernel. wgpu's WGSL has no
+/// bf16 (f32 then, one warning); f16 where the device has it (lavapipe does).
+/// `burn::backend::Cuda` and `Wgpu` are these wrapped in Burn's fusion: see `ops/fusion.rs`.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+impl<R, F, I, BT> QuantBackend for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
     cube_q4_methods!();
 }
 
-/// wgpu's WGSL has no bf16 (f32 then, one warning); f16 where the device has it (lavapipe
-/// does).
-#[cfg(feature = "wgpu")]
-impl QuantBackend for burn::backend::Wgpu {
-    cube_q4_methods!();
-}
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod fusion;
 
 impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
     fn q4_supports(device: &Self::Device, dtype: burn::tensor::DType) -> bool {

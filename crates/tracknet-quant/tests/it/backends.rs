@@ -23,6 +23,23 @@ tracknet_testkit::backend_tests!(
     double_quant_absmax_is_decoded_once_where_the_backend_keeps_it,
 );
 
+/// The GPU backends are Burn's kernel-fusion wrapper around the CubeCL backend (what users get
+/// from Burn by default): the tests above ran the 4-bit kernels as custom operations in the
+/// fusion stream (`tracknet_quant::ops` `fusion.rs`).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_is_the_fusion_wrapper() {
+    let name = std::any::type_name::<burn::backend::Wgpu>();
+    assert!(name.contains("Fusion<"), "{name}");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_is_the_fusion_wrapper() {
+    let name = std::any::type_name::<burn::backend::Cuda>();
+    assert!(name.contains("Fusion<"), "{name}");
+}
+
 fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
