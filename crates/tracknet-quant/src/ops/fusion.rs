@@ -3,7 +3,8 @@
 //! features turn on). The wrapper records operations and compiles runs of element-wise ones
 //! into single kernels; an operation it does not know is a custom operation in its stream.
 //! So the wrapped backend's 4-bit kernels (dequantize, the fused few-row matmul and its input
-//! gradient) run as custom operations, as `burn-vision` registers its kernels; everything
+//! gradient; for more rows the dequantized weight goes into the wrapper's own matmul) run as
+//! custom operations, as `burn-vision` registers its kernels; everything
 //! else (absmax decode, the dense and LoRA paths) is the trait's default Burn ops, which fusion
 //! can merge.
 
@@ -121,6 +122,12 @@ impl<B: FusionBackend + QuantBackend> QuantBackend for Fusion<B> {
         weight: Q4Weight<Self>,
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
+        // Many rows: the dequantize kernel, then the wrapper's own matmul, which fusion can
+        // merge the compute dtype's casts into (the wrapped backend's matmul inside an opaque
+        // operation would hide them).
+        if !super::use_fused(x.shape[0]) {
+            return super::dequantize_then_matmul::<Self>(x, weight, layout);
+        }
         let out = (Shape::new([x.shape[0], layout.out_features]), x.dtype);
         register(Q4Kernel::Matmul, Some(x), weight, layout, out)
     }
@@ -130,6 +137,9 @@ impl<B: FusionBackend + QuantBackend> QuantBackend for Fusion<B> {
         weight: Q4Weight<Self>,
         layout: Q4Layout,
     ) -> FloatTensor<Self> {
+        if !super::use_fused(grad.shape[0]) {
+            return super::dequantize_then_matmul_grad::<Self>(grad, weight, layout);
+        }
         let out = (Shape::new([grad.shape[0], layout.in_features]), grad.dtype);
         register(Q4Kernel::MatmulGrad, Some(grad), weight, layout, out)
     }
