@@ -84,9 +84,9 @@ pub unsafe fn sgemm_weight(
 mod tests {
     use super::*;
 
-    /// [`sgemm_weight`]: `B` row-major, column-major or with padded rows gives the same bits, on shapes that take
-    /// each of the crate's paths: the blocked kernel, the small-product kernel (`m·n ≤ 256`),
-    /// the matrix-vector shortcuts (one row, one column) and depth 1–2.
+    /// [`sgemm_weight`]: `B` row-major, column-major or with padded rows gives the same bits,
+    /// on shapes that take each of the crate's paths: the blocked kernel, the small-product
+    /// kernel (`m·n ≤ 256`), the matrix-vector shortcuts (one row, one column) and depth 1–2.
     #[test]
     fn the_layout_of_b_does_not_change_the_bits() {
         let shapes = [
