@@ -140,10 +140,7 @@ impl QuantBackend for NdArray {
         nested_blocksize: usize,
         n: usize,
     ) -> FloatTensor<Self> {
-        let all_f32 = [&nested, &offset, &map]
-            .iter()
-            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
-        if !all_f32 {
+        if !all_f32([&nested, &offset, &map]) {
             return super::decode_absmax_generic::<Self>(
                 q,
                 nested,
@@ -176,10 +173,7 @@ impl QuantBackend for NdArray {
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         use burn::tensor::TensorMetadata;
-        let all_f32 = [&x, &w, &bias]
-            .iter()
-            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
-        if !all_f32 {
+        if !all_f32([&x, &w, &bias]) {
             return crate::dense::composed::<Self>(x, w, bias);
         }
         let mut dims = x.shape().to_vec();
@@ -205,11 +199,7 @@ impl QuantBackend for NdArray {
         need: [bool; 3],
     ) -> crate::dense::DenseGrads<Self> {
         use burn::tensor::TensorMetadata;
-        let all_f32 = [x.as_ref(), Some(&w), Some(&grad)]
-            .iter()
-            .flatten()
-            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
-        if !all_f32 {
+        if !all_f32(x.as_ref().into_iter().chain([&w, &grad])) {
             return crate::dense::composed_backward::<Self>(x, w, grad, need);
         }
         let (k, n) = (w.shape()[0], w.shape()[1]);
@@ -258,10 +248,7 @@ impl QuantBackend for NdArray {
         drop: Option<crate::low_rank::DropMask>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         use burn::tensor::TensorMetadata;
-        let all_f32 = [&y, &x, &a, &b]
-            .iter()
-            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
-        if !all_f32 {
+        if !all_f32([&y, &x, &a, &b]) {
             return crate::low_rank::composed::<Self>(y, x, a, b, scaling, drop);
         }
         let (k, r, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
@@ -300,11 +287,7 @@ impl QuantBackend for NdArray {
         need: [bool; 3],
     ) -> crate::dense::DenseGrads<Self> {
         use burn::tensor::TensorMetadata;
-        let all_f32 = [x.as_ref(), Some(&t), Some(&a), Some(&b), Some(&grad)]
-            .iter()
-            .flatten()
-            .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)));
-        if !all_f32 {
+        if !all_f32(x.as_ref().into_iter().chain([&t, &a, &b, &grad])) {
             return crate::low_rank::composed_backward::<Self>(
                 x,
                 t,
@@ -399,13 +382,14 @@ fn transposed_gemm(a: &[f32], rows: usize, k: usize, b: &[f32], n: usize, c: &mu
     });
 }
 
+/// A weight's elements and its `(row, column)` strides in elements.
+type Weight2d<'a> = (std::borrow::Cow<'a, [f32]>, (usize, usize));
+
 /// A 2-D f32 NdArray weight `[k, n]` and its `(row, column)` strides in elements: in place
 /// when its elements are one contiguous run, row-major (as a checkpoint loads it or an
 /// optimizer step leaves it) or column-major (PyTorch's `[out, in]` row-major, as Hugging Face
 /// and PEFT loading view it), copied row-major otherwise. The layout does not change the
 /// result's bits: `crate::gemm::sgemm_weight` takes care of that.
-type Weight2d<'a> = (std::borrow::Cow<'a, [f32]>, (usize, usize));
-
 fn weight_2d(t: &FloatTensor<NdArray>) -> Weight2d<'_> {
     use burn_ndarray::NdArrayTensor;
     if let NdArrayTensor::F32(storage) = t {
@@ -456,6 +440,12 @@ fn into_standard_f32(t: FloatTensor<NdArray>) -> ndarray::ArcArray<f32, ndarray:
                 .expect("a tensor's elements fill its shape")
         }
     }
+}
+
+/// Whether every tensor is f32, the host kernels' only type (otherwise the composed ops run).
+fn all_f32<'a>(ts: impl IntoIterator<Item = &'a FloatTensor<NdArray>>) -> bool {
+    ts.into_iter()
+        .all(|t| matches!(t, burn_ndarray::NdArrayTensor::F32(_)))
 }
 
 /// An f32 NdArray tensor of `dims` owning `data` (no copy).
