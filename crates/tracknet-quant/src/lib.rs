@@ -33,4 +33,4 @@ pub use codebook::QuantType;
 pub use error::QuantError;
 pub use linear::{CodeBooks, QuantSpec, QuantizedLinear, QuantizedLinearConfig, torch_linear};
 pub use model::{KeepReason, LayerMemory, LinearInfo, MemoryReport, QuantPlan, segment_match};
-pub use ops::{ComputeDtype, FUSED_MAX_ROWS, Q4Layout, QuantBackend};
+pub use ops::{ComputeDtype, DeviceMemory, FUSED_MAX_ROWS, MemoryProbe, Q4Layout, QuantBackend};

@@ -79,6 +79,21 @@ pub struct Q4Weight<B: Backend> {
     pub code: FloatTensor<B>,
 }
 
+/// Bytes a device allocator holds, as CubeCL's memory manager counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceMemory {
+    /// Bytes of live tensors (padding excluded): what PyTorch calls "allocated".
+    pub in_use: u64,
+    /// Bytes of the pages the allocator holds. The default CubeCL pools give pages back only
+    /// on an explicit `Backend::memory_cleanup`, so between two cleanups this is also the
+    /// high-water mark of `in_use` plus padding (PyTorch's "max reserved").
+    pub reserved: u64,
+}
+
+/// Reads one stream's device allocator; callable from any thread, so that a sampler can
+/// poll it while the thread that made it computes.
+pub type MemoryProbe = Box<dyn Fn() -> Option<DeviceMemory> + Send + Sync>;
+
 /// Backends that can run the 4-bit linear.
 pub trait QuantBackend: Backend {
     /// Whether the matmul can run in `dtype` (f16/bf16) on `device` (false: f32 is used):
@@ -216,6 +231,13 @@ pub trait QuantBackend: Backend {
         need: [bool; 3],
     ) -> crate::dense::DenseGrads<Self> {
         crate::low_rank::composed_backward::<Self>(x, t, a, b, grad, op, x_shape, need)
+    }
+
+    /// A probe of the device memory that the calling thread's operations allocate on
+    /// `device` (CubeCL keeps one allocator per stream, a stream per thread). `None` where
+    /// tensors live on the process heap (NdArray): a counting global allocator sees those.
+    fn memory_probe(_device: &Self::Device) -> Option<MemoryProbe> {
+        None
     }
 }
 
@@ -541,6 +563,19 @@ where
     BT: burn_cubecl::BoolElement,
 {
     cube_q4_methods!();
+
+    fn memory_probe(device: &Self::Device) -> Option<MemoryProbe> {
+        let mut client = R::client(device);
+        // SAFETY: pins the client to the calling thread's stream, whose allocator holds that
+        // thread's tensors; the probe only reads that allocator's counters through it.
+        unsafe { client.set_stream(cubecl::stream_id::StreamId::current()) };
+        Some(Box::new(move || {
+            client.memory_usage().ok().map(|u| DeviceMemory {
+                in_use: u.bytes_in_use,
+                reserved: u.bytes_reserved,
+            })
+        }))
+    }
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -553,6 +588,10 @@ impl<B: QuantBackend, C: CheckpointStrategy> QuantBackend for Autodiff<B, C> {
 
     fn q4_cache_absmax() -> bool {
         B::q4_cache_absmax()
+    }
+
+    fn memory_probe(device: &Self::Device) -> Option<MemoryProbe> {
+        B::memory_probe(device)
     }
 
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {

@@ -111,6 +111,11 @@ impl<B: FusionBackend + QuantBackend> QuantBackend for Fusion<B> {
         B::q4_cache_absmax()
     }
 
+    /// The wrapped backend's allocator: fusion allocates there when it runs its queue.
+    fn memory_probe(device: &Self::Device) -> Option<super::MemoryProbe> {
+        B::memory_probe(device)
+    }
+
     fn q4_dequantize(weight: Q4Weight<Self>, layout: Q4Layout) -> FloatTensor<Self> {
         let shape = Shape::new([layout.out_features, layout.in_features]);
         let dtype = weight.code.dtype;

@@ -21,6 +21,7 @@ tracknet_testkit::backend_tests!(
     bnb_weights_multiply_and_backpropagate_on_the_fused_and_the_tiled_path,
     half_compute_dtype_multiplies_in_half_where_the_backend_has_it,
     double_quant_absmax_is_decoded_once_where_the_backend_keeps_it,
+    the_memory_probe_reads_this_threads_allocator_from_another_thread,
 );
 
 /// The GPU backends are Burn's kernel-fusion wrapper around the CubeCL backend (what users get
@@ -38,6 +39,44 @@ fn wgpu_is_the_fusion_wrapper() {
 fn cuda_is_the_fusion_wrapper() {
     let name = std::any::type_name::<burn::backend::Cuda>();
     assert!(name.contains("Fusion<"), "{name}");
+}
+
+/// The bench's device-memory figure: a probe made on this thread, read from another thread
+/// (as the bench's sampler does), counts this thread's tensors as they come and go. NdArray has
+/// none: its tensors are on the heap.
+fn the_memory_probe_reads_this_threads_allocator_from_another_thread<B: QuantBackend>(
+    device: &B::Device,
+) {
+    let Some(probe) = B::memory_probe(device) else {
+        assert!(
+            B::name(device).to_lowercase().contains("ndarray"),
+            "{}: a device backend without a memory probe",
+            B::name(device)
+        );
+        return;
+    };
+    let read = || {
+        B::sync(device).expect("sync");
+        std::thread::scope(|s| s.spawn(&probe).join().expect("probe thread")).expect("a reading")
+    };
+    let before = read();
+    // 16 MiB of f32 made here.
+    let t = Tensor::<B, 2>::ones([2048, 2048], device) * 2.0;
+    let with = read();
+    assert!(
+        with.in_use >= before.in_use + (16 << 20),
+        "16 MiB tensor not counted: {before:?} → {with:?}"
+    );
+    assert!(with.reserved >= with.in_use, "{with:?}");
+    assert_eq!(host(t.clone().slice([0..1, 0..2])), vec![2.0, 2.0]);
+    drop(t);
+    let after = read();
+    assert!(
+        after.in_use + (16 << 20) <= with.in_use,
+        "freed tensor still counted: {with:?} → {after:?}"
+    );
+    // The pool keeps its pages until a cleanup: reserved is the high-water mark.
+    assert!(after.reserved >= with.reserved, "{with:?} → {after:?}");
 }
 
 fn host<const D: usize, B: Backend>(t: Tensor<B, D>) -> Vec<f32> {

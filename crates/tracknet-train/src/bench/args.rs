@@ -53,7 +53,7 @@ pub struct CaseArgs {
     /// full | lora | qlora-nf4 | qlora-nf4-dq | qlora-fp4
     #[arg(long)]
     pub mode: String,
-    /// ndarray | cuda
+    /// ndarray | cuda | wgpu
     #[arg(long, default_value = "ndarray")]
     pub backend: String,
     /// Recomputation per segment (`training.gradient_checkpointing`).

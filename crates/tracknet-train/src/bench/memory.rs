@@ -1,6 +1,7 @@
 //! The memory probe of a bench case: exact live-heap bytes from a counting allocator (all
 //! NdArray tensors live on the heap) and the kernel's peak resident set (VmHWM, reset through
-//! `/proc/self/clear_refs`), allocator slack included.
+//! `/proc/self/clear_refs`), allocator slack included. On the CubeCL backends tensors live in
+//! the device allocator instead: [`DeviceSampler`] polls it while the step runs.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -270,4 +271,100 @@ pub fn reset_peaks() -> bool {
     PEAK.store(heap_live(), Ordering::Relaxed);
     trace::reset();
     ok
+}
+
+/// The highest device-allocator readings a [`DeviceSampler`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DevicePeaks {
+    /// Highest bytes in use among the samples: a lower bound of the true peak (a tensor that
+    /// lives less than one period between two samples can be missed).
+    pub in_use: u64,
+    /// Highest bytes reserved among the samples.
+    pub reserved: u64,
+    /// How many readings were taken.
+    pub samples: u64,
+}
+
+impl DevicePeaks {
+    /// Takes one more reading into account.
+    pub fn add(&mut self, m: tracknet_quant::DeviceMemory) {
+        self.in_use = self.in_use.max(m.in_use);
+        self.reserved = self.reserved.max(m.reserved);
+        self.samples += 1;
+    }
+}
+
+/// Polls a device-memory probe every `period` on a thread of its own until [`finish`]ed: the
+/// CubeCL allocators keep counters of what is live now, not a high-water mark.
+///
+/// [`finish`]: DeviceSampler::finish
+pub struct DeviceSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<DevicePeaks>,
+}
+
+impl DeviceSampler {
+    /// Starts polling `probe`.
+    pub fn start(
+        probe: std::sync::Arc<tracknet_quant::MemoryProbe>,
+        period: std::time::Duration,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut peaks = DevicePeaks::default();
+            while !flag.load(Ordering::Relaxed) {
+                if let Some(m) = probe() {
+                    peaks.add(m);
+                }
+                std::thread::sleep(period);
+            }
+            peaks
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops polling; the highest readings (the default if the sampler thread panicked).
+    pub fn finish(self) -> DevicePeaks {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use tracknet_quant::DeviceMemory;
+
+    /// The sampler keeps the highest reading of each counter, not the last one, and stops.
+    #[test]
+    fn the_sampler_keeps_the_highest_readings() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let seen = calls.clone();
+        // In use rises to 50 at the fifth reading and falls back; reserved only grows.
+        let probe: tracknet_quant::MemoryProbe = Box::new(move || {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            Some(DeviceMemory {
+                in_use: if n == 4 { 50 } else { 10 },
+                reserved: 100 + n.min(20),
+            })
+        });
+        let sampler = DeviceSampler::start(Arc::new(probe), std::time::Duration::ZERO);
+        while calls.load(Ordering::SeqCst) < 30 {
+            std::thread::yield_now();
+        }
+        let peaks = sampler.finish();
+        let after = calls.load(Ordering::SeqCst);
+        assert_eq!(peaks.in_use, 50);
+        assert_eq!(peaks.reserved, 120);
+        assert_eq!(peaks.samples, after);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            after,
+            "still polling after finish"
+        );
+    }
 }

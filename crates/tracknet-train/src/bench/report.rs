@@ -20,6 +20,23 @@ fn find<'a>(cases: &'a [Value], backend: &str, case: &str) -> Option<&'a Value> 
     })
 }
 
+/// The peak-memory figures a backend's goal checks compare: the heap and the resident set on
+/// NdArray (all tensors live on the heap), the device allocator on the CubeCL backends (the
+/// host figures there hold no tensors).
+fn memory_keys(backend: &str) -> [(&'static str, &'static str); 2] {
+    if backend == "ndarray" {
+        [
+            ("peak RSS", "peak_rss_bytes"),
+            ("peak heap", "peak_heap_bytes"),
+        ]
+    } else {
+        [
+            ("device peak in use", "device_peak_in_use_bytes"),
+            ("device peak reserved", "device_peak_reserved_bytes"),
+        ]
+    }
+}
+
 /// `report FILE`: the tables and the goal checks of a file written by `cargo xtask bench`.
 pub fn report(file: &Path) -> Result<(), TrainError> {
     let raw = std::fs::read_to_string(file).map_err(io_err(file))?;
@@ -39,9 +56,9 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
     );
     println!();
     println!(
-        "| case | backend | batch | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | step median s | step min s | CPU cores | infer fps |"
+        "| case | backend | batch | bits/w | linear MB | trainable | peak RSS MB | RSS before MB | peak heap MB | heap before MB | device peak MB | device reserved MB | step median s | step min s | CPU cores | infer fps |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for c in cases.iter().filter(|c| c["kind"] == "case") {
         if !c["error"].is_null() {
             println!(
@@ -53,7 +70,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             continue;
         }
         println!(
-            "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({}%) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c["case"].as_str().unwrap_or("?"),
             c["backend"].as_str().unwrap_or("?"),
             c["sizes"]["batch"],
@@ -65,6 +82,8 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             mb(&c["resident_before_step_bytes"]),
             mb(&c["peak_heap_bytes"]),
             mb(&c["heap_before_step_bytes"]),
+            mb(&c["device_peak_in_use_bytes"]),
+            mb(&c["device_peak_reserved_bytes"]),
             num(&c["step_seconds_median"], 3),
             num(&c["step_seconds_min"], 3),
             num(&c["step_cpu_cores"], 2),
@@ -157,7 +176,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
 
     println!();
     println!("goals:");
-    let backends = ["ndarray", "cuda"];
+    let backends = ["ndarray", "cuda", "wgpu"];
     for backend in backends {
         let pairs = [("qlora-nf4-dq", "lora"), ("qlora-nf4-dq+ckpt", "lora+ckpt")];
         if find(cases, backend, "lora").is_none() {
@@ -176,10 +195,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
             };
             let f32_bytes = q["quantized_f32_bytes"].as_f64().unwrap_or(f64::NAN);
             let need = 0.8 * f32_bytes;
-            for (what, key) in [
-                ("peak RSS", "peak_rss_bytes"),
-                ("peak heap", "peak_heap_bytes"),
-            ] {
+            for (what, key) in memory_keys(backend) {
                 let (Some(qb), Some(lb)) = (q[key].as_f64(), l[key].as_f64()) else {
                     println!("  [n/a ] {backend}: {qc} vs {lc}: {what} not measured");
                     continue;
@@ -221,10 +237,7 @@ fn lean_step_goals(cases: &[Value], backend: &str) {
         return;
     };
     if let Some(f) = find(cases, backend, "full") {
-        for (what, key) in [
-            ("peak RSS", "peak_rss_bytes"),
-            ("peak heap", "peak_heap_bytes"),
-        ] {
+        for (what, key) in memory_keys(backend) {
             if let (Some(rb), Some(fb)) = (r[key].as_f64(), f[key].as_f64()) {
                 println!(
                     "  [{}] {backend}: qlora-nf4-dq+ckpt {what} {:.1} MB = {:.0}% of full's {:.1} MB (goal <= 40%)",
@@ -239,7 +252,11 @@ fn lean_step_goals(cases: &[Value], backend: &str) {
     let torch = cases
         .iter()
         .find(|c| c["kind"] == "torch" && c["mode"] == "qlora" && c["error"].is_null());
-    if let (Some(t), Some(rb)) = (torch, r["peak_rss_bytes"].as_f64()) {
+    // The peer runs on the CPU: only NdArray's resident set compares with its own.
+    let rss = r["peak_rss_bytes"]
+        .as_f64()
+        .filter(|_| backend == "ndarray");
+    if let (Some(t), Some(rb)) = (torch, rss) {
         let tb = t["anchor"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN) * 1e6;
         println!(
             "  [{}] {backend}: qlora-nf4-dq+ckpt peak RSS {:.1} MB = {:.0}% of PyTorch's QLoRA {:.1} MB (goal <= 50%)",
@@ -344,7 +361,7 @@ fn line_fit(points: &[(f64, f64)]) -> (f64, f64) {
 }
 
 /// The memory-vs-batch table and chart: for every case measured at two or more batch sizes
-/// (`cargo xtask bench --batches 1,2,4,8`), peak RSS per batch, the per-image slope of a
+/// (`cargo xtask bench --batches 1,2,4,8`), peak RSS (device reserved on the CubeCL backends) per batch, the per-image slope of a
 /// least-squares line, and the largest batch that line puts under 16 and 24 GiB. The chart is
 /// written to `png` (one line per case).
 fn memory_vs_batch(cases: &[Value], png: &Path) -> Result<(), TrainError> {
@@ -355,9 +372,13 @@ fn memory_vs_batch(cases: &[Value], png: &Path) -> Result<(), TrainError> {
         .iter()
         .filter(|c| c["kind"] == "case" && c["error"].is_null())
     {
-        let (Some(batch), Some(peak)) =
-            (c["sizes"]["batch"].as_u64(), c["peak_rss_bytes"].as_f64())
-        else {
+        // What bounds the batch: the resident set on NdArray, the pages the device allocator
+        // takes on the CubeCL backends.
+        let key = match c["backend"].as_str() {
+            Some("ndarray") | None => "peak_rss_bytes",
+            Some(_) => "device_peak_reserved_bytes",
+        };
+        let (Some(batch), Some(peak)) = (c["sizes"]["batch"].as_u64(), c[key].as_f64()) else {
             continue;
         };
         let key = (
@@ -375,7 +396,9 @@ fn memory_vs_batch(cases: &[Value], png: &Path) -> Result<(), TrainError> {
         groups.values().flat_map(|g| g.keys().copied()).collect();
     const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
     println!();
-    println!("memory vs batch (peak RSS of a training step, MB; line fitted by least squares):");
+    println!(
+        "memory vs batch (peak of a training step, MB: RSS on NdArray, device reserved on CUDA/wgpu; line fitted by least squares):"
+    );
     let head: Vec<String> = batches.iter().map(|b| format!("batch {b}")).collect();
     println!(
         "| case | backend | {} | MB per image | MB at batch 0 | max batch in 16 GiB | max batch in 24 GiB |",

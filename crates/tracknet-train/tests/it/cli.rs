@@ -450,6 +450,52 @@ fn bench_report_fits_memory_per_image_and_charts_it() {
     assert!(!dir.join("memory-vs-batch.png").exists());
 }
 
+/// On the CubeCL backends the tensors are in the device allocator: the report's memory goals and
+/// its memory-vs-batch lines read the device figures there, the resident set on NdArray.
+#[test]
+fn bench_report_reads_device_memory_on_the_gpu_backends() {
+    let dir = tmp("bench-report-device");
+    // 100 MB of f32 weights quantized. On wgpu the device saves 90 MB (goal: 80), the host's
+    // resident set nothing; on NdArray the other way round.
+    let case = |backend: &str, name: &str, batch: u64, rss: f64, device: f64| {
+        serde_json::json!({"kind": "case", "case": name, "backend": backend,
+            "sizes": {"batch": batch}, "quantized_f32_bytes": 100e6,
+            "peak_rss_bytes": rss, "peak_heap_bytes": rss,
+            "device_peak_in_use_bytes": device, "device_peak_reserved_bytes": device + 1e6,
+            "step_seconds_median": 1.0})
+    };
+    let mut cases = vec![
+        case("wgpu", "lora", 2, 500e6, 300e6),
+        case("wgpu", "qlora-nf4-dq", 2, 500e6, 210e6),
+        case("ndarray", "lora", 2, 300e6, f64::NAN),
+        case("ndarray", "qlora-nf4-dq", 2, 210e6, f64::NAN),
+    ];
+    // A wgpu sweep: 10 MB + 5 MB/image reserved on the device, a flat resident set.
+    for b in [1u64, 2, 4] {
+        cases.push(case("wgpu", "full", b, 900e6, 9e6 + 5e6 * b as f64));
+    }
+    let doc = serde_json::json!({"machine": {"cpu": "test", "nproc": 2}, "cases": cases});
+    let file = dir.join("bench.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+        .arg("report")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for line in [
+        "[PASS] wgpu: qlora-nf4-dq device peak in use 210.0 MB vs lora 300.0 MB: saves 90.0 MB",
+        "[PASS] wgpu: qlora-nf4-dq device peak reserved 211.0 MB vs lora 301.0 MB: saves 90.0 MB",
+        "[PASS] ndarray: qlora-nf4-dq peak RSS 210.0 MB vs lora 300.0 MB: saves 90.0 MB",
+        "| full | wgpu | 15.0 | 20.0 | 30.0 | 5.0 | 10.0 |",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}`:\n{stdout}");
+    }
+    assert!(!stdout.contains("wgpu: qlora-nf4-dq peak RSS"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `metrics.csv` without its wall-time column, and the bytes of every tensor file of the last
 /// checkpoint (weights, optimizer state, adapter).
 fn run_fingerprint(run: &Path) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
