@@ -9,9 +9,13 @@
 //! - `bench [--quick] [--quality] [--vs-torch] [--out FILE] [FLAGS]`: every mode in its own
 //!   process, one JSON file (`bench-results/bench.json`) + a table and the goal checks (see
 //!   `bench.rs`); `--vs-torch` adds the PyTorch peer mode by mode (`peer.rs`).
+//! - `device-bundle [--backend cuda|wgpu]`: the bench and the backend suites' test binaries,
+//!   built here for a lent GPU machine, which runs them with `.ci/device-check.sh`
+//!   (`device.rs`).
 //! - `ci`: what CI runs (`test`).
 
 mod bench;
+mod device;
 mod peer;
 
 use std::path::{Path, PathBuf};
@@ -21,7 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
         eprintln!(
-            "usage: cargo xtask <train|eval|predict|synth|quantize-report|bench|test|ci> [ARGS]"
+            "usage: cargo xtask <train|eval|predict|synth|quantize-report|bench|device-bundle|test|ci> [ARGS]"
         );
         return ExitCode::from(2);
     };
@@ -30,9 +34,10 @@ fn main() -> ExitCode {
             tracknet(task, rest)
         }
         "bench" => bench::run(rest),
+        "device-bundle" => device::bundle(rest),
         "test" | "ci" => test(),
         other => Err(format!(
-            "unknown task `{other}`; expected train|eval|predict|synth|quantize-report|bench|test|ci"
+            "unknown task `{other}`; expected train|eval|predict|synth|quantize-report|bench|device-bundle|test|ci"
         )),
     };
     match result {

@@ -97,6 +97,10 @@ pub struct CaseArgs {
     /// float32 | bfloat16 | float16 (4-bit modes).
     #[arg(long, default_value = "float32")]
     pub compute_dtype: String,
+    /// Mixed precision: `training.amp: true` with this `training.precision` (fp16 | bf16);
+    /// f32 where the backend lacks the dtype, as training does (the JSON's `amp` says which).
+    #[arg(long)]
+    pub amp: Option<String>,
     #[arg(long)]
     pub batch: Option<usize>,
     /// Measured training steps (at least one: 0 runs one, as the medians need a step).

@@ -21,8 +21,8 @@ use super::memory::{
 use crate::backend::{AutodiffJob, with_autodiff};
 use crate::error::TrainError;
 use crate::eval::loss_from_config;
-use crate::optim::{OptimKind, Optimizer};
-use crate::trainer::{StepPlan, parallel_shards, train_step};
+use crate::optim::{OptimKind, Optimizer, grad_norm};
+use crate::trainer::{StepPlan, parallel_shards, step_grads, unscale, update};
 
 /// `case`: one training configuration; ONE JSON object (weight storage, trainable
 /// parameters, peak memory of a training step, step time, inference frames/s). Run each case
@@ -184,50 +184,74 @@ where
     if let Some(note) = note {
         tracing::info!("{label}: {note}");
     }
-    // `training.amp` as the trainer takes it on this backend (fp16 at the scaler's start).
+    // `training.amp` as the trainer takes it on this backend, with fp16's loss scaler.
     let (dtype, note) = crate::amp::step_dtype::<B>(&cfg.training, device);
     if let Some(note) = note {
         tracing::info!("{label}: {note}");
     }
-    let loss_scale = crate::amp::LossScaler::for_dtype(dtype).map_or(1.0, |s| s.scale);
-    let plan = StepPlan {
-        micro: s.batch,
-        recompute: a.grad_ckpt,
-        shards,
-        precision: crate::amp::StepPrecision { dtype, loss_scale },
-    };
+    let mut scaler = crate::amp::LossScaler::for_dtype(dtype);
     let mut losses = Vec::new();
-    let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64) {
+    // The trainer's own step: forward + backward, global-norm clipping, AdamW; with fp16 an
+    // overflow halves the scale and skips the update, as the training loop does.
+    let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64, bool) {
         let t = Instant::now();
-        // The trainer's own step: forward + backward, global-norm clipping, AdamW.
-        let (model, loss, _) =
-            train_step(model, &mut opt, &loss_fn, &batch, plan, clip, 1e-4, device);
+        let loss_scale = scaler.map_or(1.0, |s| s.scale);
+        let plan = StepPlan {
+            micro: s.batch,
+            recompute: a.grad_ckpt,
+            shards,
+            precision: crate::amp::StepPrecision { dtype, loss_scale },
+        };
+        let (loss, grads) = step_grads(&model, &loss_fn, &batch, plan, device);
+        let gnorm = grad_norm::<B, _>(&model, &grads);
+        let finite = loss.is_finite() && gnorm.is_finite();
+        let taken = scaler.as_mut().is_none_or(|s| s.update(finite));
+        let model = if taken {
+            let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, loss_scale);
+            update(model, &mut opt, grads, gnorm, clip, 1e-4)
+        } else {
+            model
+        };
         let _ = B::sync(device);
-        (model, loss, t.elapsed().as_secs_f64())
+        (model, loss, t.elapsed().as_secs_f64(), taken)
     };
     let mut warmup_seconds = Vec::new();
-    let mut seconds = Vec::new();
-    // Peaks are reset after the warm-up steps, so they are the timed steps' own.
-    let (mut clear_refs_ok, mut rss_before, mut heap_before) = (false, None, 0);
-    let mut cpu_before = None;
-    for i in 0..s.warmup + s.steps {
-        if i == s.warmup {
-            clear_refs_ok = reset_peaks();
-            rss_before = proc_status_bytes("VmRSS");
-            heap_before = heap_live();
-            cpu_before = cpu_seconds();
-        }
-        let (m, loss, secs) = step(model);
+    // The warm-up counts taken steps only, so that fp16's scaler has found its scale (from
+    // 65536, a few halvings) before the timed steps; at most 32 skips.
+    let (mut warm, mut skips) = (0, 0);
+    while warm < s.warmup && skips <= 32 {
+        let (m, loss, secs, taken) = step(model);
         model = m;
         losses.push(loss);
-        if i < s.warmup {
-            warmup_seconds.push(secs);
-            tracing::info!("{label}: warmup step {secs:.3}s loss {loss:.5}");
+        warmup_seconds.push(secs);
+        if taken {
+            warm += 1;
         } else {
-            seconds.push(secs);
-            let n = i - s.warmup + 1;
-            tracing::info!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
+            skips += 1;
         }
+        tracing::info!(
+            "{label}: warmup step {secs:.3}s loss {loss:.5}{}",
+            if taken {
+                ""
+            } else {
+                " (overflow: skipped, loss scale halved)"
+            }
+        );
+    }
+    // Peaks are reset after the warm-up steps, so they are the timed steps' own.
+    let clear_refs_ok = reset_peaks();
+    let rss_before = proc_status_bytes("VmRSS");
+    let heap_before = heap_live();
+    let cpu_before = cpu_seconds();
+    let mut seconds = Vec::new();
+    let mut skipped = 0;
+    for n in 1..=s.steps {
+        let (m, loss, secs, taken) = step(model);
+        model = m;
+        losses.push(loss);
+        seconds.push(secs);
+        skipped += usize::from(!taken);
+        tracing::info!("{label}: step {n}/{} {secs:.3}s loss {loss:.5}", s.steps);
     }
     let peak_rss = if clear_refs_ok {
         proc_status_bytes("VmHWM")
@@ -259,7 +283,7 @@ where
         let sampler = DeviceSampler::start(probe.clone(), std::time::Duration::from_millis(1));
         // The model moves through the step as in the timed ones (a clone kept alive would add
         // a copy of every updated parameter).
-        let (m, _, _) = step(model);
+        let (m, _, _, _) = step(model);
         model = m;
         let mut peaks = sampler.finish();
         // The step ended with a sync: one reading after it, and the one before.
@@ -307,13 +331,20 @@ where
     };
     let mut out = json!({
         "kind": "case",
-        "case": format!("{}{}", a.mode, if a.grad_ckpt { "+ckpt" } else { "" }),
+        "case": format!(
+            "{}{}{}",
+            a.mode,
+            if a.grad_ckpt { "+ckpt" } else { "" },
+            a.amp.as_ref().map_or(String::new(), |p| format!("+amp-{p}"))
+        ),
         "mode": a.mode,
         "backend": a.backend,
         "grad_ckpt": a.grad_ckpt,
         "parallel_shards": shards,
         "quick": a.quick,
         "compute_dtype": a.compute_dtype,
+        // The step's half dtype under `--amp` where the backend has it; null: f32.
+
         "lora_dropout": if cfg.model.lora.enabled { Some(a.lora_dropout) } else { None },
         "sizes": s.to_json(),
         "build_seconds": build_seconds,
@@ -347,16 +378,21 @@ where
         "inference_fps": x.batch_size as f64 / infer_median,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });
-    // `null` on NdArray, whose tensors the heap figures above count.
-    let device = json!({
+    // `null` on NdArray, whose tensors the heap figures above count; the half dtype under
+    // `--amp` where the backend has it (`null`: f32), fp16's scale after the timed steps and
+    // the timed steps that overflowed.
+    let more = json!({
+        "amp": dtype.map(|d| format!("{d:?}").to_lowercase()),
+        "loss_scale": scaler.map(|s| s.scale),
+        "skipped_steps": skipped,
         "device_in_use_before_step_bytes": device_before.map(|m| m.in_use),
         "device_reserved_before_step_bytes": device_before.map(|m| m.reserved),
         "device_peak_in_use_bytes": device_peaks.map(|p: DevicePeaks| p.in_use),
         "device_peak_reserved_bytes": device_peaks.map(|p| p.reserved),
         "device_memory_samples": device_peaks.map(|p| p.samples),
     });
-    if let (Some(out), Value::Object(device)) = (out.as_object_mut(), device) {
-        out.extend(device);
+    if let (Some(out), Value::Object(more)) = (out.as_object_mut(), more) {
+        out.extend(more);
     }
     Ok(out)
 }

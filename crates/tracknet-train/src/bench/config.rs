@@ -121,6 +121,15 @@ impl Sizes {
     }
 
     pub fn overrides(&self, a: &CaseArgs) -> Vec<String> {
+        let mut v = self.size_overrides(a);
+        if let Some(precision) = &a.amp {
+            v.push("training.amp=true".into());
+            v.push(format!("training.precision={precision}"));
+        }
+        v
+    }
+
+    fn size_overrides(&self, a: &CaseArgs) -> Vec<String> {
         let list = |v: &[usize]| {
             format!(
                 "[{}]",

@@ -450,6 +450,56 @@ fn bench_report_fits_memory_per_image_and_charts_it() {
     assert!(!dir.join("memory-vs-batch.png").exists());
 }
 
+/// `tracknet-bench case --amp`: a mixed-precision case names itself, says which dtype its step
+/// ran in (none on NdArray, which trains in f32 then, as a run does), and with fp16 the loss
+/// scaler finds a scale in the warm-up instead of stepping with overflowed gradients (the
+/// timed steps' losses stay finite). The device-memory figures are there on wgpu only.
+#[test]
+fn bench_case_runs_mixed_precision_as_training_does() {
+    let mut backends = vec!["ndarray"];
+    if cfg!(feature = "wgpu") {
+        backends.push("wgpu");
+    }
+    for backend in backends {
+        let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+            .args([
+                "case",
+                "--mode",
+                "qlora-nf4-dq",
+                "--quick",
+                "--backend",
+                backend,
+            ])
+            .args(["--amp", "fp16", "--compute-dtype", "float16"])
+            .args(["--steps", "2", "--warmup", "1", "--infer-runs", "1"])
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{backend}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["case"], "qlora-nf4-dq+amp-fp16", "{backend}");
+        let timed =
+            &v["losses"].as_array().unwrap()[v["warmup_seconds"].as_array().unwrap().len()..];
+        assert_eq!(timed.len(), 2, "{backend}: {v}");
+        assert!(
+            timed.iter().all(|l| l.as_f64().is_some_and(f64::is_finite)),
+            "{backend}: timed losses {timed:?}"
+        );
+        assert_eq!(v["skipped_steps"], 0, "{backend}");
+        if backend == "ndarray" {
+            assert!(v["amp"].is_null() && v["loss_scale"].is_null(), "{v}");
+            assert!(stderr.contains("training.amp (precision fp16)"), "{stderr}");
+            assert!(v["device_peak_in_use_bytes"].is_null(), "{v}");
+        } else {
+            assert_eq!(v["amp"], "f16");
+            let scale = v["loss_scale"].as_f64().unwrap();
+            assert!(scale < 65536.0, "the scaler never halved: {scale}");
+            assert!(v["device_peak_in_use_bytes"].as_u64().unwrap() > 0, "{v}");
+        }
+    }
+}
+
 /// On the CubeCL backends the tensors are in the device allocator: the report's memory goals and
 /// its memory-vs-batch lines read the device figures there, the resident set on NdArray.
 #[test]
