@@ -6,7 +6,8 @@
 #      precision (with and without recomputation), LoRA and full fine-tuning in bf16, QLoRA and
 #      LoRA in f32, and the 4-bit matmul per row count;
 #   2. the backend suites (`backend_tests!` modules of that backend) of tracknet-quant,
-#      tracknet-vit and tracknet-train, those the bundle holds (`suites`: what fits the 64 MiB).
+#      tracknet-vit, tracknet-train and tracknet-lora, those the bundle holds (`suites`: what
+#      fits the 64 MiB).
 # Everything lands in $OUT (five files: summary.txt, bench.json, report.txt, bench.log,
 # tests.log) and the whole run keeps inside $DEVICE_CHECK_SECONDS (default 540).
 # Dry run here on lavapipe: cargo xtask device-bundle --backend wgpu &&

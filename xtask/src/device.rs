@@ -13,9 +13,16 @@ use std::process::{Command, Stdio};
 
 use crate::{cargo, root, run};
 
-/// The crates whose `it` test binary holds backend suites (`backend_tests!`), in run order:
-/// bitsandbytes parity first (the cheapest), the end-to-end training last.
-const SUITES: [&str; 3] = ["tracknet-quant", "tracknet-vit", "tracknet-train"];
+/// The crates whose `it` test binary holds backend suites (`backend_tests!`), in the order
+/// they go into the bundle and run: bitsandbytes parity first, then transformers and PEFT
+/// parity with the whole model, the end-to-end training, and LoRA's layer math (partly
+/// covered by the model suite's PEFT parity) where room is left.
+const SUITES: [&str; 4] = [
+    "tracknet-quant",
+    "tracknet-vit",
+    "tracknet-train",
+    "tracknet-lora",
+];
 
 /// The tree and the carried paths may take this much together on the device machine.
 const CARRY_LIMIT: u64 = 64 << 20;
