@@ -108,8 +108,13 @@ fn attention_heads_rope_theta_and_layer_norm_eps_change_the_output_with_the_same
 #[test]
 fn rope_augmentation_off_trains_on_the_inference_coordinates() {
     let device = Default::default();
-    // Training mode (autodiff on) against the same weights without autodiff.
-    let train_vs_infer = |m: &HeatmapModel<AD>| max_diff(&tokens(m), &tokens(&m.valid()));
+    // Training mode (autodiff on) against the same weights without autodiff. The draws come
+    // from a seeded stream: the backend's generator is shared with the tests running beside
+    // this one, and some of its draws (a shift near 0, a rescale near 1) move the tokens by
+    // less than the bound below (6.4e-5 was seen).
+    let train_vs_infer = |m: &HeatmapModel<AD>| {
+        tracknet_lora::rng::with_stream(7, || max_diff(&tokens(m), &tokens(&m.valid())))
+    };
     let on = build::<AD>(&[]);
     match &on.backbone {
         Backbone::Dinov3(d) => assert!(d.rope_augments(), "transformers' default rescale 2.0"),
