@@ -546,26 +546,42 @@ pub fn parallel_shards<B: AutodiffBackend + ModelBackend>(
     )
 }
 
-/// One whole training step as the loop takes it (without its non-finite checks):
-/// [`step_grads`], the gradient norm, [`update`]. Returns the model, the loss and the norm.
+/// One whole training step as the loop takes it (without its checkpointing on non-finite
+/// values): [`step_grads`], the gradient norm, [`update`]. With fp16's `scaler` the step runs
+/// at its scale, and an overflow halves it and skips the update (`plan.precision.loss_scale`
+/// is the scale otherwise). Returns the model, the loss, the norm and whether the update was
+/// taken.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step<B: AutodiffBackend + ModelBackend>(
     model: HeatmapModel<B>,
     opt: &mut Optimizer<B::InnerBackend>,
     loss_fn: &crate::loss::HeatmapLoss,
     batch: &Batch,
-    plan: StepPlan,
+    mut plan: StepPlan,
+    scaler: Option<&mut LossScaler>,
     clip: Option<f64>,
     lr: f64,
     device: &B::Device,
-) -> (HeatmapModel<B>, f64, f64)
+) -> (HeatmapModel<B>, f64, f64, bool)
 where
     B::InnerBackend: ModelBackend,
 {
+    if let Some(s) = &scaler {
+        plan.precision.loss_scale = s.scale;
+    }
     let (loss, grads) = step_grads(&model, loss_fn, batch, plan, device);
     let gnorm = grad_norm::<B, _>(&model, &grads);
+    let finite = loss.is_finite() && gnorm.is_finite();
+    if !scaler.is_none_or(|s| s.update(finite)) {
+        return (model, loss, gnorm, false);
+    }
     let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, plan.precision.loss_scale);
-    (update(model, opt, grads, gnorm, clip, lr), loss, gnorm)
+    (
+        update(model, opt, grads, gnorm, clip, lr),
+        loss,
+        gnorm,
+        true,
+    )
 }
 
 /// Forward + backward over the pieces of `batch` ([`StepPlan::pieces`]); returns the batch loss

@@ -21,8 +21,8 @@ use super::memory::{
 use crate::backend::{AutodiffJob, with_autodiff};
 use crate::error::TrainError;
 use crate::eval::loss_from_config;
-use crate::optim::{OptimKind, Optimizer, grad_norm};
-use crate::trainer::{StepPlan, parallel_shards, step_grads, unscale, update};
+use crate::optim::{OptimKind, Optimizer};
+use crate::trainer::{StepPlan, parallel_shards, train_step};
 
 /// `case`: one training configuration; ONE JSON object (weight storage, trainable
 /// parameters, peak memory of a training step, step time, inference frames/s). Run each case
@@ -193,25 +193,28 @@ where
     let mut losses = Vec::new();
     // The trainer's own step: forward + backward, global-norm clipping, AdamW; with fp16 an
     // overflow halves the scale and skips the update, as the training loop does.
+    let plan = StepPlan {
+        micro: s.batch,
+        recompute: a.grad_ckpt,
+        shards,
+        precision: crate::amp::StepPrecision {
+            dtype,
+            loss_scale: 1.0,
+        },
+    };
     let mut step = |model: HeatmapModel<B>| -> (HeatmapModel<B>, f64, f64, bool) {
         let t = Instant::now();
-        let loss_scale = scaler.map_or(1.0, |s| s.scale);
-        let plan = StepPlan {
-            micro: s.batch,
-            recompute: a.grad_ckpt,
-            shards,
-            precision: crate::amp::StepPrecision { dtype, loss_scale },
-        };
-        let (loss, grads) = step_grads(&model, &loss_fn, &batch, plan, device);
-        let gnorm = grad_norm::<B, _>(&model, &grads);
-        let finite = loss.is_finite() && gnorm.is_finite();
-        let taken = scaler.as_mut().is_none_or(|s| s.update(finite));
-        let model = if taken {
-            let (grads, gnorm) = unscale::<B>(&model, grads, gnorm, loss_scale);
-            update(model, &mut opt, grads, gnorm, clip, 1e-4)
-        } else {
-            model
-        };
+        let (model, loss, _, taken) = train_step(
+            model,
+            &mut opt,
+            &loss_fn,
+            &batch,
+            plan,
+            scaler.as_mut(),
+            clip,
+            1e-4,
+            device,
+        );
         let _ = B::sync(device);
         (model, loss, t.elapsed().as_secs_f64(), taken)
     };
@@ -343,8 +346,6 @@ where
         "parallel_shards": shards,
         "quick": a.quick,
         "compute_dtype": a.compute_dtype,
-        // The step's half dtype under `--amp` where the backend has it; null: f32.
-
         "lora_dropout": if cfg.model.lora.enabled { Some(a.lora_dropout) } else { None },
         "sizes": s.to_json(),
         "build_seconds": build_seconds,
