@@ -330,7 +330,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn capture(cmd: &str, args: &[&str]) -> String {
+pub(crate) fn capture(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
         .args(args)
         .current_dir(root())

@@ -147,12 +147,13 @@ pub fn bundle(args: &[String]) -> Result<(), String> {
 
 /// The `it` test executable of package `pkg` in `cargo test --message-format=json` output.
 fn test_executable(json_lines: &str, pkg: &str) -> Option<PathBuf> {
-    let id = format!("/{pkg}#");
-    let alt = format!("/{}#", pkg.replace('-', "_"));
+    // A path package's id: `path+file:///…/crates/{pkg}#0.1.0`, or `…#{pkg}@0.1.0` where the
+    // folder is named otherwise.
+    let (by_folder, by_name) = (format!("/{pkg}#"), format!("#{pkg}@"));
     json_lines
         .lines()
         .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
-        .filter(|l| l.contains(&id) || l.contains(&alt) || l.contains(&format!("{pkg}@")))
+        .filter(|l| l.contains(&by_folder) || l.contains(&by_name))
         .filter(|l| l.contains("\"name\":\"it\""))
         .find_map(|l| {
             let key = "\"executable\":\"";
@@ -181,19 +182,13 @@ fn tracked_bytes() -> Result<u64, String> {
         .sum())
 }
 
-/// `git describe`-like name of the checkout the binaries were built from (`-dirty` with
-/// uncommitted changes).
+/// The short commit the binaries were built from (`-dirty` with uncommitted changes).
 fn commit() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .current_dir(root())
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty { format!("{head}-dirty") } else { head }
+    let head = crate::bench::capture("git", &["rev-parse", "--short", "HEAD"]);
+    let changes = crate::bench::capture("git", &["status", "--porcelain", "--untracked-files=no"]);
+    if changes.is_empty() {
+        head
+    } else {
+        format!("{head}-dirty")
+    }
 }

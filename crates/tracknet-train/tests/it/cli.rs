@@ -378,6 +378,24 @@ fn a_qlora_run_exports_from_the_cli_and_the_export_rebuilds_the_model_and_feeds_
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `tracknet-bench report` of `doc` written to `file`: its standard output, after asserting
+/// that it succeeded.
+fn bench_report(file: &Path, doc: &serde_json::Value) -> String {
+    std::fs::write(file, doc.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+        .arg("report")
+        .arg(file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn bench_report_fits_memory_per_image_and_charts_it() {
     let dir = tmp("bench-report");
@@ -398,19 +416,7 @@ fn bench_report_fits_memory_per_image_and_charts_it() {
         "error": "exit status 1"}),
     );
     let doc = serde_json::json!({"machine": {"cpu": "test", "nproc": 2}, "cases": cases});
-    let file = dir.join("bench.json");
-    std::fs::write(&file, doc.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
-        .arg("report")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench_report(&dir.join("bench.json"), &doc);
     // 16 GiB = 17179.9 MB: (17179.9 - 100) / 50 = 341.6; (17179.9 - 80) / 20 = 854.99.
     // 24 GiB = 25769.8 MB: 513.4 and 1284.5.
     assert!(
@@ -433,20 +439,12 @@ fn bench_report_fits_memory_per_image_and_charts_it() {
         assert!(n > 100, "series {colour:?} drawn: {n} pixels");
     }
     // No sweep in the file: no chart, no table.
-    let single = dir.join("single.json");
-    std::fs::write(
-        &single,
-        serde_json::json!({"machine": {}, "cases": [case("full", 2, 1e8)]}).to_string(),
-    )
-    .unwrap();
     std::fs::remove_file(dir.join("memory-vs-batch.png")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
-        .arg("report")
-        .arg(&single)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("memory vs batch"));
+    let stdout = bench_report(
+        &dir.join("single.json"),
+        &serde_json::json!({"machine": {}, "cases": [case("full", 2, 1e8)]}),
+    );
+    assert!(!stdout.contains("memory vs batch"));
     assert!(!dir.join("memory-vs-batch.png").exists());
 }
 
@@ -525,15 +523,7 @@ fn bench_report_reads_device_memory_on_the_gpu_backends() {
         cases.push(case("wgpu", "full", b, 900e6, 9e6 + 5e6 * b as f64));
     }
     let doc = serde_json::json!({"machine": {"cpu": "test", "nproc": 2}, "cases": cases});
-    let file = dir.join("bench.json");
-    std::fs::write(&file, doc.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
-        .arg("report")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stdout = bench_report(&dir.join("bench.json"), &doc);
     for line in [
         "[PASS] wgpu: qlora-nf4-dq device peak in use 210.0 MB vs lora 300.0 MB: saves 90.0 MB",
         "[PASS] wgpu: qlora-nf4-dq device peak reserved 211.0 MB vs lora 301.0 MB: saves 90.0 MB",
