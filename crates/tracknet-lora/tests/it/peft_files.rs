@@ -308,25 +308,46 @@ fn loads_the_peft_fixture_adapter() {
         }
     );
     assert_eq!(s.bias.as_str(), json["bias"].as_str().unwrap_or("none"));
-    let names: BTreeSet<String> = match &json["target_modules"] {
-        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_string()).collect(),
-        other => panic!("the fixture's target_modules is not a list: {other}"),
+    // PEFT's targets: a list of names (a module path equal to one or ending with `.` + one),
+    // or a regex the whole path must match.
+    let target_modules = &json["target_modules"];
+    let (names, pattern): (BTreeSet<String>, Option<regex::Regex>) = match target_modules {
+        Value::Array(a) => {
+            let names: BTreeSet<String> =
+                a.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+            let TargetSpec::List(t) = &s.targets else {
+                panic!("{:?}", s.targets)
+            };
+            assert_eq!(t.iter().cloned().collect::<BTreeSet<_>>(), names);
+            (names, None)
+        }
+        Value::String(re) => {
+            assert_eq!(s.targets, TargetSpec::Regex(re.clone()));
+            let re = regex::Regex::new(&format!("^(?:{re})$")).unwrap();
+            (BTreeSet::new(), Some(re))
+        }
+        other => panic!("the fixture's target_modules is neither a list nor a string: {other}"),
     };
-    let TargetSpec::List(t) = &s.targets else {
-        panic!("{:?}", s.targets)
-    };
-    assert_eq!(t.iter().cloned().collect::<BTreeSet<_>>(), names);
 
-    // Tensors: one A/B pair per adapted module, prefix stripped, each module named by one of
-    // the targets, shapes from the base model.
+    // Tensors: one A/B pair per adapted module, prefix stripped, each module named by the
+    // targets, shapes from the base model.
     let base_cfg = fixture_base_config(&dir, base);
     let layers = base_cfg["num_hidden_layers"].as_u64().unwrap() as usize;
     assert!(!loaded.tensors.is_empty());
     let mut per_name: BTreeMap<&str, usize> = BTreeMap::new();
     for (path, t) in &loaded.tensors {
         assert!(!path.starts_with(KEY_PREFIX), "{path}");
-        let name = path.rsplit('.').next().unwrap();
-        assert!(names.contains(name), "{path} is not among {names:?}");
+        let name = match &pattern {
+            Some(re) => {
+                assert!(re.is_match(path), "{path} does not match {re}");
+                path.rsplit('.').next().unwrap()
+            }
+            None => names
+                .iter()
+                .find(|n| *path == **n || path.ends_with(&format!(".{n}")))
+                .unwrap_or_else(|| panic!("{path} is not among {names:?}"))
+                .as_str(),
+        };
         *per_name.entry(name).or_default() += 1;
         let (d_in, d_out) = base_dims(&base_cfg, path);
         assert_eq!(t.a_shape, [r, d_in], "{path}");
@@ -340,9 +361,12 @@ fn loads_the_peft_fixture_adapter() {
             );
         }
     }
-    // Every layer carries each adapted name once.
-    for (name, n) in &per_name {
-        assert_eq!(*n, layers, "{name}: one adapter per layer");
+    // Every layer carries each adapted name once (a list names modules of every layer; a
+    // regex may pick any).
+    if pattern.is_none() {
+        for (name, n) in &per_name {
+            assert_eq!(*n, layers, "{name}: one adapter per layer");
+        }
     }
 
     // `assign` puts every tensor on the model path of the same name.

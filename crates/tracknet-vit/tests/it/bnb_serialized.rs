@@ -67,6 +67,36 @@ fn quantized_snapshot_settings(dir: &Path) -> (QuantType, bool) {
     )
 }
 
+/// `(checkpoint path of the layer, quant_state JSON)` of every 4-bit layer of `dir`, as
+/// bitsandbytes stored them (`<path>.weight.quant_state.bitsandbytes__<type>`).
+fn quant_states(dir: &Path) -> Vec<(String, serde_json::Value)> {
+    read_stored(&dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|(key, t)| {
+            let (weight, _) = key.split_once(".quant_state.")?;
+            let path = weight.strip_suffix(".weight")?.to_string();
+            let state: serde_json::Value = serde_json::from_slice(&t.data)
+                .unwrap_or_else(|e| panic!("{}: {key} is not JSON: {e}", dir.display()));
+            Some((path, state))
+        })
+        .collect()
+}
+
+/// The block size every 4-bit layer of `dir` was stored with (its quant_state's `blocksize`).
+fn stored_blocksize(dir: &Path) -> usize {
+    let sizes: std::collections::BTreeSet<u64> = quant_states(dir)
+        .iter()
+        .map(|(path, state)| {
+            state["blocksize"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{path}: quant_state without blocksize"))
+        })
+        .collect();
+    assert_eq!(sizes.len(), 1, "{}: block sizes {sizes:?}", dir.display());
+    sizes.into_iter().next().unwrap() as usize
+}
+
 /// `dir` with every 4-bit layer replaced by bitsandbytes' f32 dequantization of its stored
 /// codes (our host dequantizer, bit-exact with `dequantize_4bit`: see the quant crate's
 /// `bnb_parity`) and no `quantization_config`: the same weights as an f32 snapshot.
@@ -169,6 +199,7 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
         let source = fixtures().join(name.split('-').next().unwrap());
         let dense = read_safetensors(need(&source.join("model.safetensors"))).unwrap();
         let (quant_type, double) = quantized_snapshot_settings(&dir);
+        let blocksize = stored_blocksize(&dir);
         for (path, q) in stored_layers(&loaded.backbone) {
             // Checkpoint names are transformers' (`layer.N…`), ours carry the `model.` prefix.
             let key = format!("{}.weight", path.strip_prefix("model.").unwrap_or(&path));
@@ -186,7 +217,7 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
                 .into_iter()
                 .find(|k| dense.contains_key(k))
                 .unwrap_or_else(|| panic!("{key} not in {}", source.display()));
-            let ours = quantize_4bit(&dense[&f32_key].data, quant_type, 64, double).unwrap();
+            let ours = quantize_4bit(&dense[&f32_key].data, quant_type, blocksize, double).unwrap();
             assert_eq!(
                 ours.packed, q.packed,
                 "{key}: codes differ from bitsandbytes'"
@@ -195,8 +226,8 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
     }
 }
 
-/// A heatmap model on the snapshot `dir` with `overrides` after the quantization the snapshot
-/// says and LoRA r 4.
+/// A heatmap model on the snapshot `dir` (sized from its `config.json`) with `overrides` after
+/// the quantization the snapshot stores and LoRA r 4.
 fn model_config(dir: &Path, overrides: &[&str]) -> RunConfig {
     let (quant_type, double) = quantized_snapshot_settings(dir);
     let mut all = common::tiny_model_on(dir);
@@ -204,6 +235,7 @@ fn model_config(dir: &Path, overrides: &[&str]) -> RunConfig {
         "model.quantization.enabled=true".into(),
         format!("model.quantization.quant_type={quant_type}"),
         format!("model.quantization.use_double_quant={double}"),
+        format!("model.quantization.blocksize={}", stored_blocksize(dir)),
         "model.quantization.compute_dtype=float32".into(),
         "model.lora.enabled=true".into(),
         "model.lora.r=4".into(),
@@ -227,7 +259,8 @@ fn bnb_serialized_snapshots_train_lora_on_the_stored_codes() {
             report.backbone_source
         );
         let before: Vec<_> = stored_layers(&model.backbone.clone().valid());
-        let x = Tensor::<AD, 4>::random([1, 3, 64, 96], Distribution::Default, &device);
+        let [w, h] = common::input_size(&dir);
+        let x = Tensor::<AD, 4>::random([1, 3, h, w], Distribution::Default, &device);
         let grads = model.forward(x).powi_scalar(2).mean().backward();
         let mut adapters = 0;
         let _ = model.backbone.clone().map_projections(&mut |path: &str,
@@ -241,7 +274,8 @@ fn bnb_serialized_snapshots_train_lora_on_the_stored_codes() {
             }
             Ok(p)
         });
-        assert_eq!(adapters, 4, "q_proj and v_proj of 2 layers");
+        let layers = common::config_usize(&dir, "num_hidden_layers");
+        assert_eq!(adapters, 2 * layers, "q_proj and v_proj of {layers} layers");
         // The stored codes are what the model runs on (and the shared code books hold them).
         let raw = read_stored(&dir.join("model.safetensors")).unwrap();
         for (path, q) in &before {
@@ -265,6 +299,10 @@ fn bnb_serialized_snapshot_refuses_a_config_that_disagrees_with_the_stored_forma
         QuantType::Nf4 => "fp4",
         QuantType::Fp4 => "nf4",
     };
+    // A block size other than the stored one, and the name of a layer stored in 4 bits.
+    let blocksize = if stored_blocksize(dir) == 64 { 128 } else { 64 };
+    let states = quant_states(dir);
+    let layer = states[0].0.rsplit('.').next().unwrap();
     let cases = [
         (
             "model.quantization.enabled=false".to_string(),
@@ -279,11 +317,11 @@ fn bnb_serialized_snapshot_refuses_a_config_that_disagrees_with_the_stored_forma
             "model.quantization.use_double_quant",
         ),
         (
-            "model.quantization.blocksize=128".to_string(),
+            format!("model.quantization.blocksize={blocksize}"),
             "model.quantization.blocksize",
         ),
         (
-            "model.quantization.skip_modules=[q_proj]".to_string(),
+            format!("model.quantization.skip_modules=[{layer}]"),
             "model.quantization.skip_modules",
         ),
     ];

@@ -131,8 +131,13 @@ fn bnb_serialized_snapshot_written_back_holds_the_same_4bit_bytes_and_runs_the_s
         );
         let back = Backbone::<NdArray>::load_snapshot(&out, &device).unwrap();
         let _ = std::fs::remove_dir_all(&out);
-        let x =
-            Tensor::<NdArray, 4>::random([1, 3, 32, 48], Distribution::Normal(0.0, 1.0), &device);
+        // An input the snapshot's own patches tile.
+        let [width, height] = common::input_size(&src);
+        let x = Tensor::<NdArray, 4>::random(
+            [1, 3, height, width],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let d: f32 = (loaded.backbone.forward(x.clone()).last_hidden_state
             - back.backbone.forward(x).last_hidden_state)
             .abs()
@@ -142,8 +147,8 @@ fn bnb_serialized_snapshot_written_back_holds_the_same_4bit_bytes_and_runs_the_s
     }
 }
 
-/// A QLoRA model on the dinov3 fixture: NF4 + double quant, LoRA r 4 with random B (so the
-/// adapter changes the output), `bias: all`.
+/// A QLoRA model on the dinov3 fixture (sized from its `config.json`): NF4 + double quant, LoRA
+/// r 4 with random B (so the adapter changes the output), `bias: all`.
 fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
     let src = fixtures().join("dinov3");
     let mut o = common::tiny_model_on(need(&src));
@@ -228,7 +233,8 @@ fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_m
     let base4 = Backbone::<NdArray>::from_snapshot(&out.join("backbone-4bit"), &device).unwrap();
     let _ = std::fs::remove_dir_all(&out);
 
-    let x = Tensor::<NdArray, 4>::random([2, 3, 64, 96], Distribution::Normal(0.0, 1.0), &device);
+    let [w, h] = common::input_size(&src);
+    let x = Tensor::<NdArray, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
     let ours = model.backbone.forward(x.clone()).last_hidden_state;
     let base_plus_adapter = peft_way.backbone.forward(x.clone()).last_hidden_state;
     let merged_out = dense.forward(x.clone()).last_hidden_state;

@@ -12,8 +12,12 @@ use tracknet_testkit::{fixtures, scratch};
 use tracknet_vit::backbone::{Backbone, BackboneArch};
 use tracknet_vit::dinov3::Dinov3Config;
 use tracknet_vit::error::VitError;
-use tracknet_vit::hf::{HostTensor, read_safetensors, resolve_snapshot_in};
+use tracknet_vit::hf::{
+    HostTensor, KeyMapping, canonical_key, read_safetensors, resolve_snapshot_in,
+};
 use tracknet_vit::vit::bicubic_matrix;
+
+use crate::common;
 
 type B = NdArray<f32>;
 
@@ -64,6 +68,18 @@ fn layer_prefix(snapshot: &Path) -> &'static str {
     }
 }
 
+/// The checkpoint key of `snapshot`'s tensor whose canonical name is `canonical`, whatever
+/// naming scheme the snapshot uses.
+fn stored_key(snapshot: &Path, canonical: &str) -> String {
+    let arch = BackboneArch::from_config_file(&snapshot.join("config.json")).unwrap();
+    let want = KeyMapping::Canonical(canonical.to_string());
+    read_safetensors(&snapshot.join("model.safetensors"))
+        .unwrap()
+        .into_keys()
+        .find(|k| canonical_key(&arch, k) == want)
+        .unwrap_or_else(|| panic!("{}: no tensor for {canonical}", snapshot.display()))
+}
+
 /// Max abs difference between `last_hidden_state` of the fixture model and the one in `dir`.
 fn output_difference(model: &str, dir: &Path) -> f32 {
     let device = Default::default();
@@ -106,8 +122,16 @@ fn dinov3_published_names_load_to_the_same_model() {
 
 #[test]
 fn vit_old_names_with_prefix_and_pooler_load_to_the_same_model() {
+    let src = fixtures().join("vit");
+    let arch = BackboneArch::from_config_file(&src.join("config.json")).unwrap();
+    let last = common::config_usize(&src, "num_hidden_layers") - 1;
     let dir = edited_snapshot("vit", "vit-old", |t| {
         rename(t, |k| {
+            // From the fixture's scheme to transformers 5's, then to the old one.
+            let k = match canonical_key(&arch, k) {
+                KeyMapping::Canonical(c) => c,
+                KeyMapping::Ignored => k.strip_prefix("vit.").unwrap_or(k).to_string(),
+            };
             let k = k
                 .replace("layers.", "encoder.layer.")
                 .replace("attention.q_proj", "attention.attention.query")
@@ -125,8 +149,10 @@ fn vit_old_names_with_prefix_and_pooler_load_to_the_same_model() {
                 data: vec![1.0, 2.0],
             },
         );
-        assert!(t.contains_key("vit.encoder.layer.1.attention.attention.query.weight"));
-        assert!(t.contains_key("vit.encoder.layer.1.output.dense.weight"));
+        let query = format!("vit.encoder.layer.{last}.attention.attention.query.weight");
+        let fc2 = format!("vit.encoder.layer.{last}.output.dense.weight");
+        assert!(t.contains_key(&query), "{query}");
+        assert!(t.contains_key(&fc2), "{fc2}");
     });
     assert_eq!(output_difference("vit", &dir), 0.0);
 }
@@ -158,36 +184,33 @@ fn sharded_checkpoint_loads_every_shard() {
 
 #[test]
 fn missing_tensor_is_named() {
-    let key = format!(
-        "{}1.attention.q_proj.weight",
-        layer_prefix(&fixtures().join("dinov3"))
-    );
+    // The last layer's query weight, under whatever name the fixture stores it.
+    let src = fixtures().join("dinov3");
+    let last = common::config_usize(&src, "num_hidden_layers") - 1;
+    let canonical = format!("model.layer.{last}.attention.q_proj.weight");
+    let key = stored_key(&src, &canonical);
     let dir = edited_snapshot("dinov3", "missing", |t| {
         t.remove(&key).unwrap();
     });
     let (missing, unexpected, mismatched) = weights_error(&dir);
-    assert_eq!(
-        missing,
-        vec!["model.layer.1.attention.q_proj.weight".to_string()]
-    );
+    assert_eq!(missing, vec![canonical]);
     assert!(unexpected.is_empty() && mismatched.is_empty());
 }
 
 #[test]
 fn wrong_shape_is_named_with_both_shapes() {
+    let key = stored_key(&fixtures().join("dinov3"), "norm.weight");
     let dir = edited_snapshot("dinov3", "shape", |t| {
-        let norm = t.get_mut("norm.weight").unwrap();
+        let norm = t.get_mut(&key).unwrap();
         let c = norm.shape[0];
         norm.shape = vec![c - 1];
         norm.data.truncate(c - 1);
     });
     let (missing, unexpected, mismatched) = weights_error(&dir);
-    let c = read_safetensors(&fixtures().join("dinov3/model.safetensors")).unwrap()["norm.weight"]
-        .shape[0];
-    assert_eq!(
-        mismatched,
-        vec![("norm.weight".to_string(), vec![c], vec![c - 1])]
-    );
+    let stored = read_safetensors(&fixtures().join("dinov3/model.safetensors")).unwrap();
+    let c = stored[&key].shape[0];
+    // Named as the checkpoint names it.
+    assert_eq!(mismatched, vec![(key, vec![c], vec![c - 1])]);
     assert!(missing.is_empty() && unexpected.is_empty());
 }
 
@@ -203,8 +226,9 @@ fn unexpected_tensor_is_named() {
     } else {
         "model.layer.0.attention.k_proj.bias"
     };
+    let norm_bias = stored_key(&fixtures().join("dinov3"), "norm.bias");
     let dir = edited_snapshot("dinov3", "unexpected", |t| {
-        let c = t["norm.bias"].shape[0];
+        let c = t[&norm_bias].shape[0];
         t.insert(
             extra.into(),
             HostTensor {
@@ -220,9 +244,16 @@ fn unexpected_tensor_is_named() {
 
 #[test]
 fn all_weight_problems_are_reported_at_once() {
+    // Missing tensors are named canonically, the others as the checkpoint names them.
+    let src = fixtures().join("vit");
+    let (fc1_bias, norm_bias) = (
+        stored_key(&src, "layers.0.mlp.fc1.bias"),
+        stored_key(&src, "layernorm.bias"),
+    );
     let dir = edited_snapshot("vit", "all-problems", |t| {
-        t.remove("layers.0.mlp.fc1.bias").unwrap();
-        t.get_mut("layernorm.bias").unwrap().shape = vec![1, t["layernorm.bias"].data.len()];
+        t.remove(&fc1_bias).unwrap();
+        let n = t[&norm_bias].data.len();
+        t.get_mut(&norm_bias).unwrap().shape = vec![1, n];
         t.insert(
             "classifier.weight".into(),
             HostTensor {
@@ -235,14 +266,14 @@ fn all_weight_problems_are_reported_at_once() {
     assert_eq!(missing, vec!["layers.0.mlp.fc1.bias".to_string()]);
     assert_eq!(unexpected, vec!["classifier.weight".to_string()]);
     assert_eq!(mismatched.len(), 1);
-    assert_eq!(mismatched[0].0, "layernorm.bias");
+    assert_eq!(mismatched[0].0, norm_bias);
     let message = Backbone::<B>::from_snapshot(&dir, &Default::default())
         .unwrap_err()
         .to_string();
     for name in [
         "layers.0.mlp.fc1.bias",
         "classifier.weight",
-        "layernorm.bias",
+        norm_bias.as_str(),
     ] {
         assert!(message.contains(name), "{message}");
     }
@@ -612,38 +643,44 @@ fn invalid_random_configs_are_errors_not_panics() {
 
 #[test]
 fn input_size_is_checked_against_the_snapshots_patch_size_not_the_configs() {
-    // The fixture snapshot uses 16-pixel patches; the config says 12.
+    // The snapshot's own patch size (its `config.json`) and another one in the config, with
+    // one input size that only the snapshot's patches tile and one that only the config's do.
     let snapshot = fixtures().join("dinov3");
-    let cfg = |resize: &str| {
+    let patch = common::config_usize(&snapshot, "patch_size");
+    let fits = |[w, h]: [usize; 2], p: usize| w.is_multiple_of(p) && h.is_multiple_of(p);
+    let ok_size = common::input_size(&snapshot);
+    let other = ((3 * patch / 4).max(2)..=4 * patch)
+        .find(|&q| q != patch && !fits(ok_size, q) && !fits([6 * q, 4 * q], patch))
+        .expect("a config patch size that tiles neither size");
+    let bad_size = [6 * other, 4 * other];
+    let cfg = |[w, h]: [usize; 2]| {
+        let mut o = common::tiny_model_on(&snapshot);
+        o.extend([
+            format!("model.backbone.patch_size={other}"),
+            format!("data.preprocess.resize=[{w},{h}]"),
+        ]);
         tracknet_config::RunConfig::default()
-            .with_overrides(&[
-                format!("model.backbone.weights={}", snapshot.display()),
-                "model.pretrained_model_name=null".into(),
-                "model.backbone.patch_size=12".into(),
-                "model.decoder.channels=[64,16]".into(),
-                "model.decoder.upsample=[2]".into(),
-                "model.heatmap.size=[12,8]".into(),
-                format!("data.preprocess.resize={resize}"),
-            ])
+            .with_overrides(&o)
             .unwrap()
     };
     let device = Default::default();
-    // 96×64 fits 16-pixel patches (not 12): valid, and the built model agrees.
-    let ok = cfg("[96,64]");
+    // Fits the snapshot's patches (not the config's): valid, and the built model agrees.
+    let ok = cfg(ok_size);
     ok.validate()
         .expect("the snapshot's patch size decides, not the config's");
     let (model, _) =
         tracknet_vit::model::HeatmapModel::<NdArray>::from_config(&ok.model, &device).unwrap();
     model.check_input_size(ok.data.preprocess.resize).unwrap();
-    // 72×48 fits 12 but not 16: refused by the model check, naming the key and the size.
-    let bad = cfg("[72,48]");
+    // Fits the config's patches but not the snapshot's: refused by the model check, naming the
+    // key and the size.
+    let bad = cfg(bad_size);
     bad.validate().unwrap();
     let err = model
         .check_input_size(bad.data.preprocess.resize)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("data.preprocess.resize") && err.contains("patch size 16"),
+        err.contains("data.preprocess.resize") && err.contains(&format!("patch size {patch}")),
         "{err}"
     );
     // Without a snapshot the config's patch size is the model's, checked at validation.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::{fixtures, need};
+use crate::common::{self, fixtures, need};
 use burn::backend::NdArray;
 use burn::prelude::*;
 use tracknet_lora::peft::{
@@ -295,41 +295,78 @@ fn gated_mlp_adapter_save_then_load_gives_identical_output() {
     assert_eq!(max_abs(before, after), 0.0);
 }
 
-/// The tiny fixture backbone in a heatmap model (decoder sized to its width), LoRA off.
+/// The fixture backbone in a heatmap model (decoder sized to its width, input to its patch size,
+/// both from its `config.json`), LoRA off.
 fn fixture_model(base: &Path) -> tracknet_vit::model::HeatmapModel<B> {
     let cfg = tracknet_config::RunConfig::default()
-        .with_overrides(&[
-            format!("model.backbone.weights={}", base.display()),
-            "model.pretrained_model_name=null".into(),
-            "model.decoder.channels=[64,16]".into(),
-            "model.decoder.upsample=[2]".into(),
-            "model.heatmap.size=[24,16]".into(),
-            "data.preprocess.resize=[96,64]".into(),
-        ])
+        .with_overrides(&common::model_on(base, [24, 16]))
         .unwrap();
     tracknet_vit::model::HeatmapModel::<B>::from_config(&cfg.model, &Default::default())
         .unwrap()
         .0
 }
 
+/// Whether parameter `key` lies in a module that PEFT's `modules_to_save` entry `name` selects
+/// (a module path equal to `name` or ending with `.name`).
+fn in_saved_module(key: &str, name: &str) -> bool {
+    key.starts_with(&format!("{name}.")) || key.contains(&format!(".{name}."))
+}
+
 #[test]
 fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
-    // Made by PEFT with `bias="all"`, `modules_to_save=["norm"]` and every trainable tensor
-    // perturbed: the file holds the LoRA factors, every backbone bias (`base_layer.bias` on
-    // adapted layers) and the saved norm (plus PEFT's `original_module` copy, ignored).
+    // Made by PEFT with a `bias` mode, `modules_to_save` and every trainable tensor perturbed:
+    // the file holds the LoRA factors, the biases the mode trains (`base_layer.bias` on adapted
+    // layers) and the saved modules (plus PEFT's `original_module` copies, ignored). What it
+    // must hold is read from its own adapter_config.json.
     let root = fixtures().join("peft_extras");
     let adapter_dir = root.join("adapter");
     let loaded = load_adapter(need(&adapter_dir)).unwrap();
-    assert!(
-        loaded.extra.contains_key("norm.weight"),
-        "{:?}",
-        loaded.extra.keys()
-    );
-    assert!(
-        loaded
-            .extra
-            .contains_key("model.layer.0.attention.q_proj.bias")
-    );
+    let keys: Vec<&String> = loaded.extra.keys().collect();
+    let saved = loaded.config.modules_to_save.clone().unwrap_or_default();
+    for name in &saved {
+        assert!(
+            keys.iter().any(|k| in_saved_module(k.as_str(), name)),
+            "modules_to_save `{name}`: no saved parameter in {keys:?}"
+        );
+    }
+    let in_saved = |k: &str| saved.iter().any(|name| in_saved_module(k, name));
+    let trained_biases: Vec<&String> = keys
+        .iter()
+        .copied()
+        .filter(|k| k.ends_with(".bias") && !in_saved(k.as_str()))
+        .collect();
+    match loaded.config.bias.as_str() {
+        "none" => assert!(trained_biases.is_empty(), "{trained_biases:?}"),
+        "all" => assert!(
+            !trained_biases.is_empty(),
+            "bias=all saved no bias: {keys:?}"
+        ),
+        "lora_only" => {
+            for k in &trained_biases {
+                let module = k.strip_suffix(".bias").unwrap();
+                assert!(
+                    loaded.tensors.contains_key(module),
+                    "{k}: not an adapted layer"
+                );
+            }
+        }
+        other => panic!("bias mode {other:?}"),
+    }
+    // An adapted layer's bias, saved under PEFT's `base_layer.`, is read as the layer's own.
+    let bytes = std::fs::read(need(&adapter_dir.join(WEIGHTS_FILE))).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for key in file.names() {
+        if let Some(module) = key
+            .strip_prefix("base_model.model.")
+            .and_then(|k| k.strip_suffix(".base_layer.bias"))
+        {
+            assert!(loaded.tensors.contains_key(module), "{key}");
+            assert!(
+                loaded.extra.contains_key(&format!("{module}.bias")),
+                "{key}: {keys:?}"
+            );
+        }
+    }
     let settings = loaded.config.to_settings(&adapter_dir).unwrap();
     let base = resolve_base(
         &adapter_dir,
@@ -363,7 +400,8 @@ fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
     let got = model.backbone.forward(x.clone()).last_hidden_state;
     let max = max_abs(got, want.clone());
     assert!(max < 1e-4, "max |ours - PEFT| = {max}");
-    // Without the biases and the saved norm the output is not PEFT's: they matter.
+    // Without the biases and the saved modules the output is not PEFT's: they matter (and
+    // an adapter that saved none gives the same model).
     let bare = fixture_model(&base)
         .add_lora(&settings, &device)
         .unwrap()
@@ -371,7 +409,11 @@ fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
         .set_adapters(&tensors)
         .unwrap();
     let off = max_abs(bare.backbone.forward(x).last_hidden_state, want);
-    assert!(off > 1e-2, "the extras changed nothing: {off}");
+    if loaded.extra.is_empty() {
+        assert!(off < 1e-4, "no extras, yet {off}");
+    } else {
+        assert!(off > 1e-2, "the extras changed nothing: {off}");
+    }
 
     // What we write is what PEFT wrote (less its `original_module` / `modules_to_save.` copies).
     let ours = model.adapter_extras(&settings);
@@ -404,7 +446,12 @@ fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
         .into_iter()
         .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
         .collect();
-    let config = AdapterConfig::from_settings(&settings, &targets, Some("../dinov3".into()));
+    // The base model as the loaded adapter names it.
+    let config = AdapterConfig::from_settings(
+        &settings,
+        &targets,
+        loaded.config.base_model_name_or_path.clone(),
+    );
     save_adapter(&out_dir, &config, &adapters, &ours).unwrap();
     let again = load_adapter(&out_dir).unwrap();
     let _ = std::fs::remove_dir_all(&out_dir);
@@ -413,32 +460,41 @@ fn peft_bias_all_and_modules_to_save_adapter_reproduces_peft_and_round_trips() {
 
 #[test]
 fn a_peft_adapter_saved_by_python_starts_a_model_through_adapter_path_and_reproduces_peft() {
-    // `model.lora.adapter_path` on PEFT's own folder: the adapter's settings (r 4, alpha 8,
-    // its targets) replace the config's, its weights the init, and the backbone gives PEFT's
+    // `model.lora.adapter_path` on PEFT's own folder: the adapter's settings (r, alpha, its
+    // targets) replace the config's, its weights the init, and the backbone gives PEFT's
     // `last_hidden_state`.
     let adapter_dir = fixtures().join("peft/adapter");
-    let base = fixtures().join("dinov3");
+    let adapter = load_adapter(need(&adapter_dir)).unwrap().config;
+    let base = resolve_base(
+        &adapter_dir,
+        adapter
+            .base_model_name_or_path
+            .as_deref()
+            .expect("the adapter names its base model"),
+    );
+    // Config values that differ from the adapter's own, so that both are replaced.
+    let (r, alpha) = (adapter.r, adapter.lora_alpha);
+    let mut overrides = common::model_on(need(&base), [24, 16]);
+    overrides.extend([
+        "model.lora.enabled=true".into(),
+        format!("model.lora.r={}", r + 12),
+        format!("model.lora.lora_alpha={}", alpha + 24.0),
+        format!("model.lora.adapter_path={}", need(&adapter_dir).display()),
+    ]);
     let cfg = tracknet_config::RunConfig::default()
-        .with_overrides(&[
-            format!("model.backbone.weights={}", need(&base).display()),
-            "model.pretrained_model_name=null".into(),
-            "model.decoder.channels=[64,16]".into(),
-            "model.decoder.upsample=[2]".into(),
-            "model.heatmap.size=[24,16]".into(),
-            "data.preprocess.resize=[96,64]".into(),
-            "model.lora.enabled=true".into(),
-            "model.lora.r=16".into(),
-            "model.lora.lora_alpha=32".into(),
-            format!("model.lora.adapter_path={}", need(&adapter_dir).display()),
-        ])
+        .with_overrides(&overrides)
         .unwrap();
     let (model, report) =
         tracknet_vit::model::HeatmapModel::<B>::from_config(&cfg.model, &Default::default())
             .unwrap();
-    for key in ["model.lora.r", "model.lora.lora_alpha"] {
+    for (key, value) in [
+        ("model.lora.r", r.to_string()),
+        ("model.lora.lora_alpha", alpha.to_string()),
+    ] {
+        let note = format!("{key}: {value} from the adapter");
         assert!(
-            report.warnings.iter().any(|w| w.starts_with(key)),
-            "{key}: {:?}",
+            report.warnings.iter().any(|w| w.starts_with(&note)),
+            "{note}: {:?}",
             report.warnings
         );
     }
