@@ -56,6 +56,22 @@ pub struct Issue {
     pub message: String,
 }
 
+impl Issue {
+    /// The issue as strict loading reports it: the run stops here, so the message says that
+    /// instead of what non-strict loading does with the row or clip ("row skipped").
+    pub fn stopping(mut self) -> Self {
+        for consequence in ["; rest of clip skipped", "; clip skipped", "; row skipped"] {
+            if let Some(kept) = self.message.strip_suffix(consequence) {
+                self.message = kept.to_string();
+                break;
+            }
+        }
+        self.message
+            .push_str("; loading stops here (strict mode: `data.strict: true`)");
+        self
+    }
+}
+
 impl fmt::Display for Issue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {

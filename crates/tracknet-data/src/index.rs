@@ -129,7 +129,7 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 /// Either record the issue (non-strict) or fail with it (strict).
 fn report(issue: Issue, strict: bool, skipped: &mut Vec<Issue>) -> Result<(), DataError> {
     if strict {
-        Err(DataError::Dataset(issue))
+        Err(DataError::Dataset(issue.stopping()))
     } else {
         skipped.push(issue);
         Ok(())

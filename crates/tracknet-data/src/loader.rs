@@ -247,6 +247,18 @@ pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<usiz
 impl BatchLoader {
     /// Starts the workers for one epoch over `index`.
     pub fn new(index: Arc<DatasetIndex>, opts: LoaderOptions) -> Result<Self, DataError> {
+        Self::starting_at(index, opts, 0)
+    }
+
+    /// [`BatchLoader::new`] that yields the epoch's batches from batch number `first` on (a
+    /// [`BatchLoader::position`] of an earlier loader of the same epoch): the batches a
+    /// stopped epoch had not reached, without decoding those it had. The load report counts
+    /// from there.
+    pub fn starting_at(
+        index: Arc<DatasetIndex>,
+        opts: LoaderOptions,
+        first: usize,
+    ) -> Result<Self, DataError> {
         opts.validate()?;
         let order = epoch_order(index.len(), opts.shuffle, opts.seed, opts.epoch);
         let mut batches: Vec<Vec<usize>> = order
@@ -259,11 +271,12 @@ impl BatchLoader {
         let n_batches = batches.len();
         let window = opts.prefetch.max(1);
         let (tx, rx) = sync_channel::<WorkerOutput>(window);
+        let first = first.min(n_batches);
         let shared = Arc::new(Shared {
-            yielded: Mutex::new(0),
+            yielded: Mutex::new(first),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
-            next_job: AtomicUsize::new(0),
+            next_job: AtomicUsize::new(first),
         });
         let batches = Arc::new(batches);
         let opts = Arc::new(opts);
@@ -294,7 +307,7 @@ impl BatchLoader {
             workers,
             shared,
             pending: BTreeMap::new(),
-            next: 0,
+            next: first,
             n_batches,
             report: LoadReport::default(),
             finished: false,
@@ -310,6 +323,12 @@ impl BatchLoader {
     /// Number of batches this epoch will yield at most (fewer if whole batches are skipped).
     pub fn num_batches(&self) -> usize {
         self.n_batches
+    }
+
+    /// Batches of the epoch's order consumed so far (yielded, or skipped whole): where a
+    /// loader made with [`BatchLoader::starting_at`] continues.
+    pub fn position(&self) -> usize {
+        self.next
     }
 
     /// Samples loaded and skipped so far.
@@ -465,7 +484,9 @@ fn build_batch(
         for &j in &frames {
             match decode_rgb(&index.frames[j].path) {
                 Ok(img) => decoded.push(img),
-                Err(issue) if opts.strict => return (Err(DataError::Dataset(issue)), issues),
+                Err(issue) if opts.strict => {
+                    return (Err(DataError::Dataset(issue.stopping())), issues);
+                }
                 Err(issue) => {
                     issues.push(issue);
                     continue 'samples;

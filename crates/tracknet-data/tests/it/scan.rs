@@ -160,6 +160,51 @@ fn strict_scan_fails_on_first_problem() {
     assert_eq!(issue.kind, IssueKind::BlankCoordinates);
     assert_eq!(issue.line, Some(3));
     assert!(err.to_string().contains("Label.csv:3:"), "{err}");
+    // The same row: skipped without `strict`, and said so; with it the scan stops, and the
+    // message says that instead.
+    let (_, report) = DatasetIndex::scan(&root, &games(&["game1"]), false).unwrap();
+    let skipped = report.skipped.iter().find(|i| i.line == Some(3)).unwrap();
+    assert!(skipped.message.ends_with("row skipped"), "{skipped}");
+    let msg = err.to_string();
+    assert!(
+        !msg.contains("skipped")
+            && msg.contains("loading stops here")
+            && msg.contains("data.strict"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_loader_started_part_way_yields_the_rest_of_the_epoch() {
+    let dir = TempDir::new("load-resume");
+    let root = broken_set(&dir);
+    let (index, _) = DatasetIndex::scan(&root, &games(&["game1"]), false).unwrap();
+    let index = Arc::new(index);
+    let opts = LoaderOptions {
+        batch_size: 1,
+        shuffle: true,
+        seed: 5,
+        epoch: 2,
+        flip_prob: 0.5,
+        ..loader_opts(false)
+    };
+    let names = |batches: Vec<tracknet_data::Batch>| -> Vec<(usize, Vec<f32>)> {
+        batches
+            .into_iter()
+            .map(|b| (b.meta[0].index, b.images))
+            .collect()
+    };
+    let mut whole = BatchLoader::new(index.clone(), opts.clone()).unwrap();
+    let first: Vec<_> = whole.by_ref().take(1).map(Result::unwrap).collect();
+    let at = whole.position();
+    let rest: Vec<_> = whole.map(Result::unwrap).collect();
+    assert!(!rest.is_empty() && at >= 1);
+    let again: Vec<_> = BatchLoader::starting_at(index, opts, at)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(names(again), names(rest));
+    assert_eq!(first.len(), 1);
 }
 
 #[test]
