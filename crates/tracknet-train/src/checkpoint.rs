@@ -43,6 +43,72 @@ pub struct RunState {
     /// it); absent in checkpoints of f32 runs and of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::amp::LossScaler>,
+    /// The untrained model's validation metrics (as [`crate::trainer::TrainSummary`]'s
+    /// `baseline`), kept so that a resumed run still reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "nan_as_null")]
+    pub baseline: Option<BTreeMap<String, f64>>,
+    /// Set in a checkpoint written part-way through an epoch (a graceful stop on a signal):
+    /// where that epoch continues. Absent at epoch ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_epoch: Option<PartialEpoch>,
+}
+
+/// A metrics row whose values may be NaN (the baseline's `train_loss`): JSON has no NaN, so
+/// it is written as `null` and read back as NaN.
+mod nan_as_null {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Row = BTreeMap<String, f64>;
+
+    pub fn serialize<S: Serializer>(row: &Option<Row>, s: S) -> Result<S::Ok, S::Error> {
+        row.as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(k, v)| (k.clone(), v.is_finite().then_some(*v)))
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Row>, D::Error> {
+        let row: Option<BTreeMap<String, Option<f64>>> = Deserialize::deserialize(d)?;
+        Ok(row.map(|r| {
+            r.into_iter()
+                .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+                .collect()
+        }))
+    }
+}
+
+impl RunState {
+    /// The epoch whose parameters the checkpoint holds: the one in progress when it was
+    /// written part-way, else the last completed one.
+    pub fn weights_epoch(&self) -> usize {
+        self.partial_epoch.as_ref().map_or(self.epoch, |p| p.epoch)
+    }
+}
+
+/// How far an epoch had got when its run stopped part-way: enough to continue it exactly as
+/// the uninterrupted run goes on (the loader's position in the epoch's fixed batch order, and
+/// the running sums its metrics row is made of).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartialEpoch {
+    /// The epoch (1-based).
+    pub epoch: usize,
+    /// Batches of the epoch's order already consumed ([`tracknet_data::BatchLoader::position`]).
+    pub batches: usize,
+    /// Batches trained on (the step counter of the epoch's progress).
+    pub steps: usize,
+    /// Sum of the losses of the updates taken.
+    pub loss_sum: f64,
+    /// Updates taken (fp16 overflow skips excluded).
+    pub updates: usize,
+    /// fp16 steps skipped for overflowing gradients.
+    pub fp16_skipped: usize,
+    /// Wall time spent in the epoch so far, seconds.
+    pub seconds: f64,
 }
 
 /// How the frozen base was quantized.
@@ -298,10 +364,17 @@ pub fn commit_checkpoint(
     }
     fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     write_contents(&tmp)?;
-    let dir = ckpt_root.join(&name);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(io(&dir))?;
-    }
+    // A folder of the same name may be the one a pointer names now (a second checkpoint at
+    // the same step: a stop right after an epoch's end): it is never removed before the
+    // pointer moves, so the new folder takes the next free name.
+    let (name, dir) = (1..)
+        .map(|k| match k {
+            1 => name.clone(),
+            k => format!("{name}.{k}"),
+        })
+        .map(|n| (n.clone(), ckpt_root.join(n)))
+        .find(|(_, d)| !d.exists())
+        .unwrap_or_else(|| (name.clone(), ckpt_root.join(&name)));
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     let previous = read_pointer(ckpt_root, pointer);
     let json = serde_json::to_vec(&serde_json::json!({ "dir": name })).unwrap_or_default();

@@ -9,10 +9,11 @@ use tracknet_vit::ModelBackend;
 use tracknet_vit::model::HeatmapModel;
 
 use crate::backend::{InferenceJob, device_spec, train_on, with_inference};
-use crate::error::TrainError;
+use crate::error::{TrainError, io_err};
 use crate::eval::{EvalResult, evaluate, summary_line};
-use crate::predict::{PredictSummary, checkpoint_dir, load_run_model, predict, run_config};
+use crate::predict::{PredictSummary, checkpoint_dir, load_run_model, predict_until, run_config};
 use crate::quickstart::{QuickstartOptions, result_table};
+use crate::stop::StopFlag;
 use crate::trainer::TrainOptions;
 
 /// Memory-efficient (LoRA / 4-bit QLoRA) fine-tuning of a TrackNet ball-heatmap model.
@@ -93,7 +94,8 @@ pub struct TrainArgs {
     /// Run folder (default: `<training.output_dir>/<model_name>-NNN`, the next free number).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (uses its config.yaml).
+    /// Continue the run in this folder from its last checkpoint (uses its config.yaml); a
+    /// quick-start's folder continues both stages.
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
     /// Stop, checkpointed, after this epoch (continue later with --resume).
@@ -233,7 +235,18 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
         && c.data.is_none()
         && c.training.is_none()
     {
-        return cmd_quickstart(a);
+        return cmd_quickstart(a, false);
+    }
+    if let Some(root) = a.resume.clone()
+        && crate::quickstart::is_quickstart_run(&root)
+    {
+        return cmd_quickstart(
+            TrainArgs {
+                run_dir: Some(root),
+                ..a
+            },
+            true,
+        );
     }
     let (cfg, run_dir, resume) = match &a.resume {
         Some(dir) => (run_config(dir, &a.config.overrides)?, dir.clone(), true),
@@ -254,6 +267,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
         quiet: a.quiet,
         init_from,
         mid_checkpoint: None,
+        stop: Some(on_signals()?),
     };
     tracing::info!("run folder: {}", opts.run_dir.display());
     say_checkpointing(&cfg, opts.quiet);
@@ -262,8 +276,14 @@ fn cmd_train(a: TrainArgs) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The first SIGINT / SIGTERM asks the command to stop where it can without losing anything
+/// ([`crate::stop`]); a second one ends the process at once.
+fn on_signals() -> Result<StopFlag, TrainError> {
+    StopFlag::on_signals().map_err(io_err("signal handlers"))
+}
+
 /// The embedded default in two stages ([`crate::quickstart`]), then its result table.
-fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
+fn cmd_quickstart(a: TrainArgs, resume: bool) -> Result<(), TrainError> {
     let pre = crate::quickstart::pretrain_config(&a.config.overrides)?;
     let root = a.run_dir.clone().unwrap_or_else(|| next_run_dir(&pre));
     let opts = QuickstartOptions {
@@ -271,6 +291,8 @@ fn cmd_quickstart(a: TrainArgs) -> Result<(), TrainError> {
         overrides: a.config.overrides.clone(),
         quiet: a.quiet,
         device: a.device.clone(),
+        stop: Some(on_signals()?),
+        resume,
     };
     let result = crate::quickstart::run(&opts, &mut |summary| print_finish(summary))?;
     println!("{}", result_table(&result));
@@ -354,6 +376,7 @@ struct Predict<'a> {
     cfg: &'a RunConfig,
     ckpt: &'a std::path::Path,
     a: &'a PredictArgs,
+    stop: StopFlag,
 }
 
 impl InferenceJob for Predict<'_> {
@@ -366,7 +389,15 @@ impl InferenceJob for Predict<'_> {
             tracing::info!("LoRA weights from the adapter {}", dir.display());
         }
         let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
-        predict(&model, cfg, &a.input, &a.out, threshold, device)
+        predict_until(
+            &model,
+            cfg,
+            &a.input,
+            &a.out,
+            threshold,
+            device,
+            Some(&self.stop),
+        )
     }
 }
 
@@ -377,6 +408,7 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
         cfg: &cfg,
         ckpt: &ckpt,
         a: &a,
+        stop: on_signals()?,
     };
     let s = with_inference(device_spec(a.device.as_deref(), &cfg)?, job)?;
     println!(
@@ -390,7 +422,8 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
 }
 
 fn cmd_export(a: ExportArgs) -> Result<(), TrainError> {
-    let s = crate::export::export_run(&a.run, &a.checkpoint, &a.out)?;
+    let stop = on_signals()?;
+    let s = crate::export::export_run_until(&a.run, &a.checkpoint, &a.out, Some(&stop))?;
     println!("wrote {}: {}", s.dir.display(), s.entries.join(", "));
     Ok(())
 }

@@ -183,6 +183,42 @@ pub enum TrainError {
         /// Its value in the run.
         run: String,
     },
+    /// `train` into a folder that already holds files, without `--resume`: nothing in it is
+    /// touched.
+    #[error(
+        "run folder {}: it already holds files (a run?) and is left as it is; continue that run with `--resume {}`, or give another --run-dir",
+        path.display(), path.display()
+    )]
+    RunFolderInUse {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A training stopped by a signal, its state saved as the `last` checkpoint.
+    #[error(
+        "stopped at epoch {epoch}, step {step}; continue with `--resume {}`",
+        run_dir.display()
+    )]
+    Stopped {
+        /// The signal (2: SIGINT, 15: SIGTERM).
+        signal: i32,
+        /// The epoch it stopped in (1-based).
+        epoch: usize,
+        /// Steps of that epoch done (0 when it stopped at the epoch's start).
+        step: usize,
+        /// The run folder to resume.
+        run_dir: PathBuf,
+    },
+    /// `predict` or `export` stopped by a signal before its output was complete: nothing was
+    /// left at `out`.
+    #[error("{what} stopped by {}: nothing was written to {}", crate::stop::signal_name(*signal), out.display())]
+    Interrupted {
+        /// The signal.
+        signal: i32,
+        /// `predict`, `export`.
+        what: &'static str,
+        /// The output folder it would have written.
+        out: PathBuf,
+    },
     /// A bench or tool option out of its range.
     #[error("{option}: {message}")]
     InvalidOption {

@@ -23,8 +23,10 @@ use tracknet_vit::model::{
     ModelError, backbone_hf_config, decoder_config, lora_settings, quant_spec,
 };
 
-use crate::error::{TrainError, io_err};
+use crate::error::TrainError;
 use crate::predict::{checkpoint_dir, load_run_model, run_config};
+use crate::staged::Staged;
+use crate::stop::StopFlag;
 
 /// What `export` wrote.
 #[derive(Debug, Clone)]
@@ -38,28 +40,24 @@ pub struct ExportSummary {
 /// Export checkpoint `which` (`best` | `last`) of the run in `run_dir` to `out` (which must
 /// not exist, or be empty).
 pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSummary, TrainError> {
-    if out.exists()
-        && std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(TrainError::OutputNotEmpty {
-            path: out.to_path_buf(),
-        });
-    }
-    let cfg = run_config(run_dir, &[])?;
-    let ckpt = checkpoint_dir(run_dir, which)?;
-    let device = Default::default();
-    let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+    export_run_until(run_dir, which, out, None)
+}
 
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+/// [`export_run`] that stops between its parts once `stop` is set, leaving nothing at `out`.
+pub fn export_run_until(
+    run_dir: &Path,
+    which: &str,
+    out: &Path,
+    stop: Option<&StopFlag>,
+) -> Result<ExportSummary, TrainError> {
+    let staged = Staged::new(out)?;
+    let tmp = staged.dir().to_path_buf();
     let result = (|| -> Result<Vec<String>, TrainError> {
+        let cfg = run_config(run_dir, &[])?;
+        let ckpt = checkpoint_dir(run_dir, which)?;
+        let device = Default::default();
+        let model = load_run_model::<NdArray>(&cfg, &ckpt, &device)?;
+        let check = || staged.check(stop, "export");
         let vit = |e: tracknet_vit::error::VitError| TrainError::from(ModelError::from(e));
         let snapshot = tracknet_vit::model::snapshot_dir(&cfg.model)?;
         let extra = passthrough(snapshot.as_deref(), &model.backbone).map_err(vit)?;
@@ -103,6 +101,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         };
         entries.extend(base_name.map(String::from));
         bar.set(1);
+        check()?;
 
         let merged_backbone = merged(model.backbone.clone());
         save_snapshot(
@@ -114,6 +113,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         .map_err(vit)?;
         entries.push("backbone-merged".into());
         bar.set(2);
+        check()?;
 
         if lora {
             model.save_peft_adapter(
@@ -124,6 +124,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
             entries.push("adapter".into());
         }
         bar.set(3);
+        check()?;
 
         let decoder = decoder_config(&cfg.model, model.backbone.hidden_size())?;
         let head = HeatmapHeadConfig::new(*decoder.channels.last().unwrap_or(&1));
@@ -142,18 +143,7 @@ pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSumma
         bar.set(4);
         Ok(entries)
     })();
-    let entries = match result {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-    };
-    if out.exists() {
-        // Empty (checked above): replaced by the finished export.
-        std::fs::remove_dir(out).map_err(io_err(out))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    let entries = staged.finish(result)?;
     Ok(ExportSummary {
         dir: out.to_path_buf(),
         entries,

@@ -18,6 +18,8 @@ pub mod progress;
 pub mod quickstart;
 pub mod run_folder;
 pub mod schedule;
+pub mod staged;
+pub mod stop;
 pub mod trainer;
 
 pub use error::TrainError;

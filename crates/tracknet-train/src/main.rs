@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracknet_train::TrainError;
 
 fn main() -> ExitCode {
     // SAFETY: first line of main, no other thread yet.
@@ -13,6 +14,11 @@ fn main() -> ExitCode {
     tracknet_train::progress::set_quiet(quiet);
     match tracknet_train::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // A stop on a signal is no error: one line, and the status a death by it would give.
+        Err(e @ (TrainError::Stopped { signal, .. } | TrainError::Interrupted { signal, .. })) => {
+            eprintln!("{e}");
+            ExitCode::from(tracknet_train::stop::exit_status(signal))
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -14,6 +14,8 @@ use crate::checkpoint::read_pointer;
 use crate::error::{TrainError, io_err};
 use crate::eval::loss_from_config;
 use crate::run_folder::{load_trainable, read_state};
+use crate::staged::Staged;
+use crate::stop::StopFlag;
 
 /// Writes the backbone of checkpoint `ckpt` (of a run trained with `cfg`) as a Hugging Face
 /// snapshot (`config.json` + `model.safetensors`) in `out`, loadable as `model.backbone.weights`
@@ -172,8 +174,9 @@ pub struct PredictSummary {
 
 /// Predict on an image, a folder of frames or a Clip folder; writes `predictions.csv`
 /// (Label.csv schema + `confidence`, one row per frame), `heatmaps/`, `overlays/` and
-/// `trajectory.png`. With `data.sequence` each frame is predicted from it and its
-/// predecessors in file order, as in training.
+/// `trajectory.png` into `out`, which must not exist or be empty and appears once complete
+/// ([`Staged`]). With `data.sequence` each frame is predicted from it and its predecessors in
+/// file order, as in training.
 pub fn predict<B: ModelBackend>(
     model: &HeatmapModel<B>,
     cfg: &RunConfig,
@@ -182,7 +185,39 @@ pub fn predict<B: ModelBackend>(
     threshold: f32,
     device: &B::Device,
 ) -> Result<PredictSummary, TrainError> {
+    predict_until(model, cfg, input, out, threshold, device, None)
+}
+
+/// [`predict`] that stops between frames once `stop` is set, leaving nothing at `out`.
+pub fn predict_until<B: ModelBackend>(
+    model: &HeatmapModel<B>,
+    cfg: &RunConfig,
+    input: &Path,
+    out: &Path,
+    threshold: f32,
+    device: &B::Device,
+    stop: Option<&StopFlag>,
+) -> Result<PredictSummary, TrainError> {
     let frames = tracknet_data::list_frames(input)?;
+    let staged = Staged::new(out)?;
+    let result = predict_frames(model, cfg, input, &frames, &staged, threshold, device, stop);
+    let mut summary = staged.finish(result)?;
+    summary.csv = out.join("predictions.csv");
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn predict_frames<B: ModelBackend>(
+    model: &HeatmapModel<B>,
+    cfg: &RunConfig,
+    input: &Path,
+    frames: &[PathBuf],
+    staged: &Staged,
+    threshold: f32,
+    device: &B::Device,
+    stop: Option<&StopFlag>,
+) -> Result<PredictSummary, TrainError> {
+    let out = staged.dir();
     let loss_fn = loss_from_config(cfg);
     let pre = PreprocessOptions {
         resize: [
@@ -217,6 +252,7 @@ pub fn predict<B: ModelBackend>(
     let (length, stride) = (cfg.data.sequence.frames(), cfg.data.sequence.stride.max(1));
     let mut cache: BTreeMap<usize, tracknet_data::Preprocessed> = BTreeMap::new();
     for (j, path) in frames.iter().enumerate() {
+        staged.check(stop, "predict")?;
         let oldest = j.saturating_sub((length - 1) * stride);
         cache.retain(|&k, _| k >= oldest);
         let mut chw = Vec::with_capacity(3 * length * (pre.resize[0] * pre.resize[1]) as usize);

@@ -35,6 +35,20 @@ pub struct QuickstartOptions {
     pub quiet: bool,
     /// `--device`, when given.
     pub device: Option<String>,
+    /// A graceful stop ([`TrainOptions::stop`]) for either stage.
+    pub stop: Option<crate::stop::StopFlag>,
+    /// Continue the quick-start in `root` (stopped or killed): a finished stage is kept, a
+    /// stopped one resumed from its `last` checkpoint, with the overrides it started with.
+    pub resume: bool,
+}
+
+/// The quick-start's own record in its run folder: the overrides both stages were built with
+/// (so that `--resume ROOT` rebuilds the same stages).
+pub const RECORD_FILE: &str = "quickstart.json";
+
+/// Whether `dir` is a quick-start's run folder (it holds [`RECORD_FILE`]).
+pub fn is_quickstart_run(dir: &Path) -> bool {
+    dir.join(RECORD_FILE).is_file()
 }
 
 /// Stage 1's outcome.
@@ -77,20 +91,24 @@ pub fn finetune_config(overrides: &[String], snapshot: &Path) -> Result<RunConfi
     Ok(RunConfig::from_yaml_str(crate::QUICKSTART_CONFIG)?.with_overrides(&all)?)
 }
 
-/// Trains stage 1 (`pre`) into `dir` and exports its best checkpoint's backbone to
-/// `dir/backbone`.
+/// Trains stage 1 (`pre`) into `dir` (with `resume`, continues or keeps what is there) and
+/// exports its best checkpoint's backbone to `dir/backbone`.
 pub fn pretrain(
     pre: &RunConfig,
     dir: &Path,
     quiet: bool,
     device: Option<&str>,
+    stop: Option<crate::stop::StopFlag>,
+    resume: bool,
 ) -> Result<Pretrained, TrainError> {
     let opts = TrainOptions {
         run_dir: dir.to_path_buf(),
         quiet,
+        stop,
+        resume,
         ..TrainOptions::default()
     };
-    let summary = train_on(pre, &opts, device)?;
+    let summary = train_stage(pre, opts, device)?;
     let checkpoint = checkpoint_dir(dir, "best")?;
     let snapshot = dir.join("backbone");
     export_backbone(pre, &checkpoint, &snapshot)?;
@@ -101,9 +119,76 @@ pub fn pretrain(
     })
 }
 
+/// One stage's training. With `opts.resume`, a stage whose `last` checkpoint ends its last
+/// epoch is kept as it is (its summary read back), one that has a checkpoint is continued, and
+/// one that has none starts.
+fn train_stage(
+    cfg: &RunConfig,
+    mut opts: TrainOptions,
+    device: Option<&str>,
+) -> Result<TrainSummary, TrainError> {
+    if opts.resume {
+        let last = crate::checkpoint::read_pointer(&opts.run_dir.join("checkpoints"), "last");
+        match last {
+            Some(dir) => {
+                let state = crate::run_folder::read_state(&dir)?;
+                if state.partial_epoch.is_none() && state.epoch >= cfg.training.epochs {
+                    tracing::info!("{}: finished, kept", opts.run_dir.display());
+                    return Ok(TrainSummary {
+                        run_dir: opts.run_dir,
+                        history: state.history,
+                        baseline: state.baseline,
+                    });
+                }
+                opts.init_from = None;
+            }
+            None => opts.resume = false,
+        }
+    }
+    train_on(cfg, &opts, device)
+}
+
 /// Runs both stages and measures the untrained floor. `report` is called after each stage
-/// with its summary (the CLI prints them).
+/// with its summary (the CLI prints them). A stop on a signal in either stage is
+/// [`TrainError::Stopped`] naming `opts.root`, which `resume` continues.
 pub fn run(
+    opts: &QuickstartOptions,
+    report: &mut dyn FnMut(&TrainSummary),
+) -> Result<QuickstartResult, TrainError> {
+    let mut opts = opts.clone();
+    let record = opts.root.join(RECORD_FILE);
+    if opts.resume {
+        let raw = std::fs::read(&record).map_err(crate::error::io_err(&record))?;
+        let saved: Vec<String> = serde_json::from_slice::<serde_json::Value>(&raw)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["overrides"].clone()).ok())
+            .ok_or_else(|| TrainError::InvalidOption {
+                option: "--resume",
+                message: format!("{}: expected {{\"overrides\": [..]}}", record.display()),
+            })?;
+        opts.overrides = saved.into_iter().chain(opts.overrides).collect();
+    } else {
+        crate::trainer::refuse_used_folder(&opts.root)?;
+        let json = serde_json::json!({ "overrides": opts.overrides });
+        tracknet_data::write_atomic(&record, json.to_string().as_bytes())?;
+    }
+    run_stages(&opts, report).map_err(|e| match e {
+        TrainError::Stopped {
+            signal,
+            epoch,
+            step,
+            ..
+        } => TrainError::Stopped {
+            signal,
+            epoch,
+            step,
+            run_dir: opts.root.clone(),
+        },
+        e => e,
+    })
+}
+
+fn run_stages(
     opts: &QuickstartOptions,
     report: &mut dyn FnMut(&TrainSummary),
 ) -> Result<QuickstartResult, TrainError> {
@@ -113,7 +198,14 @@ pub fn run(
         "== quick-start stage 1/2: full pre-training of the small backbone -> {}",
         stage1.display()
     );
-    let pretrained = pretrain(&pre, &stage1, opts.quiet, opts.device.as_deref())?;
+    let pretrained = pretrain(
+        &pre,
+        &stage1,
+        opts.quiet,
+        opts.device.as_deref(),
+        opts.stop.clone(),
+        opts.resume,
+    )?;
     report(&pretrained.summary);
     tracing::info!(
         "exported the pre-trained backbone as a Hugging Face snapshot: {}",
@@ -129,9 +221,11 @@ pub fn run(
         run_dir: stage2,
         quiet: opts.quiet,
         init_from: Some(pretrained.checkpoint.clone()),
+        stop: opts.stop.clone(),
+        resume: opts.resume,
         ..TrainOptions::default()
     };
-    let qlora = train_on(&cfg, &run2, opts.device.as_deref())?;
+    let qlora = train_stage(&cfg, run2, opts.device.as_deref())?;
     report(&qlora);
 
     // Both extra rows are measured on stage 2's validation frames, scanned once.

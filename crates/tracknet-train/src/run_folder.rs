@@ -242,7 +242,7 @@ pub fn load_trainable<B: ModelBackend>(
 ) -> Result<HeatmapModel<B>, TrainError> {
     let file = dir.join("trainable.safetensors");
     let (params, _) = read_safetensors(&file)?;
-    let epoch = read_state(dir)?.epoch;
+    let epoch = read_state(dir)?.weights_epoch();
     let patch = model
         .multi_frame()
         .then(|| format!("backbone.{}.", model.backbone.patch_embedding_path()));

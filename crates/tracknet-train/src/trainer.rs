@@ -21,7 +21,9 @@ use tracknet_vit::model::HeatmapModel;
 use tracknet_vit::rng::{draw_seed, with_stream};
 
 use crate::amp::{LossScaler, StepPrecision, step_dtype};
-use crate::checkpoint::{QuantRecord, RunState, init_params_from, read_pointer, read_safetensors};
+use crate::checkpoint::{
+    PartialEpoch, QuantRecord, RunState, init_params_from, read_pointer, read_safetensors,
+};
 use crate::data::{batch_tensors, ensure_synthetic, loader_options, scan_splits};
 use crate::error::{TrainError, io_err};
 use crate::eval::{evaluate, loss_from_config, skip_report, summary_line, write_previews};
@@ -34,6 +36,7 @@ pub use crate::run_folder::{
 };
 use crate::run_folder::{CheckpointWriter, copy_adapter, save_checkpoint, write_metrics};
 use crate::schedule::LrSchedule;
+use crate::stop::StopFlag;
 use tracknet_quant::autocast::autocast;
 
 /// How to run.
@@ -52,6 +55,10 @@ pub struct TrainOptions {
     pub init_from: Option<PathBuf>,
     /// Called half-way through each checkpoint write (tests only; see [`CheckpointHook`]).
     pub mid_checkpoint: Option<CheckpointHook>,
+    /// Read before every optimizer step: once set (the CLI sets it on SIGINT / SIGTERM), the
+    /// run writes its `last` checkpoint at that step and returns [`TrainError::Stopped`];
+    /// `resume` continues it to the uninterrupted run's weights and metrics.
+    pub stop: Option<StopFlag>,
 }
 
 /// What a finished run reports.
@@ -61,7 +68,8 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     /// Rows of metrics.csv.
     pub history: Vec<BTreeMap<String, f64>>,
-    /// Metrics of the untrained model on the validation split (`None` when resumed).
+    /// Metrics of the untrained model on the validation split (`None` when resumed from a
+    /// checkpoint of a version that did not keep them).
     pub baseline: Option<BTreeMap<String, f64>>,
 }
 
@@ -108,6 +116,9 @@ where
     for w in adapter_notes.iter().chain(&cfg.warnings()) {
         tracing::warn!("{w}");
     }
+    if !opts.resume {
+        refuse_used_folder(&opts.run_dir)?;
+    }
     fs::create_dir_all(&opts.run_dir).map_err(io_err(&opts.run_dir))?;
     let ckpt_root = opts.run_dir.join("checkpoints");
     let preview_dir = opts.run_dir.join("previews");
@@ -115,14 +126,18 @@ where
     let mut log = |s: &str| say(s);
     ensure_synthetic(cfg, &mut log)?;
     let splits = scan_splits(cfg)?;
-    say(&format!(
-        "train split: {}",
-        splits.train_report.to_string().trim_end()
-    ));
-    say(&format!(
-        "val split:   {}",
-        splits.val_report.to_string().trim_end()
-    ));
+    // A report that skipped rows is a warning, which `--quiet` keeps.
+    for (name, report) in [
+        ("train split: ", &splits.train_report),
+        ("val split:   ", &splits.val_report),
+    ] {
+        let line = format!("{name}{}", report.to_string().trim_end());
+        if report.skipped.is_empty() {
+            say(&line);
+        } else {
+            tracing::warn!("{line}");
+        }
+    }
     if splits.train.is_empty() || splits.val.is_empty() {
         return Err(TrainError::NoFrames {
             train: splits.train.len(),
@@ -200,8 +215,9 @@ where
         config_yaml: cfg.to_yaml_string(),
         quantization: quant_record(cfg, &build.backbone_source),
         loss_scaler: None,
+        baseline: None,
+        partial_epoch: None,
     };
-    let mut baseline = None;
     if opts.resume {
         let dir = read_pointer(&ckpt_root, "last").ok_or_else(|| TrainError::NoCheckpoint {
             pointer: ckpt_root.join("last.json"),
@@ -227,7 +243,7 @@ where
             device,
         )?;
         say(&format!("untrained: {}", summary_line(&r)));
-        baseline = Some(metrics_row(0, f64::NAN, &r, 0.0, 0.0));
+        state.baseline = Some(metrics_row(0, f64::NAN, &r, 0.0, 0.0));
         tracknet_data::write_atomic(
             &opts.run_dir.join("config.yaml"),
             cfg.to_yaml_string().as_bytes(),
@@ -264,8 +280,14 @@ where
         written: 0,
         hook: opts.mid_checkpoint.as_ref(),
     };
-    for epoch in state.epoch + 1..=t.epochs {
+    // A checkpoint written part-way through an epoch continues that epoch.
+    let first_epoch = state
+        .partial_epoch
+        .as_ref()
+        .map_or(state.epoch + 1, |p| p.epoch);
+    for epoch in first_epoch..=t.epochs {
         let started = Instant::now();
+        let partial = state.partial_epoch.take().filter(|p| p.epoch == epoch);
         // `backbone_freeze_epochs` holds back the base backbone of a full fine-tuning only:
         // LoRA adapters, LoRA biases and `modules_to_save` train from step 0, and a
         // `freeze: true` backbone is never unfrozen. Held-back parameters get no gradient (so
@@ -274,14 +296,38 @@ where
             let trains = epoch > t.backbone_freeze_epochs;
             model = model.set_backbone_base_trainable(trains);
         }
-        let mut loader = BatchLoader::new(
+        let mut loader = BatchLoader::starting_at(
             splits.train.clone(),
             loader_options(cfg, epoch, true, batch_size),
+            partial.as_ref().map_or(0, |p| p.batches),
         )?;
         let progress = Progress::new(epoch, t.epochs, steps_per_epoch, t.log_every);
-        let (mut loss_sum, mut steps, mut skipped) = (0.0, 0usize, 0usize);
-        for (i, batch) in loader.by_ref().take(steps_per_epoch).enumerate() {
+        let (mut i, mut loss_sum, mut steps, mut skipped, earlier_secs) =
+            partial.as_ref().map_or((0, 0.0, 0usize, 0usize, 0.0), |p| {
+                (p.steps, p.loss_sum, p.updates, p.fp16_skipped, p.seconds)
+            });
+        while i < steps_per_epoch {
+            if let Some(signal) = opts.stop.as_ref().and_then(StopFlag::requested) {
+                state.partial_epoch = Some(PartialEpoch {
+                    epoch,
+                    batches: loader.position(),
+                    steps: i,
+                    loss_sum,
+                    updates: steps,
+                    fp16_skipped: skipped,
+                    seconds: earlier_secs + started.elapsed().as_secs_f64(),
+                });
+                save_checkpoint(&mut writer, "last", &model, &opt, &state)?;
+                return Err(TrainError::Stopped {
+                    signal,
+                    epoch,
+                    step: i,
+                    run_dir: opts.run_dir.clone(),
+                });
+            }
+            let Some(batch) = loader.next() else { break };
             let batch = batch?;
+            i += 1;
             // Per-step seed: dropout masks are a function of the step, so a resumed run draws
             // the same ones as an uninterrupted run.
             B::seed(device, t.seed.wrapping_add(1 + state.global_step as u64));
@@ -358,7 +404,7 @@ where
                         "loss".into()
                     },
                     epoch,
-                    step: i + 1,
+                    step: i,
                     global_step: state.global_step,
                     saved,
                 });
@@ -368,13 +414,13 @@ where
             state.global_step += 1;
             loss_sum += loss;
             steps += 1;
-            progress.step(i + 1, loss_sum / steps as f64, lr);
+            progress.step(i, loss_sum / steps as f64, lr);
         }
 
         if let Some(line) =
             skip_report(&format!("epoch {epoch} training"), &loader.report().skipped)
         {
-            say(&line);
+            tracing::warn!("{line}");
         }
         if skipped > 0 {
             say(&format!(
@@ -393,13 +439,13 @@ where
             device,
         )?;
         if let Some(line) = skip_report(&format!("epoch {epoch} validation"), &r.skipped) {
-            say(&line);
+            tracing::warn!("{line}");
         }
         if t.preview_frames > 0 {
             fs::create_dir_all(&preview_dir).map_err(io_err(&preview_dir))?;
             write_previews(&preview_dir, &format!("epoch-{epoch:03}"), &r)?;
         }
-        let secs = started.elapsed().as_secs_f64();
+        let secs = earlier_secs + started.elapsed().as_secs_f64();
         let row = metrics_row(
             epoch,
             loss_sum / steps.max(1) as f64,
@@ -444,7 +490,7 @@ where
     Ok(TrainSummary {
         run_dir: opts.run_dir.clone(),
         history: state.history,
-        baseline,
+        baseline: state.baseline,
     })
 }
 
@@ -754,6 +800,24 @@ pub fn next_micro_batch(
         retries,
         why,
     })
+}
+
+/// A run that is not resumed starts in a folder that does not exist or is empty: a finished
+/// (or stopped) run's config, metrics and checkpoints are never written over.
+pub(crate) fn refuse_used_folder(dir: &std::path::Path) -> Result<(), TrainError> {
+    let used = match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // A file of that name: not a folder to write a run into either.
+        Err(_) if dir.is_file() => true,
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    if used {
+        return Err(TrainError::RunFolderInUse {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -43,7 +43,7 @@ pub fn quality(a: &QualityArgs) -> Result<Value, TrainError> {
     let pre_dir = tmp.0.join("run-pretrain");
     tracing::info!("quality: shared full pre-training for {pre_epochs} epoch(s)");
     let t = Instant::now();
-    let pretrained = pretrain(&pre, &pre_dir, true, Some("cpu"))?;
+    let pretrained = pretrain(&pre, &pre_dir, true, Some("cpu"), None, false)?;
     let pre_secs = t.elapsed().as_secs_f64();
     let (pre_summary, ckpt, snapshot) = (
         pretrained.summary,

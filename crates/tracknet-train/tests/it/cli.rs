@@ -536,74 +536,20 @@ fn bench_report_reads_device_memory_on_the_gpu_backends() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `metrics.csv` without its wall-time column, and the bytes of every tensor file of the last
-/// checkpoint (weights, optimizer state, adapter).
-fn run_fingerprint(run: &Path) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
-    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    let wall = header.iter().position(|h| *h == "seconds");
-    let rows = csv
-        .lines()
-        .map(|l| {
-            l.split(',')
-                .enumerate()
-                .filter(|(i, _)| Some(*i) != wall)
-                .map(|(_, v)| v)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect();
-    let dir = read_pointer(&run.join("checkpoints"), "last").expect("a last checkpoint");
-    let files = [
-        "trainable.safetensors",
-        "optimizer.safetensors",
-        "adapter/adapter_model.safetensors",
-    ]
-    .iter()
-    .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
-    .collect();
-    (rows, files)
-}
-
 #[test]
 fn the_same_seed_gives_the_same_run_in_two_processes_and_through_a_sigkill_and_resume() {
     let _serial = serial();
-    let root = tmp("repro");
-    // Focal loss (log-sigmoid), GroupNorm residual blocks, LoRA dropout, flips and two loader
-    // threads: gradients through divisions, and every kind of random draw.
-    let cfg = tiny(
-        &root,
-        3,
-        &[
-            "training.loss.name=focal",
-            "model.decoder.blocks_per_stage=1",
-            "model.lora.lora_dropout=0.1",
-        ],
-    );
-    let cfg_path = root.join("cfg.yaml");
-    cfg.save(&cfg_path).unwrap();
-    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    let reference = reference();
     let train = |run: &Path| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tracknet"));
-        c.args(["train", "--quiet", "--config"])
-            .arg(&cfg_path)
-            .arg("--run-dir")
-            .arg(run)
+        let mut c = train_command(&reference.cfg, run);
+        c.arg("--quiet")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         c
     };
-    let (a, b, killed) = (root.join("a"), root.join("b"), root.join("killed"));
-    for run in [&a, &b] {
-        assert!(train(run).status().unwrap().success());
-    }
-    let (rows_a, files_a) = run_fingerprint(&a);
-    assert_eq!(rows_a.len(), 4, "a header and 3 epochs: {rows_a:?}");
-    let (rows_b, files_b) = run_fingerprint(&b);
-    assert_eq!(rows_a, rows_b, "metrics.csv of two processes");
-    for ((name, x), (_, y)) in files_a.iter().zip(&files_b) {
-        assert!(x == y, "{name} differs between two processes");
-    }
+    let (b, killed) = (reference.root.join("b"), reference.root.join("killed"));
+    assert!(train(&b).status().unwrap().success());
+    assert_same_as_reference(&b, "of a second process");
 
     // SIGKILL as soon as the first checkpoint exists (in epoch 2, or writing its checkpoint),
     // then `--resume`: the same metrics and the same bytes as the uninterrupted runs.
@@ -639,9 +585,5 @@ fn the_same_seed_gives_the_same_run_in_two_processes_and_through_a_sigkill_and_r
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    let (rows_k, files_k) = run_fingerprint(&killed);
-    assert_eq!(rows_a, rows_k, "metrics.csv after SIGKILL + --resume");
-    for ((name, x), (_, y)) in files_a.iter().zip(&files_k) {
-        assert!(x == y, "{name} differs after SIGKILL + --resume");
-    }
+    assert_same_as_reference(&killed, "after SIGKILL + --resume");
 }

@@ -97,3 +97,112 @@ pub fn first_batch(cfg: &RunConfig) -> tracknet_data::Batch {
     .unwrap()
     .unwrap()
 }
+
+/// A 3-epoch [`tiny`] run whose every step draws random numbers and divides — focal loss
+/// (log-sigmoid), GroupNorm residual blocks, LoRA dropout, flips, two loader threads — with
+/// its data generated; returns its config file. Reproducibility tests train it.
+pub fn repro_config(root: &Path) -> PathBuf {
+    let cfg = tiny(
+        root,
+        3,
+        &[
+            "training.loss.name=focal",
+            "model.decoder.blocks_per_stage=1",
+            "model.lora.lora_dropout=0.1",
+        ],
+    );
+    let cfg_path = root.join("cfg.yaml");
+    cfg.save(&cfg_path).unwrap();
+    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    cfg_path
+}
+
+/// `tracknet train --config CFG --run-dir RUN`.
+pub fn train_command(cfg: &Path, run: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tracknet"));
+    c.args(["train", "--config"])
+        .arg(cfg)
+        .arg("--run-dir")
+        .arg(run);
+    c
+}
+
+/// What two runs that should be the same are compared by ([`run_fingerprint`]).
+pub type Fingerprint = (Vec<String>, Vec<(String, Vec<u8>)>);
+
+/// `metrics.csv` without its wall-time column, and the bytes of every tensor file of the last
+/// checkpoint (weights, optimizer state, adapter).
+pub fn run_fingerprint(run: &Path) -> Fingerprint {
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let wall = header.iter().position(|h| *h == "seconds");
+    let rows = csv
+        .lines()
+        .map(|l| {
+            l.split(',')
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != wall)
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let dir = read_pointer(&run.join("checkpoints"), "last").expect("a last checkpoint");
+    let files = [
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "adapter/adapter_model.safetensors",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap()))
+    .collect();
+    (rows, files)
+}
+
+/// The uninterrupted [`repro_config`] run, trained once per test process by the CLI: what the
+/// reproducibility and stop tests compare their runs with.
+pub struct Reference {
+    /// Its scratch folder (the data is in it; other runs of the config go beside it).
+    pub root: PathBuf,
+    /// The config file.
+    pub cfg: PathBuf,
+    /// Its [`run_fingerprint`].
+    pub fingerprint: Fingerprint,
+}
+
+pub fn reference() -> &'static Reference {
+    static REFERENCE: std::sync::OnceLock<Reference> = std::sync::OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let root = tmp("reference");
+        let cfg = repro_config(&root);
+        let run = root.join("uninterrupted");
+        let out = train_command(&cfg, &run).arg("--quiet").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fingerprint = run_fingerprint(&run);
+        assert_eq!(
+            fingerprint.0.len(),
+            4,
+            "a header and 3 epochs: {:?}",
+            fingerprint.0
+        );
+        Reference {
+            root,
+            cfg,
+            fingerprint,
+        }
+    })
+}
+
+/// `run`'s fingerprint is the [`reference`]'s, row for row and byte for byte.
+pub fn assert_same_as_reference(run: &Path, what: &str) {
+    let (rows, files) = run_fingerprint(run);
+    let (want_rows, want_files) = &reference().fingerprint;
+    assert_eq!(&rows, want_rows, "metrics.csv {what}");
+    for ((name, x), (_, y)) in files.iter().zip(want_files) {
+        assert!(x == y, "{name} differs {what}");
+    }
+}
