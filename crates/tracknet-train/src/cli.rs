@@ -11,7 +11,7 @@ use tracknet_vit::model::HeatmapModel;
 use crate::backend::{InferenceJob, device_spec, train_on, with_inference};
 use crate::error::{TrainError, io_err};
 use crate::eval::{EvalResult, evaluate, summary_line};
-use crate::predict::{PredictSummary, checkpoint_dir, load_run_model, predict_until, run_config};
+use crate::predict::{PredictSummary, checkpoint_dir, load_run_model, predict, run_config};
 use crate::quickstart::{QuickstartOptions, result_table};
 use crate::stop::StopFlag;
 use crate::trainer::TrainOptions;
@@ -389,7 +389,7 @@ impl InferenceJob for Predict<'_> {
             tracing::info!("LoRA weights from the adapter {}", dir.display());
         }
         let threshold = a.threshold.unwrap_or(cfg.training.eval.threshold as f32);
-        predict_until(
+        predict(
             &model,
             cfg,
             &a.input,
@@ -423,7 +423,7 @@ fn cmd_predict(a: PredictArgs) -> Result<(), TrainError> {
 
 fn cmd_export(a: ExportArgs) -> Result<(), TrainError> {
     let stop = on_signals()?;
-    let s = crate::export::export_run_until(&a.run, &a.checkpoint, &a.out, Some(&stop))?;
+    let s = crate::export::export_run(&a.run, &a.checkpoint, &a.out, Some(&stop))?;
     println!("wrote {}: {}", s.dir.display(), s.entries.join(", "));
     Ok(())
 }

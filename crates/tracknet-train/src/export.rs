@@ -38,13 +38,9 @@ pub struct ExportSummary {
 }
 
 /// Export checkpoint `which` (`best` | `last`) of the run in `run_dir` to `out` (which must
-/// not exist, or be empty).
-pub fn export_run(run_dir: &Path, which: &str, out: &Path) -> Result<ExportSummary, TrainError> {
-    export_run_until(run_dir, which, out, None)
-}
-
-/// [`export_run`] that stops between its parts once `stop` is set, leaving nothing at `out`.
-pub fn export_run_until(
+/// not exist, or be empty); once `stop` is set it stops between its parts, leaving nothing at
+/// `out`.
+pub fn export_run(
     run_dir: &Path,
     which: &str,
     out: &Path,

@@ -175,21 +175,10 @@ pub struct PredictSummary {
 /// Predict on an image, a folder of frames or a Clip folder; writes `predictions.csv`
 /// (Label.csv schema + `confidence`, one row per frame), `heatmaps/`, `overlays/` and
 /// `trajectory.png` into `out`, which must not exist or be empty and appears once complete
-/// ([`Staged`]). With `data.sequence` each frame is predicted from it and its predecessors in
-/// file order, as in training.
+/// ([`Staged`]); once `stop` is set it stops between frames, leaving nothing at `out`. With
+/// `data.sequence` each frame is predicted from it and its predecessors in file order, as in
+/// training.
 pub fn predict<B: ModelBackend>(
-    model: &HeatmapModel<B>,
-    cfg: &RunConfig,
-    input: &Path,
-    out: &Path,
-    threshold: f32,
-    device: &B::Device,
-) -> Result<PredictSummary, TrainError> {
-    predict_until(model, cfg, input, out, threshold, device, None)
-}
-
-/// [`predict`] that stops between frames once `stop` is set, leaving nothing at `out`.
-pub fn predict_until<B: ModelBackend>(
     model: &HeatmapModel<B>,
     cfg: &RunConfig,
     input: &Path,

@@ -57,6 +57,7 @@ fn qlora_trains_reloads_evaluates_and_predicts<Bk: ModelBackend>(device: &Bk::De
         &out,
         0.5,
         device,
+        None,
     )
     .unwrap();
     assert_eq!(p.frames, 8);

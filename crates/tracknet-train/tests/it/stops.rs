@@ -226,22 +226,13 @@ fn a_stopped_predict_or_export_leaves_no_output() {
     let root = tmp("stopped-outputs");
     let pred = root.join("pred");
     let clip = reference.root.join("data/game3/Clip1");
-    let e = tracknet_train::predict::predict_until(
-        &model,
-        &cfg,
-        &clip,
-        &pred,
-        0.5,
-        &device,
-        Some(&stop),
-    )
-    .unwrap_err();
+    let e = predict(&model, &cfg, &clip, &pred, 0.5, &device, Some(&stop)).unwrap_err();
     assert!(
         matches!(e, TrainError::Interrupted { .. }) && e.to_string().contains("SIGINT"),
         "{e}"
     );
     let exp = root.join("export");
-    let e = tracknet_train::export::export_run_until(&run, "last", &exp, Some(&stop)).unwrap_err();
+    let e = tracknet_train::export::export_run(&run, "last", &exp, Some(&stop)).unwrap_err();
     assert!(matches!(e, TrainError::Interrupted { .. }), "{e}");
     let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
     assert!(
@@ -249,7 +240,7 @@ fn a_stopped_predict_or_export_leaves_no_output() {
         "nothing, not even a staging folder: {left:?}"
     );
     // Without a stop both write their folders whole.
-    tracknet_train::predict::predict_until(&model, &cfg, &clip, &pred, 0.5, &device, None).unwrap();
+    predict(&model, &cfg, &clip, &pred, 0.5, &device, None).unwrap();
     assert!(pred.join("predictions.csv").is_file());
 }
 

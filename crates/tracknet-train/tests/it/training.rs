@@ -127,7 +127,7 @@ fn qlora_trains_saves_evaluates_predicts() {
     // Predict on a clip folder.
     let clip = root.join("data/game3/Clip1");
     let out = root.join("pred");
-    let p = predict(&model, &cfg2, &clip, &out, 0.5, &device).unwrap();
+    let p = predict(&model, &cfg2, &clip, &out, 0.5, &device, None).unwrap();
     assert_eq!(p.frames, 8);
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert!(csv.starts_with("file name,visibility,x-coordinate,y-coordinate,status,confidence"));
