@@ -12,6 +12,9 @@
 //! `q4-matmul` runs on each backend: the 4-bit matmul as dispatched (the fused CubeCL kernel for
 //! few rows) against dequantize + matmul. `--wgpu` builds with the wgpu backend and adds its
 //! `q4-matmul` row (Mesa's lavapipe on a machine without a GPU: the CubeCL path on the CPU).
+//! `gemm` measures the dense GEMM rate on the model's shapes (and the peer's `a @ b` with
+//! `--vs-torch`): the report's roofline divides each mode's FLOPs by the best rate. The JSON's
+//! `machine` names the CPU (model, vendor/family/model/stepping) and its SIMD features.
 //! Unrecognised flags (`--steps 3`, `--batch 1`, `--hidden 192`, …) go to every `case`.
 
 use std::path::{Path, PathBuf};
@@ -28,6 +31,8 @@ enum Job {
         mode: &'static str,
         pair: &'static str,
     },
+    /// The peer's GEMM rate on the model's shapes (the roofline's other denominator).
+    TorchGemm,
 }
 
 /// Cases on one backend: the five modes, then LoRA and QLoRA NF4+dq with checkpointing.
@@ -210,6 +215,15 @@ pub fn run(rest: &[String]) -> Result<(), String> {
         }
         jobs.push((format!("q4-matmul --backend {b}"), Job::Ours(args)));
     }
+    // The GEMM rates on the model's shapes: the report's roofline divides by the best.
+    let mut g = vec!["gemm".to_string()];
+    if quick {
+        g.extend(["--runs".into(), "3".into()]);
+    }
+    jobs.push(("gemm".into(), Job::Ours(g)));
+    if peer.is_some() {
+        jobs.push(("torch gemm".into(), Job::TorchGemm));
+    }
     let mut d = vec!["data".to_string()];
     d.extend(quick_flag.iter().cloned());
     jobs.push(("data".into(), Job::Ours(d)));
@@ -230,6 +244,12 @@ pub fn run(rest: &[String]) -> Result<(), String> {
             Job::Torch { mode, pair } => {
                 if let Some(p) = &peer {
                     objects.push(p.run(mode, pair, peer_batch, peer_steps));
+                }
+                continue;
+            }
+            Job::TorchGemm => {
+                if let Some(p) = &peer {
+                    objects.push(p.gemm());
                 }
                 continue;
             }
@@ -283,9 +303,20 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     }
 
     let machine = format!(
-        "{{\"nproc\":{},\"cpu\":{},\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"vs_torch\":{},\"flags\":[{}]}}",
+        "{{\"nproc\":{},\"cpu\":{},\"cpu_id\":{},\"simd\":[{}],\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"vs_torch\":{},\"flags\":[{}]}}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         quote(&cpu_model()),
+        quote(&cpu_field_line(&[
+            "vendor_id",
+            "cpu family",
+            "model\t",
+            "stepping"
+        ])),
+        cpu_simd()
+            .iter()
+            .map(|f| quote(f))
+            .collect::<Vec<_>>()
+            .join(","),
         quote(&capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         quote(&capture("git", &["rev-parse", "--short", "HEAD"])),
         cuda,
@@ -316,6 +347,51 @@ fn backends_run(cuda: bool) -> Vec<&'static str> {
     } else {
         vec!["ndarray"]
     }
+}
+
+/// The SIMD features of `/proc/cpuinfo`'s first processor that decide which kernels run
+/// (the `gemm` crate's AVX-512 / AVX2+FMA paths, the BF16 / AMX units PyTorch may use).
+fn cpu_simd() -> Vec<String> {
+    const FEATURES: [&str; 12] = [
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_tile",
+    ];
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map_or(Vec::new(), |(_, v)| v.split_whitespace().collect());
+    FEATURES
+        .iter()
+        .filter(|f| flags.contains(f))
+        .map(|f| f.to_string())
+        .collect()
+}
+
+/// `vendor_id GenuineIntel, cpu family 6, model 143, stepping 8`: which CPU, where the model
+/// name is generic ("AMD EPYC" under some hypervisors).
+fn cpu_field_line(keys: &[&str]) -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    keys.iter()
+        .filter_map(|k| {
+            info.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_once(':'))
+                .map(|(name, v)| format!("{} {}", name.trim(), v.trim()))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn cpu_model() -> String {

@@ -97,6 +97,69 @@ impl Peer {
     }
 }
 
+/// The peer's GEMM on the model's shapes (`a @ b` in f32, 1 and 2 threads, median of 15 after
+/// 3 untimed), as `tracknet-bench gemm` measures ours: `[m, k, n]` of ViT-S/16's linears at
+/// 512×288, batch 2 and 1 (581 tokens a frame).
+const GEMM_SCRIPT: &str = r#"
+import json, time, torch
+shapes = [(1162, 384, 384), (1162, 384, 1536), (1162, 1536, 384),
+          (581, 384, 384), (581, 384, 1536), (581, 1536, 384)]
+rates, best = [], {}
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    top = 0.0
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(15):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        times.sort()
+        flops = 2.0 * m * k * n
+        median = flops / times[len(times) // 2] / 1e9
+        top = max(top, median)
+        rates.append({"m": m, "k": k, "n": n, "threads": threads,
+                      "gflops_median": median, "gflops_best": flops / times[0] / 1e9})
+    best[str(threads)] = top
+print(json.dumps({"kind": "gemm", "impl": "torch (a @ b, f32)", "runs": 15,
+                  "rates": rates, "best_gflops_by_threads": best}))
+"#;
+
+impl Peer {
+    /// [`GEMM_SCRIPT`]'s JSON line, or an error object.
+    pub fn gemm(&self) -> String {
+        let out = Command::new(&self.python)
+            .args(["-c", GEMM_SCRIPT])
+            .current_dir(root())
+            .stderr(Stdio::inherit())
+            .output();
+        let line = out
+            .as_ref()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .rev()
+                    .find(|l| l.trim_start().starts_with('{'))
+                    .map(|l| l.trim().to_string())
+            });
+        line.unwrap_or_else(|| {
+            let why = match &out {
+                Ok(o) => format!("exit status {}", o.status),
+                Err(e) => format!("{}: {e}", self.python.display()),
+            };
+            format!(
+                "{{\"kind\":\"gemm\",\"impl\":\"torch\",\"error\":{}}}",
+                crate::bench::quote(&why)
+            )
+        })
+    }
+}
+
 fn venv_python(venv: &Path) -> PathBuf {
     venv.join("bin").join("python")
 }

@@ -13,10 +13,13 @@ pub mod args;
 pub mod case;
 pub mod config;
 pub mod data;
+pub mod flops;
+pub mod gemm;
 pub mod memory;
 pub mod q4;
 pub mod quality;
 pub mod report;
+pub mod roofline;
 
 use serde_json::Value;
 
@@ -31,5 +34,6 @@ pub fn run(cli: Cli) -> Result<Value, TrainError> {
         Cmd::Quality(a) => quality::quality(&a),
         Cmd::Report(a) => report::report(&a.file).map(|()| Value::Null),
         Cmd::Q4Matmul(a) => q4::q4_matmul(&a),
+        Cmd::Gemm(a) => gemm::gemm(&a),
     }
 }

@@ -28,6 +28,19 @@ pub enum Cmd {
     /// dequantize + matmul on the same backend, per row count.
     #[command(name = "q4-matmul")]
     Q4Matmul(Q4Args),
+    /// The dense GEMM rate on the model's shapes (GFLOP/s, 1 and 2 threads): the roofline's
+    /// denominator.
+    Gemm(GemmArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GemmArgs {
+    /// Thread counts, comma separated.
+    #[arg(long, default_value = "1,2")]
+    pub threads: String,
+    /// Timed runs per shape (median).
+    #[arg(long, default_value_t = 15)]
+    pub runs: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -332,6 +332,7 @@ where
     } else {
         "NdArray: all tensors on the heap"
     };
+    let flops = super::flops::count(s, &a.mode, a.grad_ckpt, cfg.model.decoder.blocks_per_stage);
     let mut out = json!({
         "kind": "case",
         "case": format!(
@@ -383,6 +384,8 @@ where
     // `--amp` where the backend has it (`null`: f32), fp16's scale after the timed steps and
     // the timed steps that overflowed.
     let more = json!({
+        "forward_flops_per_frame": flops.forward_per_frame,
+        "step_flops": flops.step,
         "amp": dtype.map(|d| format!("{d:?}").to_lowercase()),
         "loss_scale": scaler.map(|s| s.scale),
         "skipped_steps": skipped,

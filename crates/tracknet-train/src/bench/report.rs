@@ -47,9 +47,18 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
     let empty = Vec::new();
     let cases = doc["cases"].as_array().unwrap_or(&empty);
     let m = &doc["machine"];
+    let simd: Vec<&str> = m["simd"]
+        .as_array()
+        .map_or(Vec::new(), |v| v.iter().filter_map(Value::as_str).collect());
     println!(
-        "machine: {} ({} threads), {}, commit {}",
+        "machine: {} ({}; SIMD {}; {} threads), {}, commit {}",
         m["cpu"].as_str().unwrap_or("?"),
+        m["cpu_id"].as_str().unwrap_or("?"),
+        if simd.is_empty() {
+            "?".into()
+        } else {
+            simd.join(" ")
+        },
         m["nproc"],
         m["date"].as_str().unwrap_or("?"),
         m["commit"].as_str().unwrap_or("?")
@@ -91,6 +100,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
         );
     }
     vs_torch(cases);
+    super::roofline::table(cases);
     memory_vs_batch(cases, &file.with_file_name("memory-vs-batch.png"))?;
     for c in cases.iter().filter(|c| c["kind"] == "data") {
         println!();
@@ -176,6 +186,7 @@ pub fn report(file: &Path) -> Result<(), TrainError> {
 
     println!();
     println!("goals:");
+    super::roofline::goals(cases);
     let backends = ["ndarray", "cuda", "wgpu"];
     for backend in backends {
         let pairs = [("qlora-nf4-dq", "lora"), ("qlora-nf4-dq+ckpt", "lora+ckpt")];
@@ -462,6 +473,6 @@ fn memory_vs_batch(cases: &[Value], png: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub(super) fn verdict(ok: bool) -> &'static str {
     if ok { "PASS" } else { "MISS" }
 }

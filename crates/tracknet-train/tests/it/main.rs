@@ -3,6 +3,7 @@
 //! export, the CLI, and stops that lose nothing (signals, used run folders, warnings).
 
 mod backends;
+mod bench;
 mod checkpoints;
 mod cli;
 mod common;
