@@ -8,6 +8,8 @@
 //! - `quality`: the quick-start's stages per mode ([`quality`]).
 //! - `report FILE`: tables, the memory-vs-batch chart and the goal checks ([`report`]).
 //! - `q4-matmul [--backend B]`: the 4-bit matmul as dispatched vs dequantize + matmul ([`q4`]).
+//! - `gemm`: the dense GEMM rate on the model's shapes, the roofline's denominator ([`gemm`],
+//!   [`flops`], [`roofline`]).
 
 pub mod args;
 pub mod case;
@@ -25,6 +27,20 @@ use serde_json::Value;
 
 use crate::error::TrainError;
 pub use args::{Cli, Cmd};
+
+/// Seconds of `runs` (at least one) calls of `f` after one untimed call, fastest first.
+pub(crate) fn timings(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f();
+    let mut t: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let s = std::time::Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
 
 /// Runs one bench command; `Value::Null` when it printed its own output (`report`).
 pub fn run(cli: Cli) -> Result<Value, TrainError> {

@@ -3,8 +3,6 @@
 //! single-threaded `gemm` call each) — on 1 and 2 threads. The report's roofline divides a
 //! mode's FLOPs by the best of these rates.
 
-use std::time::Instant;
-
 use burn::backend::NdArray;
 use burn::prelude::*;
 use serde_json::{Value, json};
@@ -23,19 +21,6 @@ pub const MODEL_SHAPES: [[usize; 3]; 6] = [
     [581, 384, 1536],
     [581, 1536, 384],
 ];
-
-fn seconds(runs: usize, mut f: impl FnMut()) -> Vec<f64> {
-    f();
-    let mut t: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t
-}
 
 pub fn gemm(a: &GemmArgs) -> Result<Value, TrainError> {
     let threads: Vec<usize> = a
@@ -67,7 +52,7 @@ pub fn gemm(a: &GemmArgs) -> Result<Value, TrainError> {
             let b = Tensor::<NdArray, 1>::zeros([n], &device);
             let prim = |t: Tensor<NdArray, 2>| t.into_primitive().tensor();
             let times = pool.install(|| {
-                seconds(a.runs, || {
+                super::timings(a.runs, || {
                     let _ = NdArray::dense_linear(
                         prim(x.clone()),
                         prim(w.clone()),

@@ -3,8 +3,6 @@
 //! backend, forward and input gradient, per row count. Times include reading the result back
 //! (a few rows × features), which is what makes a device backend finish its queue.
 
-use std::time::Instant;
-
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use serde_json::{Value, json};
@@ -45,16 +43,8 @@ struct Job<'a> {
 }
 
 /// Median of `runs` timings of `f` after one untimed call.
-fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
+fn median_seconds(runs: usize, f: impl FnMut()) -> f64 {
+    let t = super::timings(runs, f);
     t[t.len() / 2]
 }
 
