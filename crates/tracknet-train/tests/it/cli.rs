@@ -13,13 +13,11 @@ fn a_three_frame_run_trains_evaluates_and_predicts_from_the_cli() {
         1,
         &["data.sequence.enabled=true", "data.sequence.length=3"],
     );
-    let cfg_path = root.join("cfg.yaml");
-    cfg.save(&cfg_path).unwrap();
+    let cfg_path = on_disk(&root, &cfg);
     let run = root.join("run");
     let tracknet = || Command::new(env!("CARGO_BIN_EXE_tracknet"));
     // A corrupt training frame (non-strict): its samples are skipped and each epoch says so,
     // naming the file, instead of skipping silently.
-    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
     let corrupt = root.join("data/game1/Clip1/0003.jpg");
     std::fs::write(&corrupt, b"\xff\xd8 not a jpeg").unwrap();
     let out = tracknet()

@@ -111,9 +111,15 @@ pub fn repro_config(root: &Path) -> PathBuf {
             "model.lora.lora_dropout=0.1",
         ],
     );
+    on_disk(root, &cfg)
+}
+
+/// `cfg` saved as `root/cfg.yaml` with its synthetic data generated: what the CLI is pointed
+/// at. Returns the file.
+pub fn on_disk(root: &Path, cfg: &RunConfig) -> PathBuf {
     let cfg_path = root.join("cfg.yaml");
     cfg.save(&cfg_path).unwrap();
-    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    tracknet_train::data::ensure_synthetic(cfg, &mut |_| {}).unwrap();
     cfg_path
 }
 

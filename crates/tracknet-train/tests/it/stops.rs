@@ -122,9 +122,7 @@ fn quiet_keeps_the_scan_warnings_and_strict_mode_says_that_it_stops() {
         1,
         &["training.steps_per_epoch=1", "training.val_steps=1"],
     );
-    let cfg_path = root.join("cfg.yaml");
-    cfg.save(&cfg_path).unwrap();
-    tracknet_train::data::ensure_synthetic(&cfg, &mut |_| {}).unwrap();
+    let cfg_path = on_disk(&root, &cfg);
     // A row whose frame is not on disk, as the file's last line.
     let csv = root.join("data/game1/Clip1/Label.csv");
     let mut text = std::fs::read_to_string(&csv).unwrap();
