@@ -367,14 +367,13 @@ pub fn commit_checkpoint(
     // A folder of the same name may be the one a pointer names now (a second checkpoint at
     // the same step: a stop right after an epoch's end): it is never removed before the
     // pointer moves, so the new folder takes the next free name.
-    let (name, dir) = (1..)
-        .map(|k| match k {
-            1 => name.clone(),
-            k => format!("{name}.{k}"),
-        })
-        .map(|n| (n.clone(), ckpt_root.join(n)))
-        .find(|(_, d)| !d.exists())
-        .unwrap_or_else(|| (name.clone(), ckpt_root.join(&name)));
+    let base = name;
+    let (mut name, mut k) = (base.clone(), 1);
+    while ckpt_root.join(&name).exists() {
+        k += 1;
+        name = format!("{base}.{k}");
+    }
+    let dir = ckpt_root.join(&name);
     fs::rename(&tmp, &dir).map_err(io(&dir))?;
     let previous = read_pointer(ckpt_root, pointer);
     let json = serde_json::to_vec(&serde_json::json!({ "dir": name })).unwrap_or_default();
@@ -393,4 +392,35 @@ pub fn read_pointer(ckpt_root: &Path, pointer: &str) -> Option<PathBuf> {
     let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
     let dir = ckpt_root.join(v.get("dir")?.as_str()?);
     dir.join("state.json").exists().then_some(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second checkpoint at the same step (a stop right at an epoch's start) takes a new
+    /// folder: the one the pointer named is removed only after the pointer moved.
+    #[test]
+    fn a_second_checkpoint_at_the_same_step_takes_a_new_folder() {
+        let root = std::env::temp_dir().join(format!("tracknet-ckpt-same-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let write = |text: &'static str| {
+            move |dir: &Path| {
+                fs::write(dir.join("state.json"), text).map_err(crate::error::io_err(dir))
+            }
+        };
+        let first = commit_checkpoint(&root, "last", 7, write("first")).unwrap();
+        let second = commit_checkpoint(&root, "last", 7, write("second")).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            read_pointer(&root, "last").as_deref(),
+            Some(second.as_path())
+        );
+        assert_eq!(
+            fs::read_to_string(second.join("state.json")).unwrap(),
+            "second"
+        );
+        assert!(!first.exists(), "the folder no pointer names is removed");
+        let _ = fs::remove_dir_all(&root);
+    }
 }

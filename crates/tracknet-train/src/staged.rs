@@ -19,12 +19,7 @@ impl Staged {
     /// Starts an output at `out`, which must not exist or be an empty folder (nothing is
     /// overwritten).
     pub fn new(out: &Path) -> Result<Self, TrainError> {
-        let used = match std::fs::read_dir(out) {
-            Ok(mut d) => d.next().is_some(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(_) => true,
-        };
-        if used {
+        if holds_files(out)? {
             return Err(TrainError::OutputNotEmpty {
                 path: out.to_path_buf(),
             });
@@ -75,6 +70,17 @@ impl Staged {
         }
         std::fs::rename(&self.tmp, &self.out).map_err(io_err(&self.out))?;
         Ok(value)
+    }
+}
+
+/// Whether `dir` is in use as an output: a folder with anything in it, or a file of that name
+/// (an absent or empty folder is free). A folder that cannot be listed is an error naming it.
+pub(crate) fn holds_files(dir: &Path) -> Result<bool, TrainError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(_) if dir.is_file() => Ok(true),
+        Err(e) => Err(io_err(dir)(e)),
     }
 }
 

@@ -805,14 +805,7 @@ pub fn next_micro_batch(
 /// A run that is not resumed starts in a folder that does not exist or is empty: a finished
 /// (or stopped) run's config, metrics and checkpoints are never written over.
 pub(crate) fn refuse_used_folder(dir: &std::path::Path) -> Result<(), TrainError> {
-    let used = match fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        // A file of that name: not a folder to write a run into either.
-        Err(_) if dir.is_file() => true,
-        Err(e) => return Err(io_err(dir)(e)),
-    };
-    if used {
+    if crate::staged::holds_files(dir)? {
         return Err(TrainError::RunFolderInUse {
             path: dir.to_path_buf(),
         });
