@@ -145,6 +145,9 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     if wgpu {
         crate::ensure_vulkan()?;
     }
+    if let Err(e) = crate::ensure_openblas() {
+        eprintln!("xtask: {e}; the bench leaves out the OpenBLAS GEMM row");
+    }
     run_cmd(build, "cargo build --bin tracknet-bench")?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -220,7 +223,12 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     if quick {
         g.extend(["--runs".into(), "3".into()]);
     }
-    jobs.push(("gemm".into(), Job::Ours(g)));
+    jobs.push(("gemm".into(), Job::Ours(g.clone())));
+    // OpenBLAS beside it, where installed (`TRACKNET_GEMM=openblas` runs it instead).
+    if openblas_installed() && std::env::var("TRACKNET_GEMM").is_err() {
+        g.push("--alternative".into());
+        jobs.push(("gemm (OpenBLAS)".into(), Job::Ours(g)));
+    }
     if peer.is_some() {
         jobs.push(("torch gemm".into(), Job::TorchGemm));
     }
@@ -254,7 +262,11 @@ pub fn run(rest: &[String]) -> Result<(), String> {
                 continue;
             }
         };
-        let output = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if args.iter().any(|a| a == "--alternative") {
+            cmd.env("TRACKNET_GEMM", "openblas");
+        }
+        let output = cmd
             .args(args)
             .current_dir(root())
             .stderr(Stdio::inherit())
@@ -303,7 +315,7 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     }
 
     let machine = format!(
-        "{{\"nproc\":{},\"cpu\":{},\"cpu_id\":{},\"simd\":[{}],\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"vs_torch\":{},\"flags\":[{}]}}",
+        "{{\"nproc\":{},\"cpu\":{},\"cpu_id\":{},\"simd\":[{}],\"gemm\":{},\"date\":{},\"commit\":{},\"cuda_device\":{},\"quick\":{},\"vs_torch\":{},\"flags\":[{}]}}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         quote(&cpu_model()),
         quote(&cpu_field_line(&[
@@ -317,6 +329,7 @@ pub fn run(rest: &[String]) -> Result<(), String> {
             .map(|f| quote(f))
             .collect::<Vec<_>>()
             .join(","),
+        quote(&std::env::var("TRACKNET_GEMM").unwrap_or_else(|_| "builtin".into())),
         quote(&capture("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         quote(&capture("git", &["rev-parse", "--short", "HEAD"])),
         cuda,
@@ -334,6 +347,11 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     let mut report = Command::new(&bin);
     report.arg("report").arg(&out).current_dir(root());
     run_cmd(report, "tracknet-bench report")
+}
+
+/// Whether OpenBLAS's runtime library is on the loader's path (`ldconfig -p`).
+pub(crate) fn openblas_installed() -> bool {
+    capture("ldconfig", &["-p"]).contains("libopenblas.so.0")
 }
 
 /// `tracknet-bench case`'s default `--batch` (`bench::config::Sizes::resolve`), at which the

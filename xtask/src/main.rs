@@ -137,6 +137,27 @@ fn ensure_vulkan() -> Result<(), String> {
     eprintln!(
         "xtask: no Vulkan driver; installing Mesa's lavapipe (mesa-vulkan-drivers, libvulkan1)"
     );
+    apt_install(&["mesa-vulkan-drivers", "libvulkan1"]).map_err(|e| {
+        format!(
+            "{e}; the wgpu tests need a Vulkan driver: install Debian's mesa-vulkan-drivers and libvulkan1"
+        )
+    })
+}
+
+/// OpenBLAS's runtime library, which `TRACKNET_GEMM=openblas` loads (tracknet-quant `gemm`):
+/// the tests check its path and the bench measures it beside the built-in GEMM.
+fn ensure_openblas() -> Result<(), String> {
+    if bench::openblas_installed() {
+        return Ok(());
+    }
+    eprintln!("xtask: no OpenBLAS; installing Debian's libopenblas0-pthread");
+    apt_install(&["libopenblas0-pthread"]).map_err(|e| {
+        format!("{e}; the OpenBLAS GEMM's tests need it: install Debian's libopenblas0-pthread")
+    })
+}
+
+/// `apt-get install` (through `sudo -n` when not root).
+fn apt_install(packages: &[&str]) -> Result<(), String> {
     let sudo = std::env::var("USER").map(|u| u != "root").unwrap_or(false)
         && Command::new("sudo")
             .arg("-n")
@@ -154,13 +175,9 @@ fn ensure_vulkan() -> Result<(), String> {
         c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
         run(c, &format!("apt-get {}", args.join(" ")))
     };
-    apt(&["update", "-qq"])
-        .and_then(|()| apt(&["install", "-y", "-qq", "mesa-vulkan-drivers", "libvulkan1"]))
-        .map_err(|e| {
-            format!(
-                "{e}; the wgpu tests need a Vulkan driver: install Debian's mesa-vulkan-drivers and libvulkan1"
-            )
-        })
+    let mut install = vec!["install", "-y", "-qq"];
+    install.extend(packages);
+    apt(&["update", "-qq"]).and_then(|()| apt(&install))
 }
 
 fn cuda_device_present() -> bool {
@@ -189,7 +206,10 @@ fn test() -> Result<(), String> {
         "cargo clippy --workspace --all-targets --features wgpu,cuda -D warnings",
     )?;
     ensure_vulkan()?;
+    ensure_openblas()?;
     let mut t = cargo();
+    // The GEMM tests then check OpenBLAS's path too (they fail if it does not load).
+    t.env("TRACKNET_TEST_OPENBLAS", "1");
     t.args([
         "test",
         "--workspace",

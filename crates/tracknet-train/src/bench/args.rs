@@ -41,6 +41,10 @@ pub struct GemmArgs {
     /// Timed runs per shape (median).
     #[arg(long, default_value_t = 15)]
     pub runs: usize,
+    /// Measure OpenBLAS as the alternative to the GEMM the cases ran (`impl` "alternative …");
+    /// the process must run with `TRACKNET_GEMM=openblas`.
+    #[arg(long)]
+    pub alternative: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,7 +1,8 @@
 //! `gemm`: the dense GEMM rate of the NdArray backend on the model's own shapes — the dense
 //! linear as the model calls it (`QuantBackend::dense_linear`: rows split over rayon, one
-//! single-threaded `gemm` call each) — on 1 and 2 threads. The report's roofline divides a
-//! mode's FLOPs by the best of these rates.
+//! single-threaded GEMM call each, on the process's `tracknet_quant::gemm::host()`) — on 1
+//! and 2 threads. The report's roofline divides a mode's FLOPs by the best of these rates;
+//! `--alternative` measures OpenBLAS beside it (`cargo xtask bench` runs it where installed).
 
 use burn::backend::NdArray;
 use burn::prelude::*;
@@ -32,6 +33,16 @@ pub fn gemm(a: &GemmArgs) -> Result<Value, TrainError> {
             option: "--threads",
             message: format!("expected thread counts like 1,2, got `{}`", a.threads),
         })?;
+    let host = tracknet_quant::gemm::host();
+    if a.alternative && !matches!(host, tracknet_quant::gemm::HostGemm::OpenBlas(_)) {
+        return Err(TrainError::InvalidOption {
+            option: "--alternative",
+            message: format!(
+                "OpenBLAS did not load (set {}=openblas and install libopenblas0)",
+                tracknet_quant::gemm::GEMM_ENV
+            ),
+        });
+    }
     let device = Default::default();
     let mut rows = Vec::new();
     let mut best = serde_json::Map::new();
@@ -73,7 +84,10 @@ pub fn gemm(a: &GemmArgs) -> Result<Value, TrainError> {
     }
     Ok(json!({
         "kind": "gemm",
-        "impl": "ours (NdArray dense linear: gemm crate, rows over rayon)",
+        "impl": format!(
+            "{} (NdArray dense linear: {host}, rows over rayon)",
+            if a.alternative { "alternative" } else { "ours" }
+        ),
         "runs": a.runs,
         "rates": rows,
         "best_gflops_by_threads": best,

@@ -92,6 +92,13 @@ pub fn table(cases: &[Value]) {
         return;
     }
     let peer_rate = best_rate(cases, "torch");
+    if let Some(alt) = best_rate(cases, "alternative") {
+        println!();
+        println!(
+            "GEMM alternative measured in this run: OpenBLAS {alt:.1} GFLOP/s against ours {ours_rate:.1} \
+             (TRACKNET_GEMM=openblas runs it)"
+        );
+    }
     println!();
     println!(
         "roofline (FLOPs of the matrix products and convolutions, counted from the model's shapes, \

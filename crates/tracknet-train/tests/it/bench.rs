@@ -186,12 +186,15 @@ fn bench_report_prints_the_roofline_and_the_speed_goals() {
             ours("full", 1.5, 0.6), ours("lora", 1.2, 0.6),
             torch("infer", 1.0), torch("full", 2.0), torch("lora", 1.4),
             gemm("ours (test)", 60.0, 100.0), gemm("torch (test)", 70.0, 125.0),
+            gemm("alternative (test)", 65.0, 110.0),
         ]
     });
     let stdout = bench_report(&dir.join("bench.json"), &doc);
     for line in [
         "machine: test (vendor_id Test; SIMD avx2 fma; 2 threads)",
         "ours 100.0 GFLOP/s, PyTorch 125.0 GFLOP/s",
+        // The alternative is reported, not taken as our rate.
+        "GEMM alternative measured in this run: OpenBLAS 110.0 GFLOP/s against ours 100.0",
         // 0.6 s a frame: 1.50x our 0.4 s floor; the peer's 0.5 s: 1.56x its 0.32 s floor.
         "| inference, per frame | 40.0 | 0.400 | 0.600 | 1.50x | 0.500 | 1.56x |",
         "| full step | 100.0 | 1.000 | 1.500 | 1.50x | 2.000 | 2.50x |",
@@ -221,6 +224,11 @@ fn bench_gemm_measures_the_dense_linear_on_the_models_shapes() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["kind"], "gemm");
+    // The process's GEMM, named (TRACKNET_GEMM unset: the built-in one).
+    assert_eq!(
+        v["impl"],
+        "ours (NdArray dense linear: gemm crate (built in), rows over rayon)"
+    );
     let rates = v["rates"].as_array().unwrap();
     // Six shapes at each thread count, every rate a positive number.
     assert_eq!(rates.len(), 12, "{v}");
@@ -241,4 +249,30 @@ fn bench_gemm_measures_the_dense_linear_on_the_models_shapes() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--threads"));
+    // `--alternative` measures OpenBLAS, and refuses to run without it.
+    let alternative = |gemm: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tracknet-bench"))
+            .args(["gemm", "--threads", "1", "--runs", "1", "--alternative"])
+            .env("TRACKNET_GEMM", gemm)
+            .output()
+            .unwrap()
+    };
+    let refused = alternative("builtin");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--alternative"));
+    if std::env::var("TRACKNET_TEST_OPENBLAS").as_deref() == Ok("1") {
+        let out = alternative("openblas");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        let name = v["impl"].as_str().unwrap();
+        assert!(
+            name.starts_with("alternative (NdArray dense linear: OpenBLAS"),
+            "{name}"
+        );
+    }
 }
