@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
 use tracknet_lora::params::PathStack;
+use tracknet_vit::fused::{AdamWStep, FusedBackend};
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,7 +102,10 @@ impl<IB: Backend> Optimizer<IB> {
         module: M,
         grads: GradientsParams,
         lr: f64,
-    ) -> M {
+    ) -> M
+    where
+        IB: FusedBackend,
+    {
         self.step += 1;
         let mut mapper = StepMapper::<B> {
             opt: self,
@@ -121,7 +126,10 @@ struct StepMapper<'a, B: AutodiffBackend> {
     _b: std::marker::PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
+impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B>
+where
+    B::InnerBackend: FusedBackend,
+{
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.stack.enter(name, container_type);
     }
@@ -153,19 +161,23 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
                     eps,
                     weight_decay,
                 } => {
-                    let m = state.m.take().unwrap_or_else(zeros).mul_scalar(b1)
-                        + g.clone().mul_scalar(1.0 - b1);
-                    let v = state.v.take().unwrap_or_else(zeros).mul_scalar(b2)
-                        + g.clone().powi_scalar(2).mul_scalar(1.0 - b2);
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    let update = m
-                        .clone()
-                        .div_scalar(bc1)
-                        .div(v.clone().div_scalar(bc2).sqrt().add_scalar(eps));
+                    // One pass on NdArray (`FusedBackend::fused_adamw`).
+                    let h = AdamWStep::new((b1, b2), eps, weight_decay, lr, t);
+                    let [m, v] = [state.m.take(), state.v.take()]
+                        .map(|s| s.unwrap_or_else(zeros).into_primitive().tensor());
+                    let [p, m, v] = B::InnerBackend::fused_adamw(
+                        p.into_primitive().tensor(),
+                        g.into_primitive().tensor(),
+                        m,
+                        v,
+                        h,
+                    )
+                    .map(|t| {
+                        Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(t))
+                    });
                     state.m = Some(m);
                     state.v = Some(v);
-                    p.clone().mul_scalar(1.0 - lr * weight_decay) - update.mul_scalar(lr)
+                    p
                 }
                 OptimKind::Sgd {
                     momentum,

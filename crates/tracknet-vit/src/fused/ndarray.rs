@@ -22,6 +22,20 @@ impl FusedBackend for NdArray {
         true
     }
 
+    fn fused_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        step: super::AdamWStep,
+    ) -> [FloatTensor<Self>; 3] {
+        if !host::all_f32(&[&p, &g, &m, &v]) {
+            return super::adamw::composed::<Self>(p, g, m, v, step);
+        }
+        let [(dp, shape), (dg, _), (dm, _), (dv, _)] = host::read_all([&p, &g, &m, &v]);
+        super::adamw::host(&dp, &dg, &dm, &dv, step).map(|x| host::write(x, &shape))
+    }
+
     fn fused_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
