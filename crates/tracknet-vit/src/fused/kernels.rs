@@ -553,21 +553,42 @@ fn sgemm(
     }
 }
 
-/// 1×1 conv on NCHW: `y_b = W · x_b + bias` per image, `x: [batch, C, hw]`, `W: [O, C]`.
+/// Rows of a product per rayon task when `images` images each have `rows` output rows: the
+/// rows split so that there are at least as many tasks as threads (one image, a 1×1 conv's
+/// channels, would otherwise run on one core). A row's sum does not depend on the split.
+fn gemm_rows_per_task(rows: usize, images: usize) -> usize {
+    let per_image = rayon::current_num_threads().div_ceil(images.max(1)).max(1);
+    rows.div_ceil(per_image).max(1)
+}
+
+/// 1×1 conv on NCHW: `y_b = W · x_b + bias` per image, `x: [batch, C, hw]`, `W: [O, C]`;
+/// the output channels of each image split over rayon.
 pub fn pointwise_forward(x: &[f32], w: &[f32], bias: &[f32], (c, hw): (usize, usize)) -> Vec<f32> {
     let o = bias.len();
-    let mut y = vec![0f32; x.len() / c * o];
-    for (y, x) in y.chunks_exact_mut(o * hw).zip(x.chunks_exact(c * hw)) {
-        for (row, &b) in y.chunks_exact_mut(hw).zip(bias) {
-            row.fill(b);
-        }
-        sgemm((o, c, hw), w, (c, 1), x, (hw, 1), 1.0, y);
+    let images = x.len() / (c * hw).max(1);
+    let mut y = vec![0f32; images * o * hw];
+    if o == 0 || hw == 0 {
+        return y;
     }
+    let rows = gemm_rows_per_task(o, images);
+    y.par_chunks_mut(o * hw)
+        .zip(x.par_chunks(c * hw))
+        .for_each(|(y, x)| {
+            y.par_chunks_mut(rows * hw).enumerate().for_each(|(t, y)| {
+                let r0 = t * rows;
+                for (row, &b) in y.chunks_exact_mut(hw).zip(&bias[r0..]) {
+                    row.fill(b);
+                }
+                let m = y.len() / hw;
+                sgemm((m, c, hw), &w[r0 * c..], (c, 1), x, (hw, 1), 1.0, y);
+            })
+        });
     y
 }
 
 /// Gradients of [`pointwise_forward`]: `(dx, dW, dbias)` with `dx_b = Wᵀ · dy_b`,
-/// `dW = Σ_b dy_b · x_bᵀ`, `dbias = Σ_{b, hw} dy`; `dx` only when `need_dx`.
+/// `dW = Σ_b dy_b · x_bᵀ`, `dbias = Σ_{b, hw} dy`; `dx` only when `need_dx`. Rows of each
+/// result split over rayon; `dW` sums the images in order, as one thread would.
 pub fn pointwise_backward(
     x: &[f32],
     w: &[f32],
@@ -575,24 +596,46 @@ pub fn pointwise_backward(
     (c, o, hw): (usize, usize, usize),
     need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let images = x.len() / (c * hw).max(1);
     let mut dx = need_dx.then(|| vec![0f32; x.len()]);
     let mut dw = vec![0f32; o * c];
-    let mut db = vec![0f64; o];
-    for (b, (x, dy)) in x
-        .chunks_exact(c * hw)
-        .zip(dy.chunks_exact(o * hw))
-        .enumerate()
-    {
-        if let Some(dx) = dx.as_mut() {
-            let dx = &mut dx[b * c * hw..(b + 1) * c * hw];
-            sgemm((c, o, hw), w, (1, c), dy, (hw, 1), 0.0, dx);
-        }
-        sgemm((o, hw, c), dy, (hw, 1), x, (1, hw), 1.0, &mut dw);
-        for (db, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
-            *db += row.iter().map(|&v| f64::from(v)).sum::<f64>();
-        }
+    let mut db = vec![0f32; o];
+    if o == 0 || c == 0 || hw == 0 {
+        return (dx, dw, db);
     }
-    (dx, dw, db.into_iter().map(|v| v as f32).collect())
+    if let Some(dx) = dx.as_mut() {
+        let rows = gemm_rows_per_task(c, images);
+        dx.par_chunks_mut(c * hw)
+            .zip(dy.par_chunks(o * hw))
+            .for_each(|(dx, dy)| {
+                dx.par_chunks_mut(rows * hw)
+                    .enumerate()
+                    .for_each(|(t, dx)| {
+                        let m = dx.len() / hw;
+                        // Rows r0.. of Wᵀ: columns r0.. of W.
+                        sgemm((m, o, hw), &w[t * rows..], (1, c), dy, (hw, 1), 0.0, dx);
+                    })
+            });
+    }
+    let rows = gemm_rows_per_task(o, 1);
+    dw.par_chunks_mut(rows * c)
+        .zip(db.par_chunks_mut(rows))
+        .enumerate()
+        .for_each(|(t, (dw, db))| {
+            let (r0, m) = (t * rows, db.len());
+            let mut sums = vec![0f64; m];
+            for (x, dy) in x.chunks_exact(c * hw).zip(dy.chunks_exact(o * hw)) {
+                let dy = &dy[r0 * hw..(r0 + m) * hw];
+                sgemm((m, hw, c), dy, (hw, 1), x, (1, hw), 1.0, dw);
+                for (sum, row) in sums.iter_mut().zip(dy.chunks_exact(hw)) {
+                    *sum += row.iter().map(|&v| f64::from(v)).sum::<f64>();
+                }
+            }
+            for (db, sum) in db.iter_mut().zip(sums) {
+                *db = sum as f32;
+            }
+        });
+    (dx, dw, db)
 }
 
 /// Linear-interpolation taps of one axis: per output sample `(lower, upper, weight of upper)`.
@@ -808,6 +851,36 @@ mod tests {
         let yb = pointwise_forward(&x, &w, &bias, (c, hw));
         let with_bias = dot(&g, &yb) - lhs;
         assert!((with_bias - dot(&db, &bias)).abs() < 1e-4 * with_bias.abs().max(1.0));
+    }
+
+    /// The 1×1 conv split over threads gives one thread's bits, for one image (its channels
+    /// split) and for three (images and channels split).
+    #[test]
+    fn pointwise_split_over_threads_gives_one_threads_bits() {
+        let (c, o, hw) = (7, 6, 33);
+        let run = |threads: usize, b: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (x, w, bias, g) = (
+                values(b * c * hw, 40),
+                values(o * c, 41),
+                values(o, 42),
+                values(b * o * hw, 43),
+            );
+            pool.install(|| {
+                let y = pointwise_forward(&x, &w, &bias, (c, hw));
+                let (dx, dw, db) = pointwise_backward(&x, &w, &g, (c, o, hw), true);
+                [y, dx.unwrap(), dw, db].map(|v| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            })
+        };
+        for b in [1, 3] {
+            let one = run(1, b);
+            for threads in [2, 4] {
+                assert_eq!(run(threads, b), one, "{b} images on {threads} threads");
+            }
+        }
     }
 
     #[test]
