@@ -87,8 +87,27 @@ pub unsafe fn sgemm(
     beta: f32,
     c: Operand<*mut f32>,
 ) {
+    let call = Call {
+        dims,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+    };
     // SAFETY: forwarded from the caller.
-    unsafe { product(selected().blas.as_ref(), dims, alpha, a, b, beta, c) }
+    unsafe { product(selected().blas.as_ref(), call) }
+}
+
+/// One product's operands, as [`sgemm`] takes them.
+#[derive(Clone, Copy)]
+struct Call {
+    dims: (usize, usize, usize),
+    alpha: f32,
+    a: Operand<*const f32>,
+    b: Operand<*const f32>,
+    beta: f32,
+    c: Operand<*mut f32>,
 }
 
 /// [`sgemm`] on OpenBLAS when given one and the strides are a BLAS layout, else on the `gemm`
@@ -96,37 +115,30 @@ pub unsafe fn sgemm(
 ///
 /// # Safety
 /// As [`sgemm`].
-unsafe fn product(
-    blas: Option<&openblas::OpenBlas>,
-    dims: (usize, usize, usize),
-    alpha: f32,
-    a: Operand<*const f32>,
-    b: Operand<*const f32>,
-    beta: f32,
-    c: Operand<*mut f32>,
-) {
+unsafe fn product(blas: Option<&openblas::OpenBlas>, call: Call) {
     if let Some(blas) = blas {
         // SAFETY: forwarded from the caller.
-        if unsafe { blas.try_sgemm(dims, alpha, a, b, beta, c) } {
+        if unsafe { blas.try_sgemm(call) } {
             return;
         }
     }
     // SAFETY: forwarded from the caller.
-    unsafe { builtin(dims, alpha, a, b, beta, c) }
+    unsafe { builtin(call) }
 }
 
 /// [`sgemm`] on the `gemm` crate.
 ///
 /// # Safety
 /// As [`sgemm`].
-unsafe fn builtin(
-    (m, k, n): (usize, usize, usize),
-    alpha: f32,
-    a: Operand<*const f32>,
-    b: Operand<*const f32>,
-    beta: f32,
-    c: Operand<*mut f32>,
-) {
+unsafe fn builtin(call: Call) {
+    let Call {
+        dims: (m, k, n),
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+    } = call;
     // SAFETY: forwarded from the caller. The crate's `alpha` scales the old C (read only
     // when `read_dst`), its `beta` the product.
     unsafe {
@@ -173,23 +185,26 @@ pub unsafe fn sgemm_weight(
     beta: f32,
     c: Operand<*mut f32>,
 ) {
+    let call = Call {
+        dims,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+    };
     // SAFETY: forwarded from the caller.
-    unsafe { weight_product(selected().blas.as_ref(), dims, alpha, a, b, beta, c) }
+    unsafe { weight_product(selected().blas.as_ref(), call) }
 }
 
 /// [`sgemm_weight`] on the GEMM given (as [`product`]).
 ///
 /// # Safety
 /// As [`sgemm`].
-unsafe fn weight_product(
-    blas: Option<&openblas::OpenBlas>,
-    (m, k, n): (usize, usize, usize),
-    alpha: f32,
-    a: Operand<*const f32>,
-    b: Operand<*const f32>,
-    beta: f32,
-    c: Operand<*mut f32>,
-) {
+unsafe fn weight_product(blas: Option<&openblas::OpenBlas>, call: Call) {
+    let Call {
+        dims: (m, k, n), b, ..
+    } = call;
     let shortcut = m * n <= 256 || m <= 1 || n <= 1 || k <= 2;
     let compact_rows = (b.1 == n as isize || k <= 1) && (b.2 == 1 || n <= 1);
     if shortcut && !compact_rows && k > 0 && n > 0 {
@@ -200,10 +215,10 @@ unsafe fn weight_product(
             .collect();
         let b = (rows.as_ptr(), n as isize, 1);
         // SAFETY: `rows` is B row-major (strides (n, 1)); the rest as the caller's.
-        return unsafe { product(blas, (m, k, n), alpha, a, b, beta, c) };
+        return unsafe { product(blas, Call { b, ..call }) };
     }
     // SAFETY: forwarded from the caller.
-    unsafe { product(blas, (m, k, n), alpha, a, b, beta, c) }
+    unsafe { product(blas, call) }
 }
 
 #[cfg(test)]
@@ -287,12 +302,14 @@ mod tests {
                 unsafe {
                     weight_product(
                         blas,
-                        (m, k, n),
-                        1.5,
-                        (a.as_ptr(), k as isize, 1),
-                        b,
-                        0.25,
-                        (c.as_mut_ptr(), n as isize, 1),
+                        Call {
+                            dims: (m, k, n),
+                            alpha: 1.5,
+                            a: (a.as_ptr(), k as isize, 1),
+                            b,
+                            beta: 0.25,
+                            c: (c.as_mut_ptr(), n as isize, 1),
+                        },
                     )
                 };
                 c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -366,12 +383,14 @@ mod tests {
                         unsafe {
                             product(
                                 blas.as_ref(),
-                                (m, k, n),
-                                2.0,
-                                (a.as_ptr(), rsa, csa),
-                                (b.as_ptr(), rsb, csb),
-                                beta,
-                                (c.as_mut_ptr(), n as isize, 1),
+                                Call {
+                                    dims: (m, k, n),
+                                    alpha: 2.0,
+                                    a: (a.as_ptr(), rsa, csa),
+                                    b: (b.as_ptr(), rsb, csb),
+                                    beta,
+                                    c: (c.as_mut_ptr(), n as isize, 1),
+                                },
                             )
                         };
                         for (x, got) in c.iter().enumerate() {

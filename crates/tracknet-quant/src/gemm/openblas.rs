@@ -109,15 +109,15 @@ impl OpenBlas {
     ///
     /// # Safety
     /// As [`super::sgemm`].
-    pub(crate) unsafe fn try_sgemm(
-        &self,
-        (m, k, n): (usize, usize, usize),
-        alpha: f32,
-        a: super::Operand<*const f32>,
-        b: super::Operand<*const f32>,
-        beta: f32,
-        c: super::Operand<*mut f32>,
-    ) -> bool {
+    pub(crate) unsafe fn try_sgemm(&self, call: super::Call) -> bool {
+        let super::Call {
+            dims: (m, k, n),
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+        } = call;
         let fits = |v: usize| c_int::try_from(v).is_ok();
         if m == 0 || n == 0 || k == 0 || !fits(m) || !fits(n) || !fits(k) {
             return false;
