@@ -181,7 +181,10 @@ impl QuantBackend for NdArray {
         let (xs, bs) = (host_f32(&x), host_f32(&bias));
         let (ws, (rs, cs)) = weight_2d(&w);
         let rows = xs.len() / k.max(1);
-        let mut y = repeated_rows(&bs, rows);
+        let mut y = vec![0f32; rows * n];
+        for row in y.chunks_exact_mut(n.max(1)) {
+            row.copy_from_slice(&bs);
+        }
         row_parallel_gemm(&xs, k, &ws, (rs, cs), n, &mut y, (n, 0), 1.0);
         if let Some(last) = dims.last_mut() {
             *last = n;
@@ -375,29 +378,6 @@ fn transposed_gemm(a: &[f32], rows: usize, k: usize, b: &[f32], n: usize, c: &mu
             )
         }
     });
-}
-
-/// `rows` copies of `row`, back to back, written in parallel: a linear's output starts as its
-/// bias. (Zeroed and then filled on the calling thread, it kept one core busy while the other
-/// waited: 3 % of an inference's samples.)
-fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let n = row.len();
-    let mut y = Vec::with_capacity(rows * n);
-    if n > 0 {
-        // Whole rows per task, so each task's elements line up with `row` from its start.
-        y.spare_capacity_mut()[..rows * n]
-            .par_chunks_mut(n * 64)
-            .for_each(|c| {
-                for (dst, src) in c.iter_mut().zip(row.iter().cycle()) {
-                    dst.write(*src);
-                }
-            });
-    }
-    // SAFETY: the loop above wrote each of the `rows · n` elements (the chunks cover the whole
-    // spare capacity taken, and `zip` stops at the chunk's end, not the row's).
-    unsafe { y.set_len(rows * n) };
-    y
 }
 
 /// Rows per block when `rows` rows are split over rayon for single-threaded GEMMs: at most
@@ -642,20 +622,6 @@ fn row_parallel_gemm_with(
 mod tests {
     /// On two threads, blocks come in pairs of equal size, at most 256 rows, at least the
     /// minimum: the model's 581 and 1162 token rows, a weight gradient's 1152 and 1536.
-    #[test]
-    fn a_linears_output_starts_as_its_bias_in_every_row() {
-        let bias: Vec<f32> = (0..7).map(|v| v as f32 - 2.5).collect();
-        for rows in [0, 1, 63, 64, 65, 200] {
-            let y = super::repeated_rows(&bias, rows);
-            assert_eq!(y.len(), rows * 7);
-            assert!(
-                y.chunks_exact(7).all(|r| r == bias.as_slice()),
-                "{rows} rows"
-            );
-        }
-        assert!(super::repeated_rows(&[], 5).is_empty());
-    }
-
     #[test]
     fn rows_split_into_equal_blocks_a_multiple_of_the_threads() {
         let pool = rayon::ThreadPoolBuilder::new()
