@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::dinov2::Dinov2Config;
 use crate::dinov3::Dinov3Config;
 use crate::error::VitError;
 use crate::vit::VitConfig;
@@ -13,6 +14,16 @@ pub enum BackboneArch {
     Dinov3(Dinov3Config),
     /// `model_type: "vit"`.
     Vit(VitConfig),
+    /// `model_type: "dinov2"` or `"dinov2_with_registers"`.
+    Dinov2(Dinov2Config),
+}
+
+/// The three backbone families: what decides the checkpoint and PEFT module names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Dinov3,
+    Vit,
+    Dinov2,
 }
 
 impl BackboneArch {
@@ -43,11 +54,17 @@ impl BackboneArch {
                 BackboneArch::Dinov3(serde_json::from_value(value).map_err(json_err)?)
             }
             "vit" => BackboneArch::Vit(serde_json::from_value(value).map_err(json_err)?),
+            "dinov2" => {
+                BackboneArch::Dinov2(Dinov2Config::from_json(value, false).map_err(json_err)?)
+            }
+            "dinov2_with_registers" => {
+                BackboneArch::Dinov2(Dinov2Config::from_json(value, true).map_err(json_err)?)
+            }
             other => {
                 return Err(VitError::Config {
                     path: path.to_path_buf(),
                     message: format!(
-                        "model_type `{other}` is not supported; expected `dinov3_vit` or `vit`"
+                        "model_type `{other}` is not supported; expected `dinov3_vit`, `dinov2`, `dinov2_with_registers` or `vit`"
                     ),
                 });
             }
@@ -61,6 +78,16 @@ impl BackboneArch {
         match self {
             BackboneArch::Dinov3(c) => c.validate(path),
             BackboneArch::Vit(c) => c.validate(path),
+            BackboneArch::Dinov2(c) => c.validate(path),
+        }
+    }
+
+    /// The family, which decides the checkpoint's and PEFT's module names.
+    pub fn family(&self) -> Family {
+        match self {
+            BackboneArch::Dinov3(_) => Family::Dinov3,
+            BackboneArch::Vit(_) => Family::Vit,
+            BackboneArch::Dinov2(_) => Family::Dinov2,
         }
     }
 }

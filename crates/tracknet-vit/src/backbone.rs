@@ -1,5 +1,5 @@
-//! The backbone seen by the rest of the project: DINOv3 or classic ViT, random or pretrained.
-//! This module only dispatches to the two families; what they share is in [`crate::layers`],
+//! The backbone seen by the rest of the project: DINOv3, DINOv2 or classic ViT, random or
+//! pretrained. This module only dispatches to the families; what they share is in [`crate::layers`],
 //! the `config.json` parsing in [`crate::arch`].
 //!
 //! Both produce the full token sequence `[batch, tokens, hidden]` and the patch tokens as a grid
@@ -9,7 +9,8 @@ use std::path::Path;
 
 use burn::prelude::*;
 
-pub use crate::arch::BackboneArch;
+pub use crate::arch::{BackboneArch, Family};
+use crate::dinov2::Dinov2Model;
 use crate::dinov3::Dinov3Model;
 use crate::error::VitError;
 use crate::hf;
@@ -39,11 +40,12 @@ pub struct BlockContext<B: Backend> {
     pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
-/// A DINOv3 or classic ViT backbone.
+/// A DINOv3, DINOv2 or classic ViT backbone.
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     Dinov3(Dinov3Model<B>),
     Vit(VitModel<B>),
+    Dinov2(Dinov2Model<B>),
 }
 
 impl<B: crate::ModelBackend> Backbone<B> {
@@ -53,6 +55,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         Ok(match arch {
             BackboneArch::Dinov3(c) => Backbone::Dinov3(Dinov3Model::random(c, device)?),
             BackboneArch::Vit(c) => Backbone::Vit(VitModel::random(c, device)?),
+            BackboneArch::Dinov2(c) => Backbone::Dinov2(Dinov2Model::random(c, device)?),
         })
     }
 
@@ -71,6 +74,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         let backbone = match &arch {
             BackboneArch::Dinov3(c) => Backbone::Dinov3(Dinov3Model::build(c, &mut store)?),
             BackboneArch::Vit(c) => Backbone::Vit(VitModel::build(c, &mut store)?),
+            BackboneArch::Dinov2(c) => Backbone::Dinov2(Dinov2Model::build(c, &mut store)?),
         };
         let (bnb, code_books) = (store.bnb.clone(), store.books.clone());
         store.finish()?;
@@ -88,6 +92,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.forward(pixel_values),
             Backbone::Vit(m) => m.forward(pixel_values),
+            Backbone::Dinov2(m) => m.forward(pixel_values),
         }
     }
 
@@ -96,6 +101,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.block_context(dims, device),
             Backbone::Vit(m) => m.block_context(dims),
+            Backbone::Dinov2(m) => m.block_context(dims),
         }
     }
 
@@ -104,6 +110,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.embed(pixel_values),
             Backbone::Vit(m) => m.embed(pixel_values),
+            Backbone::Dinov2(m) => m.embed(pixel_values),
         }
     }
 
@@ -118,6 +125,18 @@ impl<B: crate::ModelBackend> Backbone<B> {
             (Backbone::Vit(m), Embed) => trains(&m.embeddings),
             (Backbone::Vit(m), Block(i)) => trains(&m.layers[i]),
             (Backbone::Vit(m), _) => trains(&m.layernorm),
+            (Backbone::Dinov2(m), Embed) => trains(&m.embeddings),
+            (Backbone::Dinov2(m), Block(i)) => trains(&m.encoder.layer[i]),
+            (Backbone::Dinov2(m), _) => trains(&m.layernorm),
+        }
+    }
+
+    /// The family, which decides checkpoint and PEFT module names.
+    pub fn family(&self) -> Family {
+        match self {
+            Backbone::Dinov3(_) => Family::Dinov3,
+            Backbone::Vit(_) => Family::Vit,
+            Backbone::Dinov2(_) => Family::Dinov2,
         }
     }
 
@@ -126,6 +145,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.num_layers(),
             Backbone::Vit(m) => m.num_layers(),
+            Backbone::Dinov2(m) => m.num_layers(),
         }
     }
 
@@ -134,6 +154,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.block(i, x, ctx),
             Backbone::Vit(m) => m.block(i, x, ctx),
+            Backbone::Dinov2(m) => m.block(i, x, ctx),
         }
     }
 
@@ -142,6 +163,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.finish(x, ctx),
             Backbone::Vit(m) => m.finish(x, ctx),
+            Backbone::Dinov2(m) => m.finish(x, ctx),
         }
     }
 
@@ -162,6 +184,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.hidden_size(),
             Backbone::Vit(m) => m.hidden_size(),
+            Backbone::Dinov2(m) => m.hidden_size(),
         }
     }
 
@@ -170,6 +193,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.patch_size(),
             Backbone::Vit(m) => m.patch_size(),
+            Backbone::Dinov2(m) => m.patch_size(),
         }
     }
 
@@ -178,6 +202,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.num_channels(),
             Backbone::Vit(m) => m.num_channels(),
+            Backbone::Dinov2(m) => m.num_channels(),
         }
     }
 
@@ -200,6 +225,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         Ok(match self {
             Backbone::Dinov3(m) => Backbone::Dinov3(m.inflate_patch_embeddings(frames)),
             Backbone::Vit(m) => Backbone::Vit(m.inflate_patch_embeddings(frames)),
+            Backbone::Dinov2(m) => Backbone::Dinov2(m.inflate_patch_embeddings(frames)),
         })
     }
 
@@ -208,6 +234,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(_) => "embeddings.patch_embeddings",
             Backbone::Vit(_) => "embeddings.patch_embeddings.projection",
+            Backbone::Dinov2(_) => "embeddings.patch_embeddings.projection",
         }
     }
 
@@ -219,6 +246,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         Ok(match self {
             Backbone::Dinov3(m) => Backbone::Dinov3(m.map_projections(f)?),
             Backbone::Vit(m) => Backbone::Vit(m.map_projections(f)?),
+            Backbone::Dinov2(m) => Backbone::Dinov2(m.map_projections(f)?),
         })
     }
 
@@ -227,6 +255,7 @@ impl<B: crate::ModelBackend> Backbone<B> {
         match self {
             Backbone::Dinov3(m) => m.projection_paths(),
             Backbone::Vit(m) => m.projection_paths(),
+            Backbone::Dinov2(m) => m.projection_paths(),
         }
     }
 }

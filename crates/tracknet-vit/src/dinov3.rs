@@ -17,7 +17,8 @@ use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
 use crate::layers::{
-    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
+    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, layer_scale, patch_grid,
+    split_heads,
 };
 use crate::proj::Proj;
 
@@ -196,24 +197,8 @@ impl<B: crate::ModelBackend> Dinov3Attention<B> {
     }
 }
 
-/// Per-channel residual-branch scale.
-#[derive(Module, Debug)]
-pub struct Dinov3LayerScale<B: Backend> {
-    /// `[hidden]`.
-    pub lambda1: Param<Tensor<B, 1>>,
-}
-
-fn layer_scale<B: Backend>(
-    src: &mut impl ParamSource<B>,
-    key: &str,
-    d: usize,
-    value: f64,
-) -> Dinov3LayerScale<B> {
-    let lambda1 = src.tensor(&format!("{key}.lambda1"), [d], Init::Constant(value));
-    Dinov3LayerScale {
-        lambda1: Param::from_tensor(lambda1),
-    }
-}
+/// Per-channel residual-branch scale (shared with DINOv2).
+pub type Dinov3LayerScale<B> = crate::layers::LayerScale<B>;
 
 /// Feed-forward block: `down(act(up(x)))`, or gated `down(act(gate(x)) * up(x))`.
 #[derive(Module, Debug)]
@@ -254,11 +239,11 @@ impl<B: crate::ModelBackend> Dinov3Layer<B> {
         let h = self
             .attention
             .forward(self.norm1.forward(x.clone()), cos, sin);
-        let h = h * self.layer_scale1.lambda1.val().unsqueeze::<3>();
+        let h = self.layer_scale1.forward(h);
         let x = drop_path(h, self.drop_path_rate) + x;
 
         let h = self.mlp.forward(self.norm2.forward(x.clone()));
-        let h = h * self.layer_scale2.lambda1.val().unsqueeze::<3>();
+        let h = self.layer_scale2.forward(h);
         drop_path(h, self.drop_path_rate) + x
     }
 }

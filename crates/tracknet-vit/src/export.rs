@@ -46,7 +46,7 @@ pub fn backbone_state_dict<B: Backend>(backbone: &Backbone<B>) -> NamedTensors {
 }
 
 /// The unused tensors of the snapshot `dir` (as stored), or, for a backbone built without
-/// one, DINOv3's `embeddings.mask_token` as transformers initialises it (zeros).
+/// one, DINOv3's and DINOv2's `embeddings.mask_token` as transformers initialises it (zeros).
 pub fn passthrough<B: Backend>(
     dir: Option<&Path>,
     backbone: &Backbone<B>,
@@ -61,7 +61,15 @@ pub fn passthrough<B: Backend>(
                 )]
                 .into()
             }
-            Backbone::Vit(_) => Passthrough::new(),
+            Backbone::Dinov2(m) if m.has_mask_token() => {
+                let c = m.embeddings.cls_token.dims()[2];
+                [(
+                    "embeddings.mask_token".to_string(),
+                    StoredTensor::from_f32(vec![1, c], &vec![0.0; c]),
+                )]
+                .into()
+            }
+            Backbone::Vit(_) | Backbone::Dinov2(_) => Passthrough::new(),
         });
     };
     let arch = BackboneArch::from_config_file(&dir.join("config.json"))?;

@@ -14,7 +14,7 @@ use burn::tensor::TensorData;
 use tracknet_quant::bnb::{self, BnbConfig, BnbLayer, StoredTensor};
 use tracknet_quant::{CodeBooks, Quantized4};
 
-use crate::arch::BackboneArch;
+use crate::arch::{BackboneArch, Family};
 use crate::error::VitError;
 use crate::layers::params::{Init, ParamSource};
 
@@ -242,6 +242,10 @@ fn to_host(path: &Path, key: &str, t: StoredTensor) -> Result<HostTensor, VitErr
 pub enum KeyMapping {
     /// The canonical (transformers 5) name of the tensor.
     Canonical(String),
+    /// A fused tensor that is two of ours: its first half along the first axis is the first
+    /// name, the second half the second (DINOv2's SwiGLU `mlp.weights_in` →
+    /// `mlp.gate_proj`, `mlp.up_proj`, as transformers 5 splits it on load).
+    Split(String, String),
     /// A tensor known to be unused by the backbone and skipped: `embeddings.mask_token`
     /// (masked-image pre-training only), the ViT `pooler.*` and the non-persistent RoPE
     /// `inv_freq` buffer, if a checkpoint carries it.
@@ -254,9 +258,33 @@ pub enum KeyMapping {
 /// - ViT: transformers 5 (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`) and the older
 ///   names (optional `vit.` prefix, `encoder.layer.N.attention.attention.query|key|value`,
 ///   `…attention.output.dense`, `…intermediate.dense`, `…output.dense`).
+/// - DINOv2 (with or without registers): transformers 5 (`encoder.layer.N.attention.q_proj`,
+///   `…mlp.fc1` or `…mlp.gate_proj|up_proj|down_proj`) and the hub's names (optional `dinov2.`
+///   prefix, `…attention.attention.query|key|value`, `…attention.output.dense`, the SwiGLU's
+///   fused `…mlp.weights_in` and `…mlp.weights_out`).
 pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
-    match arch {
-        BackboneArch::Dinov3(_) => {
+    family_key(arch.family(), key)
+}
+
+/// [`canonical_key`] by family: the mapping depends on nothing else.
+pub fn family_key(family: Family, key: &str) -> KeyMapping {
+    const VIT: [(&str, &str); 6] = [
+        ("attention.attention.query.", "attention.q_proj."),
+        ("attention.attention.key.", "attention.k_proj."),
+        ("attention.attention.value.", "attention.v_proj."),
+        ("attention.output.dense.", "attention.o_proj."),
+        ("intermediate.dense.", "mlp.fc1."),
+        ("output.dense.", "mlp.fc2."),
+    ];
+    const DINOV2: [(&str, &str); 5] = [
+        ("attention.attention.query.", "attention.q_proj."),
+        ("attention.attention.key.", "attention.k_proj."),
+        ("attention.attention.value.", "attention.v_proj."),
+        ("attention.output.dense.", "attention.o_proj."),
+        ("mlp.weights_out.", "mlp.down_proj."),
+    ];
+    match family {
+        Family::Dinov3 => {
             let key = key.strip_prefix("dinov3_vit.").unwrap_or(key);
             if key == "embeddings.mask_token" || key.ends_with("inv_freq") {
                 KeyMapping::Ignored
@@ -266,32 +294,71 @@ pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
                 KeyMapping::Canonical(key.to_string())
             }
         }
-        BackboneArch::Vit(_) => {
+        Family::Vit => {
             let key = key.strip_prefix("vit.").unwrap_or(key);
             if key == "embeddings.mask_token" || key.starts_with("pooler.") {
                 return KeyMapping::Ignored;
             }
-            let Some(rest) = key.strip_prefix("encoder.layer.") else {
-                return KeyMapping::Canonical(key.to_string());
-            };
-            let Some((index, tail)) = rest.split_once('.') else {
-                return KeyMapping::Canonical(key.to_string());
-            };
-            const RENAMES: [(&str, &str); 6] = [
-                ("attention.attention.query.", "attention.q_proj."),
-                ("attention.attention.key.", "attention.k_proj."),
-                ("attention.attention.value.", "attention.v_proj."),
-                ("attention.output.dense.", "attention.o_proj."),
-                ("intermediate.dense.", "mlp.fc1."),
-                ("output.dense.", "mlp.fc2."),
-            ];
-            let tail = RENAMES
+            match key
+                .strip_prefix("encoder.layer.")
+                .and_then(|r| r.split_once('.'))
+            {
+                Some((index, tail)) => {
+                    KeyMapping::Canonical(format!("layers.{index}.{}", renamed(tail, &VIT)))
+                }
+                None => KeyMapping::Canonical(key.to_string()),
+            }
+        }
+        Family::Dinov2 => {
+            let key = ["dinov2.", "dinov2_with_registers."]
                 .iter()
-                .find_map(|(old, new)| tail.strip_prefix(old).map(|t| format!("{new}{t}")))
-                .unwrap_or_else(|| tail.to_string());
-            KeyMapping::Canonical(format!("layers.{index}.{tail}"))
+                .find_map(|p| key.strip_prefix(p))
+                .unwrap_or(key);
+            if key == "embeddings.mask_token" {
+                return KeyMapping::Ignored;
+            }
+            let Some((index, tail)) = key
+                .strip_prefix("encoder.layer.")
+                .and_then(|r| r.split_once('.'))
+            else {
+                return KeyMapping::Canonical(key.to_string());
+            };
+            let layer = format!("encoder.layer.{index}");
+            match tail.strip_prefix("mlp.weights_in.") {
+                Some(t) => KeyMapping::Split(
+                    format!("{layer}.mlp.gate_proj.{t}"),
+                    format!("{layer}.mlp.up_proj.{t}"),
+                ),
+                None => KeyMapping::Canonical(format!("{layer}.{}", renamed(tail, &DINOV2))),
+            }
         }
     }
+}
+
+/// `tail` with the first matching old prefix replaced by its new one.
+fn renamed(tail: &str, renames: &[(&str, &str)]) -> String {
+    renames
+        .iter()
+        .find_map(|(old, new)| tail.strip_prefix(old).map(|t| format!("{new}{t}")))
+        .unwrap_or_else(|| tail.to_string())
+}
+
+/// A stored tensor cut in two equal halves along its first axis (`None` when it has no even
+/// first axis).
+pub fn split_rows(t: &StoredTensor) -> Option<(StoredTensor, StoredTensor)> {
+    let rows = *t.shape.first()?;
+    if rows == 0 || !rows.is_multiple_of(2) || !t.data.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut shape = t.shape.clone();
+    shape[0] = rows / 2;
+    let (a, b) = t.data.split_at(t.data.len() / 2);
+    let half = |data: &[u8]| StoredTensor {
+        dtype: t.dtype,
+        shape: shape.clone(),
+        data: data.to_vec(),
+    };
+    Some((half(a), half(b)))
 }
 
 /// The tensors of a snapshot under canonical names, handed to the model builder one by one.
@@ -405,8 +472,20 @@ impl<B: Backend> WeightStore<B> {
                         path: path.clone(),
                         message: format!("`{key}`: quant state vanished while reading"),
                     })?;
-                let KeyMapping::Canonical(canonical) = canonical_key(arch, key) else {
-                    continue;
+                let canonical = match canonical_key(arch, key) {
+                    KeyMapping::Canonical(c) => c,
+                    KeyMapping::Ignored => continue,
+                    KeyMapping::Split(..) => {
+                        return Err(VitError::Config {
+                            path: path.clone(),
+                            message: format!(
+                                "`{key}` is a fused SwiGLU projection stored in 4 bits: \
+                                 transformers + bitsandbytes write it as one quant state for \
+                                 two layers, which they cannot load back either; quantize the \
+                                 f32 snapshot instead (quantization.enabled: true)"
+                            ),
+                        });
+                    }
                 };
                 if let Some((first, _)) = quantized.get(&canonical) {
                     return Err(duplicate(&path, canonical, first, key.clone()));
@@ -422,13 +501,44 @@ impl<B: Backend> WeightStore<B> {
                 .into_iter()
                 .map(|(k, t)| (k, Stored::Owned(path.clone(), t)));
             for (key, stored) in rest.chain(leftover) {
-                let KeyMapping::Canonical(canonical) = canonical_key(arch, &key) else {
-                    continue;
+                let parts = match canonical_key(arch, &key) {
+                    KeyMapping::Ignored => continue,
+                    KeyMapping::Canonical(c) => vec![(c, key, stored)],
+                    KeyMapping::Split(first, second) => {
+                        let t = match stored {
+                            Stored::Mapped(_) => file.stored(&key),
+                            Stored::Owned(_, t) => Some(t),
+                        };
+                        let (a, b) = t.as_ref().and_then(split_rows).ok_or_else(|| {
+                            VitError::Safetensors {
+                                path: path.clone(),
+                                message: format!(
+                                    "`{key}` should hold two halves along its first axis \
+                                     ({first}, {second}), shape {:?}",
+                                    t.as_ref().map(|t| t.shape.clone()).unwrap_or_default()
+                                ),
+                            }
+                        })?;
+                        vec![
+                            (
+                                first,
+                                format!("{key}[first half]"),
+                                Stored::Owned(path.clone(), a),
+                            ),
+                            (
+                                second,
+                                format!("{key}[second half]"),
+                                Stored::Owned(path.clone(), b),
+                            ),
+                        ]
+                    }
                 };
-                if let Some((first, _)) = tensors.get(&canonical) {
-                    return Err(duplicate(&path, canonical, first, key));
+                for (canonical, key, stored) in parts {
+                    if let Some((first, _)) = tensors.get(&canonical) {
+                        return Err(duplicate(&path, canonical, first, key));
+                    }
+                    tensors.insert(canonical, (key, stored));
                 }
-                tensors.insert(canonical, (key, stored));
             }
             files.push(file);
         }

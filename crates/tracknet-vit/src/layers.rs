@@ -6,10 +6,14 @@ mod attention;
 pub(crate) mod consts;
 mod norm;
 pub(crate) mod params;
+pub mod pos_embed;
+mod scale;
 mod tokens;
 
 pub use act::HiddenAct;
 pub(crate) use attention::{attention, split_heads};
 pub use norm::LayerNorm;
+pub use scale::LayerScale;
+pub(crate) use scale::layer_scale;
 pub use tokens::BackboneOutput;
 pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches, patch_grid};

@@ -1,10 +1,11 @@
-//! Backbones (DINOv3, classic ViT) loaded from local Hugging Face snapshots, the upsampling
+//! Backbones (DINOv3, DINOv2, classic ViT) loaded from local Hugging Face snapshots, the upsampling
 //! decoder and the heatmap head, assembled (with 4-bit quantization and LoRA) into
 //! [`model::HeatmapModel`].
 
 pub mod arch;
 pub mod backbone;
 pub mod decoder;
+pub mod dinov2;
 pub mod dinov3;
 pub mod error;
 pub mod export;

@@ -11,7 +11,6 @@ use crate::layers::LayerNorm;
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::BlockContext;
@@ -19,6 +18,8 @@ use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
+pub use crate::layers::pos_embed::bicubic_matrix;
+use crate::layers::pos_embed::{Bicubic, resize_position_embeddings};
 use crate::layers::{
     BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
 };
@@ -162,65 +163,13 @@ impl<B: crate::ModelBackend> VitEmbeddings<B> {
     /// Position embeddings `[1, 1 + gh * gw, hidden]` for a `gh × gw` patch grid: the trained ones,
     /// or their bicubic resize (the CLS position is kept as is).
     pub fn position_embeddings_for(&self, gh: usize, gw: usize) -> Tensor<B, 3> {
-        let pos = self.position_embeddings.val();
-        let (th, tw) = self.trained_grid;
-        if (gh, gw) == (th, tw) {
-            return pos;
-        }
-        let [_, t, c] = pos.dims();
-        let device = pos.device();
-        let cls = pos.clone().slice([0..1, 0..1, 0..c]);
-        let grid = pos.slice([0..1, 1..t, 0..c]).reshape([th, tw * c]);
-        // rows: [gh, th] x [th, tw*c] -> [gh, tw, c]
-        // The interpolation matrices are made once per grid and kept on the device.
-        let matrix = |from: usize, to: usize| {
-            crate::layers::consts::cached::<B, Tensor<B, 2>>(
-                format!("bicubic {from}->{to}"),
-                &device,
-                || {
-                    Tensor::from_data(
-                        TensorData::new(bicubic_matrix(from, to), [to, from]),
-                        &device,
-                    )
-                },
-            )
-        };
-        let rows = matrix(th, gh);
-        let grid = rows
-            .matmul(grid)
-            .reshape([gh, tw, c])
-            .swap_dims(0, 1)
-            .reshape([tw, gh * c]);
-        // cols: [gw, tw] x [tw, gh*c] -> [gw, gh, c] -> [gh, gw, c]
-        let cols = matrix(tw, gw);
-        let grid = cols
-            .matmul(grid)
-            .reshape([gw, gh, c])
-            .swap_dims(0, 1)
-            .reshape([1, gh * gw, c]);
-        Tensor::cat(vec![cls, grid], 1)
+        resize_position_embeddings(
+            self.position_embeddings.val(),
+            self.trained_grid,
+            (gh, gw),
+            Bicubic::Plain,
+        )
     }
-}
-
-/// Row-major `[n_out, n_in]` weights of PyTorch's 1-D bicubic resize (`align_corners=False`,
-/// output size given, cubic convolution with A = -0.75, border indices clamped).
-pub fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
-    const A: f64 = -0.75;
-    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0; // |x| <= 1
-    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A; // 1 < |x| < 2
-    let scale = n_in as f64 / n_out as f64;
-    let mut m = vec![0.0f64; n_out * n_in];
-    for o in 0..n_out {
-        let src = scale * (o as f64 + 0.5) - 0.5;
-        let base = src.floor();
-        let t = src - base;
-        let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
-        for (k, w) in weights.iter().enumerate() {
-            let idx = (base as i64 - 1 + k as i64).clamp(0, n_in as i64 - 1) as usize;
-            m[o * n_in + idx] += w;
-        }
-    }
-    m.into_iter().map(|w| w as f32).collect()
 }
 
 /// Self-attention (`query/key/value` + `output.dense` in older checkpoints).
@@ -230,7 +179,7 @@ pub struct VitAttention<B: Backend> {
     pub k_proj: Proj<B>,
     pub v_proj: Proj<B>,
     pub o_proj: Proj<B>,
-    num_heads: usize,
+    pub(crate) num_heads: usize,
 }
 
 impl<B: crate::ModelBackend> VitAttention<B> {

@@ -44,22 +44,23 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
         report.warnings.extend(notes);
         let (loaded, source) = load_backbone::<B>(cfg, device)?;
         check_stored_quantization(cfg, &loaded)?;
-        let backbone = match loaded.backbone {
-            Backbone::Dinov3(m) if !cfg.backbone.rope_augmentation => {
-                Backbone::Dinov3(m.without_rope_augmentation())
-            }
-            Backbone::Vit(m) => {
-                if !cfg.backbone.rope_augmentation {
-                    report.warnings.push(
-                        "model.backbone.rope_augmentation: false has no effect on a ViT backbone \
-                         (it has learned position embeddings, no RoPE)"
-                            .into(),
-                    );
+        let backbone =
+            match loaded.backbone {
+                Backbone::Dinov3(m) if !cfg.backbone.rope_augmentation => {
+                    Backbone::Dinov3(m.without_rope_augmentation())
                 }
-                Backbone::Vit(m)
-            }
-            other => other,
-        };
+                other @ (Backbone::Vit(_) | Backbone::Dinov2(_)) => {
+                    if !cfg.backbone.rope_augmentation {
+                        report.warnings.push(format!(
+                        "model.backbone.rope_augmentation: false has no effect on a {} backbone \
+                         (it has learned position embeddings, no RoPE)",
+                        if matches!(other, Backbone::Vit(_)) { "ViT" } else { "DINOv2" }
+                    ));
+                    }
+                    other
+                }
+                other => other,
+            };
         report.backbone_source = source;
         let channels_before = backbone.num_channels();
         let backbone = backbone.with_input_frames(frames)?;
@@ -67,6 +68,7 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
             let dims = match &backbone {
                 Backbone::Dinov3(m) => m.embeddings.patch_embeddings.weight.dims(),
                 Backbone::Vit(m) => m.embeddings.patch_embeddings.projection.weight.dims(),
+                Backbone::Dinov2(m) => m.embeddings.patch_embeddings.projection.weight.dims(),
             };
             report.input_note = Some(format!(
                 "input: {frames} frames stacked on the channel axis ({} channels); patch \

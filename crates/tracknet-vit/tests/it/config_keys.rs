@@ -118,7 +118,7 @@ fn rope_augmentation_off_trains_on_the_inference_coordinates() {
     let on = build::<AD>(&[]);
     match &on.backbone {
         Backbone::Dinov3(d) => assert!(d.rope_augments(), "transformers' default rescale 2.0"),
-        Backbone::Vit(_) => panic!("expected DINOv3"),
+        Backbone::Vit(_) | Backbone::Dinov2(_) => panic!("expected DINOv3"),
     }
     let d = train_vs_infer(&on);
     assert!(d > 1e-4, "augmented training coordinates: {d}");

@@ -48,9 +48,13 @@ fn canonical_tensors(
     tracknet_vit::hf::read_stored(&dir.join("model.safetensors"))
         .unwrap()
         .into_iter()
-        .map(|(k, t)| match tracknet_vit::hf::canonical_key(&arch, &k) {
-            tracknet_vit::hf::KeyMapping::Canonical(c) => (c, t),
-            tracknet_vit::hf::KeyMapping::Ignored => (k, t),
+        .flat_map(|(k, t)| match tracknet_vit::hf::canonical_key(&arch, &k) {
+            tracknet_vit::hf::KeyMapping::Canonical(c) => vec![(c, t)],
+            tracknet_vit::hf::KeyMapping::Ignored => vec![(k, t)],
+            tracknet_vit::hf::KeyMapping::Split(first, second) => {
+                let (a, b) = tracknet_vit::hf::split_rows(&t).unwrap();
+                vec![(first, a), (second, b)]
+            }
         })
         .collect()
 }
@@ -58,7 +62,13 @@ fn canonical_tensors(
 #[test]
 fn an_export_of_a_fixture_snapshot_keeps_every_key_it_had_with_its_values() {
     let device = Default::default();
-    for name in ["dinov3", "dinov3_gated", "vit"] {
+    for name in [
+        "dinov3",
+        "dinov3_gated",
+        "vit",
+        "dinov2",
+        "dinov2_registers",
+    ] {
         let src = fixtures().join(name);
         let b = Backbone::<NdArray>::from_snapshot(need(&src), &device).unwrap();
         let extra = tracknet_vit::export::passthrough(Some(&src), &b).unwrap();
@@ -82,6 +92,25 @@ fn an_export_of_a_fixture_snapshot_keeps_every_key_it_had_with_its_values() {
     let b = Backbone::<NdArray>::random(&arch, &device).unwrap();
     let extra = tracknet_vit::export::passthrough(None, &b).unwrap();
     assert_eq!(extra["embeddings.mask_token"].shape, vec![1, 1, 32]);
+    // DINOv2's is `[1, hidden]`, and only where its config has one.
+    for (model_type, mask_token) in [
+        ("dinov2", serde_json::json!(true)),
+        ("dinov2", serde_json::json!(false)),
+        ("dinov2_with_registers", serde_json::json!(false)),
+    ] {
+        let cfg = serde_json::json!({"model_type": model_type, "hidden_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "use_mask_token": mask_token});
+        let arch =
+            BackboneArch::from_config_str(&cfg.to_string(), std::path::Path::new("t")).unwrap();
+        let b = Backbone::<NdArray>::random(&arch, &device).unwrap();
+        let extra = tracknet_vit::export::passthrough(None, &b).unwrap();
+        let registers = model_type == "dinov2_with_registers";
+        if mask_token == true || registers {
+            assert_eq!(extra["embeddings.mask_token"].shape, vec![1, 32], "{cfg}");
+        } else {
+            assert!(extra.is_empty(), "{cfg}");
+        }
+    }
 }
 
 #[test]

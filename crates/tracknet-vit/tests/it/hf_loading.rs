@@ -131,6 +131,7 @@ fn vit_old_names_with_prefix_and_pooler_load_to_the_same_model() {
             let k = match canonical_key(&arch, k) {
                 KeyMapping::Canonical(c) => c,
                 KeyMapping::Ignored => k.strip_prefix("vit.").unwrap_or(k).to_string(),
+                KeyMapping::Split(..) => unreachable!("ViT has no fused projection"),
             };
             let k = k
                 .replace("layers.", "encoder.layer.")

@@ -7,7 +7,14 @@ use tracknet_vit::ModelBackend;
 use tracknet_vit::backbone::Backbone;
 use tracknet_vit::hf::read_safetensors;
 
-tracknet_testkit::backend_tests!(hf_parity_dinov3, hf_parity_dinov3_gated, hf_parity_vit);
+tracknet_testkit::backend_tests!(
+    hf_parity_dinov3,
+    hf_parity_dinov3_gated,
+    hf_parity_vit,
+    hf_parity_dinov2,
+    hf_parity_dinov2_registers,
+    hf_parity_every_snapshot_folder
+);
 
 /// Runs the fixture's `pixel_values` and returns the max abs error against its `last_hidden_state`.
 fn max_abs_error<B: ModelBackend>(model_dir: &str, device: &B::Device) -> f32 {
@@ -58,4 +65,38 @@ fn hf_parity_dinov3_gated<B: ModelBackend>(device: &B::Device) {
 fn hf_parity_vit<B: ModelBackend>(device: &B::Device) {
     let err = max_abs_error::<B>("vit", device);
     assert!(err < 1e-4, "vit max abs error {err}");
+}
+
+fn hf_parity_dinov2<B: ModelBackend>(device: &B::Device) {
+    let err = max_abs_error::<B>("dinov2", device);
+    assert!(err < 1e-4, "dinov2 max abs error {err}");
+}
+
+fn hf_parity_dinov2_registers<B: ModelBackend>(device: &B::Device) {
+    let err = max_abs_error::<B>("dinov2_registers", device);
+    assert!(err < 1e-4, "dinov2_registers max abs error {err}");
+}
+
+/// Every folder of the fixture root that is a transformers snapshot with its own
+/// `io.safetensors` (other fixture sets bring other families and sizes), within 1e-4.
+fn hf_parity_every_snapshot_folder<B: ModelBackend>(device: &B::Device) {
+    let root = fixtures();
+    let mut dirs: Vec<String> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.json").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    dirs.sort();
+    for family in ["dinov3", "vit", "dinov2", "dinov2_registers"] {
+        assert!(
+            dirs.iter().any(|d| d == family),
+            "no `{family}/` snapshot in {}",
+            root.display()
+        );
+    }
+    for dir in &dirs {
+        let err = max_abs_error::<B>(dir, device);
+        assert!(err < 1e-4, "{dir}: max abs error {err}");
+    }
 }

@@ -367,6 +367,9 @@ fn sequence_input_inflates_the_patch_embedding_so_a_still_sequence_gives_the_sin
         tracknet_vit::backbone::Backbone::Vit(v) => {
             v.embeddings.patch_embeddings.projection.weight.val()
         }
+        tracknet_vit::backbone::Backbone::Dinov2(v) => {
+            v.embeddings.patch_embeddings.projection.weight.val()
+        }
     };
     assert_eq!(weight(&built).dims(), [HIDDEN, 9, 16, 16]);
     let note = report
