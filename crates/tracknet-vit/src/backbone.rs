@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use tracknet_lora::{LoraError, TargetSpec};
 
 pub use crate::arch::{BackboneArch, Family};
 use crate::dinov2::Dinov2Model;
@@ -248,6 +249,39 @@ impl<B: crate::ModelBackend> Backbone<B> {
             Backbone::Vit(m) => Backbone::Vit(m.map_projections(f)?),
             Backbone::Dinov2(m) => Backbone::Dinov2(m.map_projections(f)?),
         })
+    }
+
+    /// The projection paths `spec` selects, matching each path by our (transformers 5) name or
+    /// by the hub's ([`hf::hub_module_path`]): `query` selects DINOv2's and ViT's `q_proj`, as
+    /// PEFT on transformers 4 did. Auto selects every attention and MLP projection.
+    pub fn select_targets(&self, spec: &TargetSpec) -> Result<Vec<String>, LoraError> {
+        let paths = self.projection_paths();
+        let direct = tracknet_lora::select_targets(&paths, spec);
+        if matches!(spec, TargetSpec::Auto) {
+            return direct;
+        }
+        let family = self.family();
+        let hub: Vec<(String, &String)> = paths
+            .iter()
+            .filter_map(|p| Some((hf::hub_module_path(family, p)?, p)))
+            .collect();
+        let hub_paths: Vec<String> = hub.iter().map(|(h, _)| h.clone()).collect();
+        let via_hub = match hub_paths.is_empty() {
+            true => Vec::new(),
+            false => tracknet_lora::select_targets(&hub_paths, spec).unwrap_or_default(),
+        };
+        let by_name = direct.as_ref().cloned().unwrap_or_default();
+        let selected: Vec<String> = paths
+            .iter()
+            .filter(|p| {
+                by_name.contains(p) || hub.iter().any(|(h, q)| q == p && via_hub.contains(h))
+            })
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            return direct; // the error naming the targets and some paths
+        }
+        Ok(selected)
     }
 
     /// Hugging Face module paths (relative to the backbone model) of all projections.

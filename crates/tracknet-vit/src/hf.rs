@@ -14,12 +14,17 @@ use burn::tensor::TensorData;
 use tracknet_quant::bnb::{self, BnbConfig, BnbLayer, StoredTensor};
 use tracknet_quant::{CodeBooks, Quantized4};
 
-use crate::arch::{BackboneArch, Family};
+use crate::arch::BackboneArch;
 use crate::error::VitError;
 use crate::layers::params::{Init, ParamSource};
 
 mod mapped;
+mod names;
 pub use mapped::{MappedSafetensors, TensorEntry};
+pub use names::{
+    KeyMapping, canonical_key, family_key, hub_module_path, peft_paths_in_our_spelling, split_rows,
+    target_names_in_our_spelling,
+};
 
 /// Name of the single-file weights in a snapshot.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -235,130 +240,6 @@ fn to_host(path: &Path, key: &str, t: StoredTensor) -> Result<HostTensor, VitErr
         shape: t.shape,
         data,
     })
-}
-
-/// What a checkpoint key means for this crate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyMapping {
-    /// The canonical (transformers 5) name of the tensor.
-    Canonical(String),
-    /// A fused tensor that is two of ours: its first half along the first axis is the first
-    /// name, the second half the second (DINOv2's SwiGLU `mlp.weights_in` →
-    /// `mlp.gate_proj`, `mlp.up_proj`, as transformers 5 splits it on load).
-    Split(String, String),
-    /// A tensor known to be unused by the backbone and skipped: `embeddings.mask_token`
-    /// (masked-image pre-training only), the ViT `pooler.*` and the non-persistent RoPE
-    /// `inv_freq` buffer, if a checkpoint carries it.
-    Ignored,
-}
-
-/// Map a checkpoint key to its canonical name. Accepted:
-/// - DINOv3: transformers 5 (`model.layer.N.…`) and published checkpoints (`layer.N.…`, an
-///   optional `dinov3_vit.` prefix).
-/// - ViT: transformers 5 (`layers.N.attention.q_proj`, `layers.N.mlp.fc1`) and the older
-///   names (optional `vit.` prefix, `encoder.layer.N.attention.attention.query|key|value`,
-///   `…attention.output.dense`, `…intermediate.dense`, `…output.dense`).
-/// - DINOv2 (with or without registers): transformers 5 (`encoder.layer.N.attention.q_proj`,
-///   `…mlp.fc1` or `…mlp.gate_proj|up_proj|down_proj`) and the hub's names (optional `dinov2.`
-///   prefix, `…attention.attention.query|key|value`, `…attention.output.dense`, the SwiGLU's
-///   fused `…mlp.weights_in` and `…mlp.weights_out`).
-pub fn canonical_key(arch: &BackboneArch, key: &str) -> KeyMapping {
-    family_key(arch.family(), key)
-}
-
-/// [`canonical_key`] by family: the mapping depends on nothing else.
-pub fn family_key(family: Family, key: &str) -> KeyMapping {
-    const VIT: [(&str, &str); 6] = [
-        ("attention.attention.query.", "attention.q_proj."),
-        ("attention.attention.key.", "attention.k_proj."),
-        ("attention.attention.value.", "attention.v_proj."),
-        ("attention.output.dense.", "attention.o_proj."),
-        ("intermediate.dense.", "mlp.fc1."),
-        ("output.dense.", "mlp.fc2."),
-    ];
-    const DINOV2: [(&str, &str); 5] = [
-        ("attention.attention.query.", "attention.q_proj."),
-        ("attention.attention.key.", "attention.k_proj."),
-        ("attention.attention.value.", "attention.v_proj."),
-        ("attention.output.dense.", "attention.o_proj."),
-        ("mlp.weights_out.", "mlp.down_proj."),
-    ];
-    match family {
-        Family::Dinov3 => {
-            let key = key.strip_prefix("dinov3_vit.").unwrap_or(key);
-            if key == "embeddings.mask_token" || key.ends_with("inv_freq") {
-                KeyMapping::Ignored
-            } else if key.starts_with("layer.") {
-                KeyMapping::Canonical(format!("model.{key}"))
-            } else {
-                KeyMapping::Canonical(key.to_string())
-            }
-        }
-        Family::Vit => {
-            let key = key.strip_prefix("vit.").unwrap_or(key);
-            if key == "embeddings.mask_token" || key.starts_with("pooler.") {
-                return KeyMapping::Ignored;
-            }
-            match key
-                .strip_prefix("encoder.layer.")
-                .and_then(|r| r.split_once('.'))
-            {
-                Some((index, tail)) => {
-                    KeyMapping::Canonical(format!("layers.{index}.{}", renamed(tail, &VIT)))
-                }
-                None => KeyMapping::Canonical(key.to_string()),
-            }
-        }
-        Family::Dinov2 => {
-            let key = ["dinov2.", "dinov2_with_registers."]
-                .iter()
-                .find_map(|p| key.strip_prefix(p))
-                .unwrap_or(key);
-            if key == "embeddings.mask_token" {
-                return KeyMapping::Ignored;
-            }
-            let Some((index, tail)) = key
-                .strip_prefix("encoder.layer.")
-                .and_then(|r| r.split_once('.'))
-            else {
-                return KeyMapping::Canonical(key.to_string());
-            };
-            let layer = format!("encoder.layer.{index}");
-            match tail.strip_prefix("mlp.weights_in.") {
-                Some(t) => KeyMapping::Split(
-                    format!("{layer}.mlp.gate_proj.{t}"),
-                    format!("{layer}.mlp.up_proj.{t}"),
-                ),
-                None => KeyMapping::Canonical(format!("{layer}.{}", renamed(tail, &DINOV2))),
-            }
-        }
-    }
-}
-
-/// `tail` with the first matching old prefix replaced by its new one.
-fn renamed(tail: &str, renames: &[(&str, &str)]) -> String {
-    renames
-        .iter()
-        .find_map(|(old, new)| tail.strip_prefix(old).map(|t| format!("{new}{t}")))
-        .unwrap_or_else(|| tail.to_string())
-}
-
-/// A stored tensor cut in two equal halves along its first axis (`None` when it has no even
-/// first axis).
-pub fn split_rows(t: &StoredTensor) -> Option<(StoredTensor, StoredTensor)> {
-    let rows = *t.shape.first()?;
-    if rows == 0 || !rows.is_multiple_of(2) || !t.data.len().is_multiple_of(2) {
-        return None;
-    }
-    let mut shape = t.shape.clone();
-    shape[0] = rows / 2;
-    let (a, b) = t.data.split_at(t.data.len() / 2);
-    let half = |data: &[u8]| StoredTensor {
-        dtype: t.dtype,
-        shape: shape.clone(),
-        data: data.to_vec(),
-    };
-    Some((half(a), half(b)))
 }
 
 /// The tensors of a snapshot under canonical names, handed to the model builder one by one.
@@ -661,79 +542,6 @@ impl<B: Backend> WeightStore<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dinov3::Dinov3Config;
-    use crate::vit::VitConfig;
-
-    fn canon(arch: &BackboneArch, key: &str) -> KeyMapping {
-        canonical_key(arch, key)
-    }
-
-    #[test]
-    fn dinov3_keys_map_to_transformers5_names() {
-        let arch = BackboneArch::Dinov3(Dinov3Config::default());
-        let c = |s: &str| KeyMapping::Canonical(s.to_string());
-        assert_eq!(
-            canon(&arch, "layer.3.mlp.up_proj.weight"),
-            c("model.layer.3.mlp.up_proj.weight")
-        );
-        assert_eq!(
-            canon(&arch, "model.layer.3.norm1.bias"),
-            c("model.layer.3.norm1.bias")
-        );
-        assert_eq!(
-            canon(&arch, "embeddings.cls_token"),
-            c("embeddings.cls_token")
-        );
-        assert_eq!(canon(&arch, "norm.weight"), c("norm.weight"));
-        assert_eq!(canon(&arch, "embeddings.mask_token"), KeyMapping::Ignored);
-    }
-
-    #[test]
-    fn vit_old_keys_map_to_transformers5_names() {
-        let arch = BackboneArch::Vit(VitConfig::default());
-        let c = |s: &str| KeyMapping::Canonical(s.to_string());
-        let cases = [
-            (
-                "vit.encoder.layer.11.attention.attention.query.weight",
-                "layers.11.attention.q_proj.weight",
-            ),
-            (
-                "encoder.layer.0.attention.attention.key.bias",
-                "layers.0.attention.k_proj.bias",
-            ),
-            (
-                "encoder.layer.0.attention.attention.value.weight",
-                "layers.0.attention.v_proj.weight",
-            ),
-            (
-                "encoder.layer.0.attention.output.dense.weight",
-                "layers.0.attention.o_proj.weight",
-            ),
-            (
-                "encoder.layer.0.intermediate.dense.bias",
-                "layers.0.mlp.fc1.bias",
-            ),
-            (
-                "encoder.layer.0.output.dense.weight",
-                "layers.0.mlp.fc2.weight",
-            ),
-            (
-                "encoder.layer.2.layernorm_before.weight",
-                "layers.2.layernorm_before.weight",
-            ),
-            ("vit.layernorm.bias", "layernorm.bias"),
-            (
-                "vit.embeddings.patch_embeddings.projection.weight",
-                "embeddings.patch_embeddings.projection.weight",
-            ),
-            ("layers.1.mlp.fc2.bias", "layers.1.mlp.fc2.bias"),
-        ];
-        for (old, new) in cases {
-            assert_eq!(canon(&arch, old), c(new), "{old}");
-        }
-        assert_eq!(canon(&arch, "vit.pooler.dense.weight"), KeyMapping::Ignored);
-        assert_eq!(canon(&arch, "embeddings.mask_token"), KeyMapping::Ignored);
-    }
 
     #[test]
     fn only_two_part_ids_name_cache_repos() {

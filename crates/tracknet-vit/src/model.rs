@@ -3,7 +3,7 @@
 use burn::prelude::*;
 use tracknet_lora::{
     BiasMode, LoraError, LoraLinear, LoraSettings, ParamReport, param_report, saved_module_match,
-    select_targets, set_trainable,
+    set_trainable,
 };
 use tracknet_quant::{CodeBooks, LayerMemory, MemoryReport, QuantError, QuantPlan, QuantSpec};
 
@@ -171,8 +171,7 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
         device: &B::Device,
     ) -> Result<(Self, Vec<String>), ModelError> {
         settings.validate()?;
-        let paths = self.backbone.projection_paths();
-        let targets = select_targets(&paths, &settings.targets)?;
+        let targets = self.backbone.select_targets(&settings.targets)?;
         self.backbone = self
             .backbone
             .map_projections(&mut |path: &str, p: LoraLinear<B>| {

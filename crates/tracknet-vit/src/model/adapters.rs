@@ -162,8 +162,9 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// with its rank, and every tensor of the file must land, else one error lists the problems.
     /// The adapter's settings are not changed here (see [`with_adapter_config`]).
     pub fn load_peft_weights(self, dir: &Path, device: &B::Device) -> Result<Self, ModelError> {
-        let loaded = tracknet_lora::peft::load_adapter(dir)?;
+        let mut loaded = tracknet_lora::peft::load_adapter(dir)?;
         loaded.config.to_settings(dir)?;
+        in_our_spelling(self.backbone.family(), &mut loaded);
         let mut dims = std::collections::BTreeMap::new();
         let _ = self.backbone.clone().map_projections(&mut |path: &str,
                                                             p: LoraLinear<B>|
@@ -198,6 +199,15 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
             .map(|(p, a, b)| AdapterTensors::from_tensors(&p, a, b))
             .collect();
         let paths: Vec<String> = adapters.iter().map(|a| a.path.clone()).collect();
+        // Hub spellings in `target_modules` (`query`, `dense`) are written as ours (`q_proj`,
+        // `o_proj`): PEFT on transformers 5 finds only those.
+        let mut settings = settings.clone();
+        if let tracknet_lora::TargetSpec::List(names) = &settings.targets {
+            settings.targets = tracknet_lora::TargetSpec::List(
+                crate::hf::target_names_in_our_spelling(self.backbone.family(), names, &paths),
+            );
+        }
+        let settings = &settings;
         let config = AdapterConfig::from_settings(settings, &paths, base_model);
         let extra = self.adapter_extras(settings);
         Ok(save_adapter(dir, &config, &adapters, &extra)?)
@@ -240,4 +250,57 @@ pub fn adapter_base_dir(adapter_dir: &Path, base: &str) -> PathBuf {
         .find(|c| c.exists())
         .cloned()
         .unwrap_or_else(|| adapter_dir.join(p))
+}
+
+/// A loaded adapter's module and parameter paths in our names: an adapter PEFT saved on
+/// transformers 4 names DINOv2's and ViT's projections as the hub does
+/// (`…attention.attention.query`, `…mlp.weights_in`). A fused SwiGLU `weights_in` adapter
+/// becomes two with the same A and B's halves (`gate_proj`, `up_proj`): the same function.
+fn in_our_spelling(family: crate::arch::Family, loaded: &mut tracknet_lora::peft::LoadedAdapter) {
+    use crate::hf::peft_paths_in_our_spelling;
+    let halves = |shape: &[usize], values: &[f32], i: usize| {
+        let rows = shape[0] / 2;
+        let n = values.len() / 2;
+        let mut shape = shape.to_vec();
+        shape[0] = rows;
+        (shape, values[i * n..(i + 1) * n].to_vec())
+    };
+    let tensors = std::mem::take(&mut loaded.tensors);
+    for (path, t) in tensors {
+        let ours = peft_paths_in_our_spelling(family, &path);
+        let split = ours.len() == 2 && t.b_shape[0] % 2 == 0;
+        for (i, p) in ours.iter().enumerate() {
+            let mut t = t.clone();
+            t.path = p.clone();
+            if split {
+                let (shape, b) = halves(&t.b_shape, &t.b, i);
+                t.b_shape = [shape[0], shape[1]];
+                t.b = b;
+            }
+            loaded.tensors.insert(p.clone(), t);
+            if !split {
+                break;
+            }
+        }
+    }
+    let extra = std::mem::take(&mut loaded.extra);
+    for (key, (shape, values)) in extra {
+        let Some((module, leaf)) = key.rsplit_once('.') else {
+            loaded.extra.insert(key, (shape, values));
+            continue;
+        };
+        let ours = peft_paths_in_our_spelling(family, module);
+        let split = ours.len() == 2 && shape.first().is_some_and(|r| r % 2 == 0);
+        for (i, m) in ours.iter().enumerate() {
+            let t = if split {
+                halves(&shape, &values, i)
+            } else {
+                (shape.clone(), values.clone())
+            };
+            loaded.extra.insert(format!("{m}.{leaf}"), t);
+            if !split {
+                break;
+            }
+        }
+    }
 }

@@ -11,8 +11,8 @@ use burn::tensor::Distribution;
 use tracknet_config::RunConfig;
 use tracknet_lora::{BaseLinear, LoraLinear};
 use tracknet_quant::{Absmax, QuantType, Quantized4, dequantize_4bit, quantize_4bit};
-use tracknet_vit::backbone::Backbone;
-use tracknet_vit::hf::{read_safetensors, read_stored};
+use tracknet_vit::backbone::{Backbone, BackboneArch};
+use tracknet_vit::hf::{KeyMapping, canonical_key, read_safetensors, read_stored};
 use tracknet_vit::model::HeatmapModel;
 
 use crate::common;
@@ -41,6 +41,17 @@ fn snapshots() -> Vec<PathBuf> {
         }
     }
     dirs
+}
+
+/// The name in `dir`'s `model.safetensors` of our tensor `ours` (the checkpoint may use the
+/// hub's spelling: `layer.N…`, `attention.attention.query`).
+fn checkpoint_key(dir: &Path, ours: &str) -> String {
+    let arch = BackboneArch::from_config_file(&dir.join("config.json")).unwrap();
+    read_stored(&dir.join("model.safetensors"))
+        .unwrap()
+        .into_keys()
+        .find(|k| canonical_key(&arch, k) == KeyMapping::Canonical(ours.to_string()))
+        .unwrap_or_else(|| panic!("{ours} is not in {}", dir.display()))
 }
 
 /// `(path, 4-bit data)` of every projection whose base is 4-bit.
@@ -201,8 +212,8 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
         let (quant_type, double) = quantized_snapshot_settings(&dir);
         let blocksize = stored_blocksize(&dir);
         for (path, q) in stored_layers(&loaded.backbone) {
-            // Checkpoint names are transformers' (`layer.N…`), ours carry the `model.` prefix.
-            let key = format!("{}.weight", path.strip_prefix("model.").unwrap_or(&path));
+            // The checkpoint's names are the hub's (`layer.N…`, `attention.attention.query`).
+            let key = checkpoint_key(&dir, &format!("{path}.weight"));
             assert_eq!(q.packed, raw[&key].data, "{key}: codes as stored");
             match &q.absmax {
                 Absmax::Double { absmax_u8, .. } => {
@@ -213,10 +224,7 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
                 }
             }
             // bitsandbytes' codes of the f32 weight are the ones our quantizer gives.
-            let f32_key = [key.clone(), format!("model.{key}")]
-                .into_iter()
-                .find(|k| dense.contains_key(k))
-                .unwrap_or_else(|| panic!("{key} not in {}", source.display()));
+            let f32_key = checkpoint_key(&source, &format!("{path}.weight"));
             let ours = quantize_4bit(&dense[&f32_key].data, quant_type, blocksize, double).unwrap();
             assert_eq!(
                 ours.packed, q.packed,
@@ -279,7 +287,7 @@ fn bnb_serialized_snapshots_train_lora_on_the_stored_codes() {
         // The stored codes are what the model runs on (and the shared code books hold them).
         let raw = read_stored(&dir.join("model.safetensors")).unwrap();
         for (path, q) in &before {
-            let key = format!("{}.weight", path.strip_prefix("model.").unwrap_or(path));
+            let key = checkpoint_key(&dir, &format!("{path}.weight"));
             assert_eq!(q.packed, raw[&key].data, "{key}");
         }
         assert!(model.code_books.is_some());
@@ -302,7 +310,12 @@ fn bnb_serialized_snapshot_refuses_a_config_that_disagrees_with_the_stored_forma
     // A block size other than the stored one, and the name of a layer stored in 4 bits.
     let blocksize = if stored_blocksize(dir) == 64 { 128 } else { 64 };
     let states = quant_states(dir);
-    let layer = states[0].0.rsplit('.').next().unwrap();
+    let arch = BackboneArch::from_config_file(&dir.join("config.json")).unwrap();
+    let ours = match canonical_key(&arch, &format!("{}.weight", states[0].0)) {
+        KeyMapping::Canonical(c) => c,
+        other => panic!("{}: {other:?}", states[0].0),
+    };
+    let layer = ours.trim_end_matches(".weight").rsplit('.').next().unwrap();
     let cases = [
         (
             "model.quantization.enabled=false".to_string(),

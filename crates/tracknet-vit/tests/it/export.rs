@@ -176,10 +176,10 @@ fn bnb_serialized_snapshot_written_back_holds_the_same_4bit_bytes_and_runs_the_s
     }
 }
 
-/// A QLoRA model on the dinov3 fixture (sized from its `config.json`): NF4 + double quant, LoRA
-/// r 4 with random B (so the adapter changes the output), `bias: all`.
-fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
-    let src = fixtures().join("dinov3");
+/// A QLoRA model on the fixture `name` (sized from its `config.json`): NF4 + double quant,
+/// LoRA r 4 with random B (so the adapter changes the output), `bias: all`.
+fn qlora_on_fixture(name: &str, extra: &[String]) -> tracknet_config::RunConfig {
+    let src = fixtures().join(name);
     let mut o = common::tiny_model_on(need(&src));
     o.extend([
         "model.quantization.enabled=true".into(),
@@ -199,12 +199,20 @@ fn qlora_on_fixture(extra: &[String]) -> tracknet_config::RunConfig {
 
 #[test]
 fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_model() {
+    // DINOv2 with the original project's `target_modules` (the hub's attention names).
+    let original = "model.lora.target_modules=[query,key,value,dense]".to_string();
+    qlora_export_round_trip("dinov3", &[]);
+    qlora_export_round_trip("dinov2", std::slice::from_ref(&original));
+    qlora_export_round_trip("dinov2_registers", &[original]);
+}
+
+fn qlora_export_round_trip(name: &str, targets: &[String]) {
     use tracknet_vit::model::HeatmapModel;
     let device = Default::default();
-    let cfg = qlora_on_fixture(&[]);
+    let cfg = qlora_on_fixture(name, targets);
     let (model, _) = HeatmapModel::<NdArray>::from_config(&cfg.model, &device).unwrap();
-    let out = tmp("qlora-export");
-    let src = fixtures().join("dinov3");
+    let out = tmp(&format!("qlora-export-{name}"));
+    let src = fixtures().join(name);
     let extra = tracknet_vit::export::passthrough(Some(&src), &model.backbone).unwrap();
     let bnb = tracknet_quant::BnbConfig {
         quant_type: tracknet_quant::QuantType::Nf4,
@@ -238,15 +246,18 @@ fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_m
 
     // 4-bit base + adapter, the PEFT way in: `model.backbone.weights` + `model.lora.adapter_path`.
     // The config's LoRA values differ from the adapter's: the adapter's win, with a note.
-    let again = qlora_on_fixture(&[
-        format!(
-            "model.backbone.weights={}",
-            out.join("backbone-4bit").display()
-        ),
-        format!("model.lora.adapter_path={}", out.join("adapter").display()),
-        "model.lora.r=16".into(),
-        "model.lora.init_lora_weights=true".into(),
-    ]);
+    let again = qlora_on_fixture(
+        name,
+        &[
+            format!(
+                "model.backbone.weights={}",
+                out.join("backbone-4bit").display()
+            ),
+            format!("model.lora.adapter_path={}", out.join("adapter").display()),
+            "model.lora.r=16".into(),
+            "model.lora.init_lora_weights=true".into(),
+        ],
+    );
     let (peft_way, report) = HeatmapModel::<NdArray>::from_config(&again.model, &device).unwrap();
     assert!(
         report

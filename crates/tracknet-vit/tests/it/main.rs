@@ -11,5 +11,6 @@ mod hf_loading;
 mod hf_parity;
 mod model_assembly;
 mod numerics;
+mod peft_namings;
 mod peft_parity;
 mod recompute_memory;
