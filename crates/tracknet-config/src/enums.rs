@@ -113,6 +113,9 @@ string_enum! {
         Dinov3 => "dinov3",
         /// transformers' classic `ViTModel` (learned position embeddings, CLS token).
         Vit => "vit",
+        /// transformers' `Dinov2Model` (learned position embeddings, layer scale), or
+        /// `Dinov2WithRegistersModel` when `num_register_tokens` > 0.
+        Dinov2 => "dinov2",
     }
     default = Dinov3;
 }

@@ -105,11 +105,11 @@ pub struct BackboneConfig {
     pub num_attention_heads: usize,
     /// MLP hidden width.
     pub intermediate_size: usize,
-    /// DINOv3 register tokens.
+    /// DINOv3 / DINOv2 register tokens (DINOv2 with registers when > 0).
     pub num_register_tokens: usize,
-    /// DINOv3 gated (SwiGLU) MLP instead of GELU MLP.
+    /// DINOv3 / DINOv2 gated (SwiGLU) MLP instead of GELU MLP.
     pub use_gated_mlp: bool,
-    /// DINOv3 layer-scale initial value.
+    /// DINOv3 / DINOv2 layer-scale initial value.
     pub layerscale_value: f64,
     /// DINOv3 RoPE base period.
     pub rope_theta: f64,

@@ -181,6 +181,19 @@ fn model(cfg: &RunConfig, c: &mut Checker) {
             ),
         );
     }
+    if b.family == crate::BackboneFamily::Dinov2
+        && b.hidden_size > 0
+        && !b.intermediate_size.is_multiple_of(b.hidden_size)
+    {
+        c.push(
+            "model.backbone.intermediate_size",
+            format!(
+                "DINOv2 sizes its MLP by a whole mlp_ratio: expected a multiple of hidden_size \
+                 ({}), got {}",
+                b.hidden_size, b.intermediate_size
+            ),
+        );
+    }
     c.positive("model.backbone.rope_theta", b.rope_theta);
     c.positive("model.backbone.layer_norm_eps", b.layer_norm_eps);
     if !b.layerscale_value.is_finite() {
@@ -349,7 +362,10 @@ fn data(cfg: &RunConfig, c: &mut Checker) {
         c.push(
             "data.preprocess.resize",
             format!(
-                "expected [W, H] both divisible by model.backbone.patch_size ({patch}), got {r:?}"
+                "expected [W, H] both divisible by model.backbone.patch_size ({patch}), got {r:?}; \
+                 the nearest valid sizes are {:?} and {:?}",
+                r.map(|v| (v / patch).max(1) * patch),
+                r.map(|v| v.div_ceil(patch) * patch)
             ),
         );
     }

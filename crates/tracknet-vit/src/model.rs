@@ -66,13 +66,17 @@ pub enum ModelError {
     },
     /// `data.preprocess.resize` that the backbone's patches do not tile.
     #[error(
-        "data.preprocess.resize: expected [W, H] both positive multiples of the backbone's patch size {patch}, got {resize:?}"
+        "data.preprocess.resize: expected [W, H] both positive multiples of the backbone's patch size {patch}, got {resize:?}; the nearest valid sizes are {below:?} and {above:?}"
     )]
     InputSize {
         /// The backbone's patch size (a snapshot's own).
         patch: usize,
         /// `[W, H]` as configured.
         resize: [usize; 2],
+        /// Each side rounded down to a multiple of the patch (at least one patch).
+        below: [usize; 2],
+        /// Each side rounded up to a multiple of the patch.
+        above: [usize; 2],
     },
 }
 
@@ -240,7 +244,14 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
     pub fn check_input_size(&self, resize: [usize; 2]) -> Result<(), ModelError> {
         let patch = self.backbone.patch_size();
         if resize.iter().any(|&v| v == 0 || !v.is_multiple_of(patch)) {
-            return Err(ModelError::InputSize { patch, resize });
+            let below = resize.map(|v| (v / patch).max(1) * patch);
+            let above = resize.map(|v| v.div_ceil(patch).max(1) * patch);
+            return Err(ModelError::InputSize {
+                patch,
+                resize,
+                below,
+                above,
+            });
         }
         Ok(())
     }

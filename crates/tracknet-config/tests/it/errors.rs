@@ -268,9 +268,15 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
         Some("model.backbone.freeze"),
     ),
     (
-        "model: {backbone: {family: dinov2}}",
+        "model: {backbone: {family: dinov1}}",
         "model.backbone.family",
-        "`dinov3`, `vit`",
+        "`dinov3`, `vit`, `dinov2`",
+        None,
+    ),
+    (
+        "model: {backbone: {family: dinov2, hidden_size: 384, intermediate_size: 1000}}",
+        "model.backbone.intermediate_size",
+        "multiple of hidden_size (384)",
         None,
     ),
     (

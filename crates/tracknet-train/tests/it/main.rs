@@ -7,5 +7,6 @@ mod bench;
 mod checkpoints;
 mod cli;
 mod common;
+mod dinov2;
 mod stops;
 mod training;

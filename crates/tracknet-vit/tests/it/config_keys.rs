@@ -182,6 +182,28 @@ fn architecture_sizes_and_initial_values_follow_the_keys() {
         "model.backbone.num_register_tokens=0",
     ]);
     assert!(matches!(m.backbone, Backbone::Vit(_)));
+    // family: DINOv2, with registers when it has register tokens, SwiGLU from use_gated_mlp.
+    let m = build::<B>(&[
+        "model.backbone.family=dinov2",
+        "model.backbone.num_register_tokens=0",
+    ]);
+    assert!(matches!(m.backbone, Backbone::Dinov2(_)));
+    assert_eq!(tokens(&m).len(), (1 + grid) * 32);
+    assert_eq!(
+        shape_of(&m, "backbone.encoder.layer.0.mlp.fc1.base.weight"),
+        [32, 64]
+    );
+    let m = build::<B>(&[
+        "model.backbone.family=dinov2",
+        "model.backbone.num_register_tokens=3",
+        "model.backbone.use_gated_mlp=true",
+    ]);
+    assert_eq!(tokens(&m).len(), (1 + 3 + grid) * 32);
+    // SwiGLU keeps two thirds of the MLP width, rounded up to a multiple of 8 (64 → 48).
+    assert_eq!(
+        shape_of(&m, "backbone.encoder.layer.0.mlp.gate_proj.base.weight"),
+        [32, 48]
+    );
 }
 
 #[test]
