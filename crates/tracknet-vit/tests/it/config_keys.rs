@@ -291,7 +291,7 @@ fn param_grads<A: burn::tensor::backend::AutodiffBackend + tracknet_vit::ModelBa
 /// `training.gradient_checkpointing` recomputes per segment (each block, each decoder stage):
 /// the loss and every gradient must be the plain backward's (≤ 1e-5 relative), for a full
 /// fine-tuning, LoRA on an f32 base and LoRA on a 4-bit base, a GroupNorm and a BatchNorm
-/// decoder, DINOv3 and ViT.
+/// decoder, DINOv3, DINOv2 (with registers and SwiGLU) and ViT.
 #[test]
 fn recomputation_gives_the_same_gradients_for_full_lora_and_4bit() {
     use tracknet_vit::model::{Segment, lora_settings, quant_spec};
@@ -303,7 +303,13 @@ fn recomputation_gives_the_same_gradients_for_full_lora_and_4bit() {
         "model.decoder.channels=[32,16,8]",
         "model.decoder.upsample=[2,2]",
     ];
-    let cases: [(&[&str], bool, bool); 6] = [
+    let dinov2_registers_swiglu: &[&str] = &[
+        "model.backbone.family=dinov2",
+        "model.backbone.use_gated_mlp=true",
+    ];
+    let cases: [(&[&str], bool, bool); 8] = [
+        (&["model.backbone.family=dinov2"], false, false),
+        (dinov2_registers_swiglu, true, true),
         (&[], false, false),
         (&[], true, false),
         (&[], true, true),
@@ -367,4 +373,25 @@ fn recomputation_gives_the_same_gradients_for_full_lora_and_4bit() {
             );
         }
     }
+}
+
+/// A DINOv2 backbone takes a frame sequence as DINOv3 does: its patch embedding inflated, a
+/// still sequence gives the single frame's heatmap.
+#[test]
+fn a_dinov2_backbone_inflates_for_sequences_and_a_still_one_gives_the_single_frame() {
+    let device = Default::default();
+    let c = cfg(&["model.backbone.family=dinov2"]).model;
+    let (one, _) = HeatmapModel::<B>::from_config(&c, &device).unwrap();
+    let mut three = one.clone();
+    three.backbone = three.backbone.with_input_frames(3).unwrap();
+    assert_eq!(three.backbone.num_channels(), 9);
+    let x = input::<B>();
+    let a = one.forward(x.clone());
+    let b = three.forward(Tensor::cat(vec![x.clone(), x.clone(), x], 1));
+    let diff: f32 = (a.clone() - b).abs().max().into_scalar();
+    let scale: f32 = a.abs().max().into_scalar();
+    assert!(diff <= 1e-5 * scale.max(1.0), "{diff} (scale {scale})");
+    let (built, report) = HeatmapModel::<B>::from_config_frames(&c, 3, &device).unwrap();
+    assert_eq!(built.backbone.num_channels(), 9);
+    assert!(report.input_note.is_some_and(|n| n.contains("inflated")));
 }
