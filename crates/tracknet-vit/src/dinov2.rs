@@ -244,8 +244,10 @@ pub struct Dinov2SwiGlu<B: Backend> {
     pub down_proj: Proj<B>,
 }
 
-/// The block's MLP (enum variants are not part of module paths).
+/// The block's MLP (enum variants are not part of module paths). One per layer, built once: the
+/// size difference of the variants (two vs three projections) costs nothing worth a box.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Dinov2Mlp<B: Backend> {
     Plain(Dinov2PlainMlp<B>),
     SwiGlu(Dinov2SwiGlu<B>),

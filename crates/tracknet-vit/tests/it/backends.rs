@@ -20,6 +20,8 @@ use tracknet_vit::model::{HeatmapModel, lora_settings, quant_spec};
 tracknet_testkit::backend_tests!(
     full_model_output_and_gradients_equal_ndarrays,
     qlora_model_output_and_gradients_equal_ndarrays,
+    dinov2_full_and_qlora_models_equal_ndarrays,
+    bnb_serialized_snapshots_run_as_on_ndarray,
     autocast_f16_computes_in_half_with_f32_weights_and_gradients,
 );
 
@@ -209,6 +211,56 @@ fn full_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::D
 
 fn qlora_model_output_and_gradients_equal_ndarrays<B: ModelBackend>(device: &B::Device) {
     same_as_ndarray::<B>(&[], true, true, device);
+}
+
+/// DINOv2 (learned positions resized by the plain bicubic; with registers and SwiGLU by the
+/// antialiased one) fully trained and as QLoRA.
+fn dinov2_full_and_qlora_models_equal_ndarrays<B: ModelBackend>(device: &B::Device) {
+    let plain = [
+        "model.backbone.family=dinov2",
+        "model.backbone.num_register_tokens=0",
+        "model.backbone.freeze=false",
+    ];
+    same_as_ndarray::<B>(&plain, false, false, device);
+    let registers = [
+        "model.backbone.family=dinov2",
+        "model.backbone.use_gated_mlp=true",
+    ];
+    same_as_ndarray::<B>(&registers, true, true, device);
+}
+
+/// Every 4-bit snapshot transformers + bitsandbytes saved (DINOv3 and DINOv2) runs its stored
+/// codes on this backend as on NdArray.
+fn bnb_serialized_snapshots_run_as_on_ndarray<B: ModelBackend>(device: &B::Device) {
+    use tracknet_vit::backbone::Backbone;
+    let root = tracknet_testkit::fixtures().join("bnb_serialized");
+    let mut dirs: Vec<_> = std::fs::read_dir(tracknet_testkit::need(&root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 2, "{}", root.display());
+    for dir in dirs {
+        let io = tracknet_vit::hf::read_safetensors(&dir.join("io.safetensors")).unwrap();
+        let cpu = Default::default();
+        let want = Backbone::<NdArray>::from_snapshot(&dir, &cpu)
+            .unwrap()
+            .forward(io["pixel_values"].to_tensor(&cpu).unwrap())
+            .last_hidden_state;
+        let got = Backbone::<B>::from_snapshot(&dir, device)
+            .unwrap()
+            .forward(io["pixel_values"].to_tensor(device).unwrap())
+            .last_hidden_state;
+        let got: Vec<f32> = got.into_data().convert::<f32>().into_vec().unwrap();
+        let want: Vec<f32> = want.into_data().convert::<f32>().into_vec().unwrap();
+        let e = rel(&got, &want, 0.0);
+        assert!(
+            e < 1e-4,
+            "{}: differs from NdArray by {e} (relative)",
+            dir.display()
+        );
+    }
 }
 
 /// Inside an f16 autocast region (`training.amp` with `precision: fp16`) the linears, LoRA
