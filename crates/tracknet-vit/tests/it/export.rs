@@ -197,21 +197,32 @@ fn qlora_on_fixture(name: &str, extra: &[String]) -> tracknet_config::RunConfig 
         .unwrap()
 }
 
-#[test]
-fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_model() {
+tracknet_testkit::backend_tests!(
+    a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_model
+);
+
+fn a_qlora_export_as_4bit_base_plus_adapter_equals_the_merged_snapshot_and_the_model<
+    Bk: tracknet_vit::ModelBackend,
+>(
+    device: &Bk::Device,
+) {
     // DINOv2 with the original project's `target_modules` (the hub's attention names).
     let original = "model.lora.target_modules=[query,key,value,dense]".to_string();
-    qlora_export_round_trip("dinov3", &[]);
-    qlora_export_round_trip("dinov2", std::slice::from_ref(&original));
-    qlora_export_round_trip("dinov2_registers", &[original]);
+    qlora_export_round_trip::<Bk>("dinov3", &[], device);
+    qlora_export_round_trip::<Bk>("dinov2", std::slice::from_ref(&original), device);
+    qlora_export_round_trip::<Bk>("dinov2_registers", &[original], device);
 }
 
-fn qlora_export_round_trip(name: &str, targets: &[String]) {
+fn qlora_export_round_trip<Bk: tracknet_vit::ModelBackend>(
+    name: &str,
+    targets: &[String],
+    device: &Bk::Device,
+) {
     use tracknet_vit::model::HeatmapModel;
-    let device = Default::default();
+    let device = device.clone();
     let cfg = qlora_on_fixture(name, targets);
-    let (model, _) = HeatmapModel::<NdArray>::from_config(&cfg.model, &device).unwrap();
-    let out = tmp(&format!("qlora-export-{name}"));
+    let (model, _) = HeatmapModel::<Bk>::from_config(&cfg.model, &device).unwrap();
+    let out = tracknet_testkit::scratch(&format!("qlora-export-{name}"));
     let src = fixtures().join(name);
     let extra = tracknet_vit::export::passthrough(Some(&src), &model.backbone).unwrap();
     let bnb = tracknet_quant::BnbConfig {
@@ -258,7 +269,7 @@ fn qlora_export_round_trip(name: &str, targets: &[String]) {
             "model.lora.init_lora_weights=true".into(),
         ],
     );
-    let (peft_way, report) = HeatmapModel::<NdArray>::from_config(&again.model, &device).unwrap();
+    let (peft_way, report) = HeatmapModel::<Bk>::from_config(&again.model, &device).unwrap();
     assert!(
         report
             .warnings
@@ -267,20 +278,21 @@ fn qlora_export_round_trip(name: &str, targets: &[String]) {
         "{:?}",
         report.warnings
     );
-    let dense = Backbone::<NdArray>::from_snapshot(&out.join("backbone-merged"), &device).unwrap();
+    let dense = Backbone::<Bk>::from_snapshot(&out.join("backbone-merged"), &device).unwrap();
     let keys = canonical_tensors(&out.join("backbone-merged"));
     assert!(keys.contains_key("embeddings.mask_token"));
-    let base4 = Backbone::<NdArray>::from_snapshot(&out.join("backbone-4bit"), &device).unwrap();
+    let base4 = Backbone::<Bk>::from_snapshot(&out.join("backbone-4bit"), &device).unwrap();
     let _ = std::fs::remove_dir_all(&out);
 
     let [w, h] = common::input_size(&src);
-    let x = Tensor::<NdArray, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<Bk, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
     let ours = model.backbone.forward(x.clone()).last_hidden_state;
     let base_plus_adapter = peft_way.backbone.forward(x.clone()).last_hidden_state;
     let merged_out = dense.forward(x.clone()).last_hidden_state;
     let base_only = base4.forward(x).last_hidden_state;
-    let max =
-        |a: Tensor<NdArray, 3>, b: Tensor<NdArray, 3>| -> f32 { (a - b).abs().max().into_scalar() };
+    let max = |a: Tensor<Bk, 3>, b: Tensor<Bk, 3>| -> f32 {
+        (a - b).abs().max().into_scalar().elem::<f32>()
+    };
     assert_eq!(max(ours.clone(), base_plus_adapter.clone()), 0.0);
     let err = max(base_plus_adapter, merged_out);
     assert!(err < 1e-4, "4-bit + adapter vs merged: {err}");
