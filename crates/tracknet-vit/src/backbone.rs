@@ -41,6 +41,38 @@ pub struct BlockContext<B: Backend> {
     pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
+/// A family's forward as the rest of the project drives it: embeddings, the blocks one by one
+/// (so that recomputation can re-run any of them), the final norm. One impl per family;
+/// [`Backbone`] dispatches through [`Backbone::stack`].
+pub trait TokenStack<B: Backend> {
+    /// The per-forward context of the blocks for an input of `dims` `[batch, channels, H, W]`.
+    fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B>;
+    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, tokens, hidden]`.
+    fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3>;
+    /// Number of transformer blocks.
+    fn num_layers(&self) -> usize;
+    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
+    fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3>;
+    /// The final norm and the patch grid `[batch, H/p, W/p, hidden]`, after the last block.
+    fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B>;
+    /// Width of the tokens, `hidden_size`.
+    fn hidden_size(&self) -> usize;
+    /// Side of the square patches in pixels.
+    fn patch_size(&self) -> usize;
+    /// Input channels the patch convolution expects.
+    fn num_channels(&self) -> usize;
+
+    /// `pixel_values [batch, channels, H, W]` → all tokens and the patch grid.
+    fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
+        let ctx = self.block_context(pixel_values.dims(), &pixel_values.device());
+        let mut x = self.embed(pixel_values);
+        for i in 0..self.num_layers() {
+            x = self.block(i, x, &ctx);
+        }
+        self.finish(x, &ctx)
+    }
+}
+
 /// A DINOv3, DINOv2 or classic ViT backbone.
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
@@ -90,29 +122,17 @@ impl<B: crate::ModelBackend> Backbone<B> {
     /// multiples of the patch size; like transformers, trailing pixels that do not fill a patch
     /// are ignored. Use [`Self::try_forward`] to reject such inputs instead.
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
-        match self {
-            Backbone::Dinov3(m) => m.forward(pixel_values),
-            Backbone::Vit(m) => m.forward(pixel_values),
-            Backbone::Dinov2(m) => m.forward(pixel_values),
-        }
+        self.stack().forward(pixel_values)
     }
 
     /// The per-forward context of the blocks for an input of `dims` `[batch, channels, H, W]`.
     pub fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B> {
-        match self {
-            Backbone::Dinov3(m) => m.block_context(dims, device),
-            Backbone::Vit(m) => m.block_context(dims),
-            Backbone::Dinov2(m) => m.block_context(dims),
-        }
+        self.stack().block_context(dims, device)
     }
 
     /// The embeddings: `pixel_values [batch, channels, H, W]` → tokens `[batch, tokens, hidden]`.
     pub fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        match self {
-            Backbone::Dinov3(m) => m.embed(pixel_values),
-            Backbone::Vit(m) => m.embed(pixel_values),
-            Backbone::Dinov2(m) => m.embed(pixel_values),
-        }
+        self.stack().embed(pixel_values)
     }
 
     /// Whether any parameter trains in the embeddings (`Segment::Embed`), block `i`
@@ -132,6 +152,15 @@ impl<B: crate::ModelBackend> Backbone<B> {
         }
     }
 
+    /// The family's model as a [`TokenStack`]: what every forward goes through.
+    pub fn stack(&self) -> &dyn TokenStack<B> {
+        match self {
+            Backbone::Dinov3(m) => m,
+            Backbone::Vit(m) => m,
+            Backbone::Dinov2(m) => m,
+        }
+    }
+
     /// The family, which decides checkpoint and PEFT module names.
     pub fn family(&self) -> Family {
         match self {
@@ -143,29 +172,17 @@ impl<B: crate::ModelBackend> Backbone<B> {
 
     /// Number of transformer blocks.
     pub fn num_layers(&self) -> usize {
-        match self {
-            Backbone::Dinov3(m) => m.num_layers(),
-            Backbone::Vit(m) => m.num_layers(),
-            Backbone::Dinov2(m) => m.num_layers(),
-        }
+        self.stack().num_layers()
     }
 
     /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
     pub fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
-        match self {
-            Backbone::Dinov3(m) => m.block(i, x, ctx),
-            Backbone::Vit(m) => m.block(i, x, ctx),
-            Backbone::Dinov2(m) => m.block(i, x, ctx),
-        }
+        self.stack().block(i, x, ctx)
     }
 
     /// The final norm and the patch grid, after the last block.
     pub fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        match self {
-            Backbone::Dinov3(m) => m.finish(x, ctx),
-            Backbone::Vit(m) => m.finish(x, ctx),
-            Backbone::Dinov2(m) => m.finish(x, ctx),
-        }
+        self.stack().finish(x, ctx)
     }
 
     /// [`Self::forward`] after [`Self::check_input`].
@@ -182,29 +199,17 @@ impl<B: crate::ModelBackend> Backbone<B> {
 
     /// Width of the tokens, `hidden_size`.
     pub fn hidden_size(&self) -> usize {
-        match self {
-            Backbone::Dinov3(m) => m.hidden_size(),
-            Backbone::Vit(m) => m.hidden_size(),
-            Backbone::Dinov2(m) => m.hidden_size(),
-        }
+        self.stack().hidden_size()
     }
 
     /// Side of the square patches in pixels.
     pub fn patch_size(&self) -> usize {
-        match self {
-            Backbone::Dinov3(m) => m.patch_size(),
-            Backbone::Vit(m) => m.patch_size(),
-            Backbone::Dinov2(m) => m.patch_size(),
-        }
+        self.stack().patch_size()
     }
 
     /// Input channels the patch convolution expects.
     pub fn num_channels(&self) -> usize {
-        match self {
-            Backbone::Dinov3(m) => m.num_channels(),
-            Backbone::Vit(m) => m.num_channels(),
-            Backbone::Dinov2(m) => m.num_channels(),
-        }
+        self.stack().num_channels()
     }
 
     /// Takes `frames` RGB frames stacked on the channel axis (`[batch, 3·frames, H, W]`, oldest

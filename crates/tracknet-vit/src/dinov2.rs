@@ -16,7 +16,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::BlockContext;
+use crate::backbone::{BlockContext, TokenStack};
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
@@ -444,69 +444,6 @@ impl<B: crate::ModelBackend> Dinov2Model<B> {
         })
     }
 
-    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]` and patch
-    /// grid `[batch, H/p, W/p, hidden]`.
-    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
-        let ctx = self.block_context(pixel_values.dims());
-        let mut x = self.embed(pixel_values);
-        for i in 0..self.num_layers() {
-            x = self.block(i, x, &ctx);
-        }
-        self.finish(x, &ctx)
-    }
-
-    /// What every block of one forward shares: the patch grid (no RoPE).
-    pub fn block_context(&self, dims: [usize; 4]) -> BlockContext<B> {
-        let [_, _, h, w] = dims;
-        BlockContext {
-            grid: [h / self.patch_size, w / self.patch_size],
-            rope: None,
-        }
-    }
-
-    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]`.
-    pub fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.embeddings.forward(pixel_values)
-    }
-
-    /// Number of transformer blocks.
-    pub fn num_layers(&self) -> usize {
-        self.encoder.layer.len()
-    }
-
-    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
-    pub fn block(&self, i: usize, x: Tensor<B, 3>, _ctx: &BlockContext<B>) -> Tensor<B, 3> {
-        self.encoder.layer[i].forward(x)
-    }
-
-    /// The final `layernorm` and the patch grid `[batch, H/p, W/p, hidden]`.
-    pub fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        let last_hidden_state = self.layernorm.forward(x);
-        let [gh, gw] = ctx.grid;
-        let patch_grid = patch_grid(
-            last_hidden_state.clone(),
-            1 + self.num_register_tokens,
-            gh,
-            gw,
-        );
-        BackboneOutput {
-            last_hidden_state,
-            patch_grid,
-        }
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-
-    pub fn patch_size(&self) -> usize {
-        self.patch_size
-    }
-
-    pub fn num_channels(&self) -> usize {
-        self.num_channels
-    }
-
     /// `frames` stacked frames in: see [`crate::Backbone::with_input_frames`].
     pub(crate) fn inflate_patch_embeddings(mut self, frames: usize) -> Self {
         self.embeddings.patch_embeddings.projection =
@@ -561,5 +498,59 @@ impl<B: crate::ModelBackend> Dinov2Model<B> {
             }
         }
         paths
+    }
+}
+
+impl<B: crate::ModelBackend> TokenStack<B> for Dinov2Model<B> {
+    /// What every block of one forward shares: the patch grid (no RoPE).
+    fn block_context(&self, dims: [usize; 4], _device: &B::Device) -> BlockContext<B> {
+        let [_, _, h, w] = dims;
+        BlockContext {
+            grid: [h / self.patch_size, w / self.patch_size],
+            rope: None,
+        }
+    }
+
+    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]`.
+    fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.embeddings.forward(pixel_values)
+    }
+
+    /// Number of transformer blocks.
+    fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+
+    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
+    fn block(&self, i: usize, x: Tensor<B, 3>, _ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        self.encoder.layer[i].forward(x)
+    }
+
+    /// The final `layernorm` and the patch grid `[batch, H/p, W/p, hidden]`.
+    fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
+        let last_hidden_state = self.layernorm.forward(x);
+        let [gh, gw] = ctx.grid;
+        let patch_grid = patch_grid(
+            last_hidden_state.clone(),
+            1 + self.num_register_tokens,
+            gh,
+            gw,
+        );
+        BackboneOutput {
+            last_hidden_state,
+            patch_grid,
+        }
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn patch_size(&self) -> usize {
+        self.patch_size
+    }
+
+    fn num_channels(&self) -> usize {
+        self.num_channels
     }
 }

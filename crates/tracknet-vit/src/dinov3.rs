@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::BlockContext;
+use crate::backbone::{BlockContext, TokenStack};
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
@@ -388,70 +388,6 @@ impl<B: crate::ModelBackend> Dinov3Model<B> {
         })
     }
 
-    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]` and patch grid
-    /// `[batch, H/p, W/p, hidden]`. RoPE coordinate augmentation runs only when autodiff is on.
-    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
-        let ctx = self.block_context(pixel_values.dims(), &pixel_values.device());
-        let mut x = self.embed(pixel_values);
-        for i in 0..self.num_layers() {
-            x = self.block(i, x, &ctx);
-        }
-        self.finish(x, &ctx)
-    }
-
-    /// What every block of one forward shares: the patch grid and the RoPE tables, drawn once
-    /// per forward (the coordinate augmentation is random when autodiff is on).
-    pub fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B> {
-        let [_, _, h, w] = dims;
-        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
-        let rope = self
-            .rope
-            .cos_sin::<B>(gh, gw, B::ad_enabled(device), device);
-        BlockContext {
-            grid: [gh, gw],
-            rope: Some(rope),
-        }
-    }
-
-    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]`.
-    pub fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.embeddings.forward(pixel_values)
-    }
-
-    /// Number of transformer blocks.
-    pub fn num_layers(&self) -> usize {
-        self.model.layer.len()
-    }
-
-    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
-    pub fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
-        let (cos, sin) = ctx
-            .rope
-            .clone()
-            .expect("DINOv3 block context carries RoPE tables");
-        self.model.layer[i].forward(x, cos, sin)
-    }
-
-    /// The final LayerNorm and the patch grid `[batch, H/p, W/p, hidden]`.
-    pub fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        let last_hidden_state = self.norm.forward(x);
-        let [gh, gw] = ctx.grid;
-        let patch_grid = patch_grid(
-            last_hidden_state.clone(),
-            1 + self.num_register_tokens,
-            gh,
-            gw,
-        );
-        BackboneOutput {
-            last_hidden_state,
-            patch_grid,
-        }
-    }
-
-    pub fn hidden_size(&self) -> usize {
-        self.hidden_size
-    }
-
     /// The model with its training-time RoPE coordinate augmentation off
     /// (`model.backbone.rope_augmentation: false`).
     pub fn without_rope_augmentation(mut self) -> Self {
@@ -462,14 +398,6 @@ impl<B: crate::ModelBackend> Dinov3Model<B> {
     /// Whether training perturbs the RoPE patch coordinates.
     pub fn rope_augments(&self) -> bool {
         self.rope.augments()
-    }
-
-    pub fn patch_size(&self) -> usize {
-        self.patch_size
-    }
-
-    pub fn num_channels(&self) -> usize {
-        self.num_channels
     }
 
     /// `frames` stacked frames in: see [`crate::Backbone::with_input_frames`].
@@ -525,5 +453,68 @@ impl<B: crate::ModelBackend> Dinov3Model<B> {
             paths.push(format!("{p}.mlp.down_proj"));
         }
         paths
+    }
+}
+
+impl<B: crate::ModelBackend> TokenStack<B> for Dinov3Model<B> {
+    /// What every block of one forward shares: the patch grid and the RoPE tables, drawn once
+    /// per forward (the coordinate augmentation is random when autodiff is on).
+    fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B> {
+        let [_, _, h, w] = dims;
+        let (gh, gw) = (h / self.patch_size, w / self.patch_size);
+        let rope = self
+            .rope
+            .cos_sin::<B>(gh, gw, B::ad_enabled(device), device);
+        BlockContext {
+            grid: [gh, gw],
+            rope: Some(rope),
+        }
+    }
+
+    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, 1 + R + N, hidden]`.
+    fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.embeddings.forward(pixel_values)
+    }
+
+    /// Number of transformer blocks.
+    fn num_layers(&self) -> usize {
+        self.model.layer.len()
+    }
+
+    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
+    fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3> {
+        let (cos, sin) = ctx
+            .rope
+            .clone()
+            .expect("DINOv3 block context carries RoPE tables");
+        self.model.layer[i].forward(x, cos, sin)
+    }
+
+    /// The final LayerNorm and the patch grid `[batch, H/p, W/p, hidden]`.
+    fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
+        let last_hidden_state = self.norm.forward(x);
+        let [gh, gw] = ctx.grid;
+        let patch_grid = patch_grid(
+            last_hidden_state.clone(),
+            1 + self.num_register_tokens,
+            gh,
+            gw,
+        );
+        BackboneOutput {
+            last_hidden_state,
+            patch_grid,
+        }
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn patch_size(&self) -> usize {
+        self.patch_size
+    }
+
+    fn num_channels(&self) -> usize {
+        self.num_channels
     }
 }
