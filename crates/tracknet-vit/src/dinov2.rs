@@ -24,7 +24,6 @@ use crate::layers::params::{
 use crate::layers::pos_embed::{Bicubic, resize_position_embeddings};
 use crate::layers::{
     BackboneOutput, HiddenAct, LayerNorm, LayerScale, drop_path, flatten_patches, layer_scale,
-    patch_grid,
 };
 use crate::proj::Proj;
 use crate::vit::{ImageSize, VitAttention};
@@ -109,21 +108,20 @@ impl Dinov2Config {
 
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
+        crate::arch::check_common(
+            path,
+            self.patch_size,
+            self.hidden_size,
+            self.num_attention_heads,
+            self.drop_path_rate,
+            &self.hidden_act,
+        )?;
         let fail = |message: String| {
             Err(VitError::Config {
                 path: path.to_path_buf(),
                 message,
             })
         };
-        if self.patch_size == 0 || self.hidden_size == 0 || self.num_attention_heads == 0 {
-            return fail("patch_size, hidden_size and num_attention_heads must be positive".into());
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return fail(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
         if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0) || self.mlp_width() == 0 {
             return fail(format!("mlp_ratio {} must be positive", self.mlp_ratio));
         }
@@ -135,15 +133,6 @@ impl Dinov2Config {
                  transformers' DINOv2 reads its position embeddings as one",
                 self.patch_size
             ));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return fail(format!(
-                "drop_path_rate {} must be in [0, 1)",
-                self.drop_path_rate
-            ));
-        }
-        if HiddenAct::parse(&self.hidden_act).is_none() {
-            return fail(format!("hidden_act `{}` is not supported", self.hidden_act));
         }
         Ok(())
     }
@@ -528,18 +517,11 @@ impl<B: crate::ModelBackend> TokenStack<B> for Dinov2Model<B> {
 
     /// The final `layernorm` and the patch grid `[batch, H/p, W/p, hidden]`.
     fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        let last_hidden_state = self.layernorm.forward(x);
-        let [gh, gw] = ctx.grid;
-        let patch_grid = patch_grid(
-            last_hidden_state.clone(),
+        BackboneOutput::from_tokens(
+            self.layernorm.forward(x),
             1 + self.num_register_tokens,
-            gh,
-            gw,
-        );
-        BackboneOutput {
-            last_hidden_state,
-            patch_grid,
-        }
+            ctx.grid,
+        )
     }
 
     fn hidden_size(&self) -> usize {

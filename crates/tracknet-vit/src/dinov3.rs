@@ -17,8 +17,7 @@ use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
 use crate::layers::{
-    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, layer_scale, patch_grid,
-    split_heads,
+    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, layer_scale, split_heads,
 };
 use crate::proj::Proj;
 
@@ -96,31 +95,24 @@ impl Default for Dinov3Config {
 impl Dinov3Config {
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
+        crate::arch::check_common(
+            path,
+            self.patch_size,
+            self.hidden_size,
+            self.num_attention_heads,
+            self.drop_path_rate,
+            &self.hidden_act,
+        )?;
         let fail = |message: String| {
             Err(VitError::Config {
                 path: path.to_path_buf(),
                 message,
             })
         };
-        if self.patch_size == 0 || self.hidden_size == 0 || self.num_attention_heads == 0 {
-            return fail("patch_size, hidden_size and num_attention_heads must be positive".into());
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return fail(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
         if !(self.hidden_size / self.num_attention_heads).is_multiple_of(4) {
             return fail(format!(
                 "head dim {} must be a multiple of 4 for the 2-D RoPE",
                 self.hidden_size / self.num_attention_heads
-            ));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return fail(format!(
-                "drop_path_rate {} must be in [0, 1)",
-                self.drop_path_rate
             ));
         }
         for (name, v) in [
@@ -132,9 +124,6 @@ impl Dinov3Config {
                     "{name} must be positive (a log-uniform range [1/x, x])"
                 ));
             }
-        }
-        if HiddenAct::parse(&self.hidden_act).is_none() {
-            return fail(format!("hidden_act `{}` is not supported", self.hidden_act));
         }
         Ok(())
     }
@@ -492,18 +481,7 @@ impl<B: crate::ModelBackend> TokenStack<B> for Dinov3Model<B> {
 
     /// The final LayerNorm and the patch grid `[batch, H/p, W/p, hidden]`.
     fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        let last_hidden_state = self.norm.forward(x);
-        let [gh, gw] = ctx.grid;
-        let patch_grid = patch_grid(
-            last_hidden_state.clone(),
-            1 + self.num_register_tokens,
-            gh,
-            gw,
-        );
-        BackboneOutput {
-            last_hidden_state,
-            patch_grid,
-        }
+        BackboneOutput::from_tokens(self.norm.forward(x), 1 + self.num_register_tokens, ctx.grid)
     }
 
     fn hidden_size(&self) -> usize {

@@ -16,4 +16,4 @@ pub use norm::LayerNorm;
 pub use scale::LayerScale;
 pub(crate) use scale::layer_scale;
 pub use tokens::BackboneOutput;
-pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches, patch_grid};
+pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches};

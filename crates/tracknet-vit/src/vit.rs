@@ -21,7 +21,7 @@ use crate::layers::params::{
 pub use crate::layers::pos_embed::bicubic_matrix;
 use crate::layers::pos_embed::{Bicubic, resize_position_embeddings};
 use crate::layers::{
-    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, patch_grid, split_heads,
+    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, split_heads,
 };
 use crate::proj::Proj;
 
@@ -89,36 +89,26 @@ impl Default for VitConfig {
 impl VitConfig {
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
+        crate::arch::check_common(
+            path,
+            self.patch_size,
+            self.hidden_size,
+            self.num_attention_heads,
+            self.drop_path_rate,
+            &self.hidden_act,
+        )?;
         let fail = |message: String| {
             Err(VitError::Config {
                 path: path.to_path_buf(),
                 message,
             })
         };
-        if self.patch_size == 0 || self.hidden_size == 0 || self.num_attention_heads == 0 {
-            return fail("patch_size, hidden_size and num_attention_heads must be positive".into());
-        }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return fail(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
         let (h, w) = self.image_size.hw();
         if h < self.patch_size || w < self.patch_size {
             return fail(format!(
                 "image_size {h}x{w} is smaller than patch_size {}",
                 self.patch_size
             ));
-        }
-        if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return fail(format!(
-                "drop_path_rate {} must be in [0, 1)",
-                self.drop_path_rate
-            ));
-        }
-        if HiddenAct::parse(&self.hidden_act).is_none() {
-            return fail(format!("hidden_act `{}` is not supported", self.hidden_act));
         }
         Ok(())
     }
@@ -397,13 +387,7 @@ impl<B: crate::ModelBackend> TokenStack<B> for VitModel<B> {
 
     /// The final `layernorm` and the patch grid `[batch, H/p, W/p, hidden]`.
     fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B> {
-        let last_hidden_state = self.layernorm.forward(x);
-        let [gh, gw] = ctx.grid;
-        let patch_grid = patch_grid(last_hidden_state.clone(), 1, gh, gw);
-        BackboneOutput {
-            last_hidden_state,
-            patch_grid,
-        }
+        BackboneOutput::from_tokens(self.layernorm.forward(x), 1, ctx.grid)
     }
 
     fn hidden_size(&self) -> usize {

@@ -15,6 +15,19 @@ pub struct BackboneOutput<B: Backend> {
     pub patch_grid: Tensor<B, 4>,
 }
 
+impl<B: Backend> BackboneOutput<B> {
+    /// The output for the final norm's tokens `[batch, prefix + gh * gw, hidden]`: the patch
+    /// grid is the tail after the `prefix` tokens (CLS, registers), row-major on `grid`.
+    pub fn from_tokens(last_hidden_state: Tensor<B, 3>, prefix: usize, grid: [usize; 2]) -> Self {
+        let [gh, gw] = grid;
+        let patch_grid = patch_grid(last_hidden_state.clone(), prefix, gh, gw);
+        Self {
+            last_hidden_state,
+            patch_grid,
+        }
+    }
+}
+
 pub(crate) fn check_pixel_dims(
     dims: [usize; 4],
     channels: usize,
