@@ -449,14 +449,7 @@ impl<B: crate::ModelBackend> Dinov2Model<B> {
         let layers = std::mem::take(&mut self.encoder.layer);
         for (i, mut l) in layers.into_iter().enumerate() {
             let p = format!("encoder.layer.{i}");
-            let a = l.attention;
-            l.attention = VitAttention {
-                q_proj: f(&format!("{p}.attention.q_proj"), a.q_proj)?,
-                k_proj: f(&format!("{p}.attention.k_proj"), a.k_proj)?,
-                v_proj: f(&format!("{p}.attention.v_proj"), a.v_proj)?,
-                o_proj: f(&format!("{p}.attention.o_proj"), a.o_proj)?,
-                num_heads: a.num_heads,
-            };
+            l.attention = l.attention.map_projections(&format!("{p}.attention"), f)?;
             l.mlp = match l.mlp {
                 Dinov2Mlp::Plain(m) => Dinov2Mlp::Plain(Dinov2PlainMlp {
                     fc1: f(&format!("{p}.mlp.fc1"), m.fc1)?,

@@ -173,6 +173,21 @@ pub struct VitAttention<B: Backend> {
 }
 
 impl<B: crate::ModelBackend> VitAttention<B> {
+    /// Each projection replaced by `f(prefix.q_proj, …)` … `f(prefix.o_proj, …)`.
+    pub(crate) fn map_projections<E>(
+        self,
+        prefix: &str,
+        f: &mut impl FnMut(&str, Proj<B>) -> Result<Proj<B>, E>,
+    ) -> Result<Self, E> {
+        Ok(Self {
+            q_proj: f(&format!("{prefix}.q_proj"), self.q_proj)?,
+            k_proj: f(&format!("{prefix}.k_proj"), self.k_proj)?,
+            v_proj: f(&format!("{prefix}.v_proj"), self.v_proj)?,
+            o_proj: f(&format!("{prefix}.o_proj"), self.o_proj)?,
+            num_heads: self.num_heads,
+        })
+    }
+
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads);
@@ -323,14 +338,7 @@ impl<B: crate::ModelBackend> VitModel<B> {
         let layers = std::mem::take(&mut self.layers);
         for (i, mut l) in layers.into_iter().enumerate() {
             let p = format!("layers.{i}");
-            let a = l.attention;
-            l.attention = VitAttention {
-                q_proj: f(&format!("{p}.attention.q_proj"), a.q_proj)?,
-                k_proj: f(&format!("{p}.attention.k_proj"), a.k_proj)?,
-                v_proj: f(&format!("{p}.attention.v_proj"), a.v_proj)?,
-                o_proj: f(&format!("{p}.attention.o_proj"), a.o_proj)?,
-                num_heads: a.num_heads,
-            };
+            l.attention = l.attention.map_projections(&format!("{p}.attention"), f)?;
             l.mlp = VitMlp {
                 fc1: f(&format!("{p}.mlp.fc1"), l.mlp.fc1)?,
                 fc2: f(&format!("{p}.mlp.fc2"), l.mlp.fc2)?,
