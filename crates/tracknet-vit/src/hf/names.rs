@@ -308,4 +308,92 @@ mod tests {
         assert_eq!(canon(&arch, "vit.pooler.dense.weight"), KeyMapping::Ignored);
         assert_eq!(canon(&arch, "embeddings.mask_token"), KeyMapping::Ignored);
     }
+
+    #[test]
+    fn dinov2_hub_keys_map_to_transformers5_names_and_the_fused_swiglu_splits() {
+        let c = |s: &str| KeyMapping::Canonical(s.to_string());
+        let key = |k: &str| family_key(Family::Dinov2, k);
+        assert_eq!(
+            key("dinov2.encoder.layer.3.attention.attention.query.weight"),
+            c("encoder.layer.3.attention.q_proj.weight")
+        );
+        assert_eq!(
+            key("encoder.layer.0.attention.output.dense.bias"),
+            c("encoder.layer.0.attention.o_proj.bias")
+        );
+        assert_eq!(
+            key("encoder.layer.1.mlp.weights_out.weight"),
+            c("encoder.layer.1.mlp.down_proj.weight")
+        );
+        assert_eq!(
+            key("encoder.layer.1.mlp.weights_in.bias"),
+            KeyMapping::Split(
+                "encoder.layer.1.mlp.gate_proj.bias".into(),
+                "encoder.layer.1.mlp.up_proj.bias".into()
+            )
+        );
+        // transformers 5's own names are kept; the mask token is skipped.
+        assert_eq!(
+            key("encoder.layer.0.attention.q_proj.weight"),
+            c("encoder.layer.0.attention.q_proj.weight")
+        );
+        assert_eq!(
+            key("encoder.layer.0.mlp.fc1.weight"),
+            c("encoder.layer.0.mlp.fc1.weight")
+        );
+        assert_eq!(key("embeddings.mask_token"), KeyMapping::Ignored);
+    }
+
+    #[test]
+    fn hub_paths_invert_the_mapping_and_hub_targets_are_written_in_our_names() {
+        for (family, ours) in [
+            (Family::Dinov2, "encoder.layer.2.attention.q_proj"),
+            (Family::Dinov2, "encoder.layer.2.attention.o_proj"),
+            (Family::Dinov2, "encoder.layer.2.mlp.down_proj"),
+            (Family::Vit, "layers.2.attention.k_proj"),
+            (Family::Vit, "layers.2.mlp.fc1"),
+        ] {
+            let hub = hub_module_path(family, ours).unwrap();
+            assert_eq!(peft_paths_in_our_spelling(family, &hub), [ours], "{hub}");
+        }
+        assert_eq!(
+            hub_module_path(Family::Dinov2, "encoder.layer.0.mlp.up_proj").as_deref(),
+            Some("encoder.layer.0.mlp.weights_in")
+        );
+        assert_eq!(
+            hub_module_path(Family::Dinov2, "encoder.layer.0.mlp.fc1"),
+            None
+        );
+        assert_eq!(
+            hub_module_path(Family::Dinov3, "model.layer.0.attention.q_proj"),
+            None
+        );
+        let adapted: Vec<String> = ["q_proj", "o_proj"]
+            .iter()
+            .map(|n| format!("encoder.layer.0.attention.{n}"))
+            .chain([
+                "encoder.layer.0.mlp.gate_proj".into(),
+                "encoder.layer.0.mlp.up_proj".into(),
+            ])
+            .collect();
+        let names: Vec<String> = [
+            "query",
+            "attention.output.dense",
+            "weights_in",
+            "q_proj",
+            "nothing",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            target_names_in_our_spelling(Family::Dinov2, &names, &adapted),
+            [
+                "q_proj",
+                "attention.o_proj",
+                "gate_proj",
+                "up_proj",
+                "nothing"
+            ]
+        );
+    }
 }
