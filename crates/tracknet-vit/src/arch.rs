@@ -91,36 +91,3 @@ impl BackboneArch {
         }
     }
 }
-
-/// The checks every family's config shares: positive sizes, heads that divide the hidden size,
-/// a drop-path rate in [0, 1), a known activation. `path` names the config in the error.
-pub(crate) fn check_common(
-    path: &Path,
-    patch_size: usize,
-    hidden_size: usize,
-    num_attention_heads: usize,
-    drop_path_rate: f64,
-    hidden_act: &str,
-) -> Result<(), VitError> {
-    let fail = |message: String| {
-        Err(VitError::Config {
-            path: path.to_path_buf(),
-            message,
-        })
-    };
-    if patch_size == 0 || hidden_size == 0 || num_attention_heads == 0 {
-        return fail("patch_size, hidden_size and num_attention_heads must be positive".into());
-    }
-    if !hidden_size.is_multiple_of(num_attention_heads) {
-        return fail(format!(
-            "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-        ));
-    }
-    if !(0.0..1.0).contains(&drop_path_rate) {
-        return fail(format!("drop_path_rate {drop_path_rate} must be in [0, 1)"));
-    }
-    if crate::layers::HiddenAct::parse(hidden_act).is_none() {
-        return fail(format!("hidden_act `{hidden_act}` is not supported"));
-    }
-    Ok(())
-}

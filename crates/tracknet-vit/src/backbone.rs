@@ -16,7 +16,7 @@ use crate::dinov3::Dinov3Model;
 use crate::error::VitError;
 use crate::hf;
 use crate::layers::check_pixel_dims;
-pub use crate::layers::{BackboneOutput, HiddenAct};
+pub use crate::layers::{BackboneOutput, BlockContext, HiddenAct, TokenStack};
 use crate::proj::Proj;
 use crate::vit::VitModel;
 
@@ -31,46 +31,15 @@ pub struct LoadedSnapshot<B: Backend> {
     pub code_books: Option<tracknet_quant::CodeBooks<B>>,
 }
 
-/// What the blocks of one forward share, made once per forward by [`Backbone::block_context`]
-/// so that a block run again (recomputation) sees exactly the tables of the first run.
-#[derive(Clone, Debug)]
-pub struct BlockContext<B: Backend> {
-    /// Patch grid `[H/p, W/p]`.
-    pub grid: [usize; 2],
-    /// DINOv3's RoPE `(cos, sin)`, each `[grid tokens, head_dim]`; `None` for ViT.
-    pub rope: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
-}
-
-/// A family's forward as the rest of the project drives it: embeddings, the blocks one by one
-/// (so that recomputation can re-run any of them), the final norm. One impl per family;
-/// [`Backbone`] dispatches through [`Backbone::stack`].
-pub trait TokenStack<B: Backend> {
-    /// The per-forward context of the blocks for an input of `dims` `[batch, channels, H, W]`.
-    fn block_context(&self, dims: [usize; 4], device: &B::Device) -> BlockContext<B>;
-    /// `pixel_values [batch, channels, H, W]` → tokens `[batch, tokens, hidden]`.
-    fn embed(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3>;
-    /// Number of transformer blocks.
-    fn num_layers(&self) -> usize;
-    /// Block `i`: tokens `[batch, tokens, hidden]` → the same shape.
-    fn block(&self, i: usize, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> Tensor<B, 3>;
-    /// The final norm and the patch grid `[batch, H/p, W/p, hidden]`, after the last block.
-    fn finish(&self, x: Tensor<B, 3>, ctx: &BlockContext<B>) -> BackboneOutput<B>;
-    /// Width of the tokens, `hidden_size`.
-    fn hidden_size(&self) -> usize;
-    /// Side of the square patches in pixels.
-    fn patch_size(&self) -> usize;
-    /// Input channels the patch convolution expects.
-    fn num_channels(&self) -> usize;
-
-    /// `pixel_values [batch, channels, H, W]` → all tokens and the patch grid.
-    fn forward(&self, pixel_values: Tensor<B, 4>) -> BackboneOutput<B> {
-        let ctx = self.block_context(pixel_values.dims(), &pixel_values.device());
-        let mut x = self.embed(pixel_values);
-        for i in 0..self.num_layers() {
-            x = self.block(i, x, &ctx);
-        }
-        self.finish(x, &ctx)
-    }
+/// A part of the backbone, as recomputation segments it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BackbonePart {
+    /// Patch embedding and tokens.
+    Embed,
+    /// Transformer block `i`.
+    Block(usize),
+    /// The final norm.
+    Norm,
 }
 
 /// A DINOv3, DINOv2 or classic ViT backbone.
@@ -135,20 +104,19 @@ impl<B: crate::ModelBackend> Backbone<B> {
         self.stack().embed(pixel_values)
     }
 
-    /// Whether any parameter trains in the embeddings (`Segment::Embed`), block `i`
-    /// (`Segment::Block(i)`) or the final norm (any other segment).
-    pub(crate) fn part_trains(&self, part: crate::model::Segment) -> bool {
-        use crate::model::Segment::{Block, Embed};
+    /// Whether any parameter of `part` trains.
+    pub(crate) fn part_trains(&self, part: BackbonePart) -> bool {
+        use BackbonePart::{Block, Embed, Norm};
         match (self, part) {
             (Backbone::Dinov3(m), Embed) => trains(&m.embeddings),
             (Backbone::Dinov3(m), Block(i)) => trains(&m.model.layer[i]),
-            (Backbone::Dinov3(m), _) => trains(&m.norm),
+            (Backbone::Dinov3(m), Norm) => trains(&m.norm),
             (Backbone::Vit(m), Embed) => trains(&m.embeddings),
             (Backbone::Vit(m), Block(i)) => trains(&m.layers[i]),
-            (Backbone::Vit(m), _) => trains(&m.layernorm),
+            (Backbone::Vit(m), Norm) => trains(&m.layernorm),
             (Backbone::Dinov2(m), Embed) => trains(&m.embeddings),
             (Backbone::Dinov2(m), Block(i)) => trains(&m.encoder.layer[i]),
-            (Backbone::Dinov2(m), _) => trains(&m.layernorm),
+            (Backbone::Dinov2(m), Norm) => trains(&m.layernorm),
         }
     }
 

@@ -16,14 +16,14 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{BlockContext, TokenStack};
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
 use crate::layers::pos_embed::{Bicubic, resize_position_embeddings};
 use crate::layers::{
-    BackboneOutput, HiddenAct, LayerNorm, LayerScale, drop_path, flatten_patches, layer_scale,
+    BackboneOutput, BlockContext, HiddenAct, LayerNorm, LayerScale, TokenStack, drop_path,
+    flatten_patches, layer_scale,
 };
 use crate::proj::Proj;
 use crate::vit::{ImageSize, VitAttention};
@@ -108,7 +108,7 @@ impl Dinov2Config {
 
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
-        crate::arch::check_common(
+        crate::layers::check_common(
             path,
             self.patch_size,
             self.hidden_size,

@@ -11,13 +11,13 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{BlockContext, TokenStack};
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
 };
 use crate::layers::{
-    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, layer_scale, split_heads,
+    BackboneOutput, BlockContext, HiddenAct, TokenStack, attention, drop_path, flatten_patches,
+    layer_scale, split_heads,
 };
 use crate::proj::Proj;
 
@@ -95,7 +95,7 @@ impl Default for Dinov3Config {
 impl Dinov3Config {
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
-        crate::arch::check_common(
+        crate::layers::check_common(
             path,
             self.patch_size,
             self.hidden_size,

@@ -8,6 +8,7 @@ mod norm;
 pub(crate) mod params;
 pub mod pos_embed;
 mod scale;
+mod stack;
 mod tokens;
 
 pub use act::HiddenAct;
@@ -15,5 +16,7 @@ pub(crate) use attention::{attention, split_heads};
 pub use norm::LayerNorm;
 pub use scale::LayerScale;
 pub(crate) use scale::layer_scale;
+pub(crate) use stack::check_common;
+pub use stack::{BlockContext, TokenStack};
 pub use tokens::BackboneOutput;
 pub(crate) use tokens::{check_pixel_dims, drop_path, flatten_patches};

@@ -13,7 +13,6 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::{BlockContext, TokenStack};
 use crate::error::VitError;
 use crate::layers::params::{
     Init, ParamSource, RandomInit, inflate_conv, layer_norm, linear, patch_conv,
@@ -21,7 +20,8 @@ use crate::layers::params::{
 pub use crate::layers::pos_embed::bicubic_matrix;
 use crate::layers::pos_embed::{Bicubic, resize_position_embeddings};
 use crate::layers::{
-    BackboneOutput, HiddenAct, attention, drop_path, flatten_patches, split_heads,
+    BackboneOutput, BlockContext, HiddenAct, TokenStack, attention, drop_path, flatten_patches,
+    split_heads,
 };
 use crate::proj::Proj;
 
@@ -89,7 +89,7 @@ impl Default for VitConfig {
 impl VitConfig {
     /// Errors on sizes the model cannot be built with; `path` names the config in the error.
     pub fn validate(&self, path: &Path) -> Result<(), VitError> {
-        crate::arch::check_common(
+        crate::layers::check_common(
             path,
             self.patch_size,
             self.hidden_size,

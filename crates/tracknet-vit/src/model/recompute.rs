@@ -25,7 +25,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::HeatmapModel;
-use crate::backbone::{BlockContext, trains};
+use crate::backbone::{BackbonePart, BlockContext, trains};
 use crate::decoder::bilinear_resize;
 use crate::rng::draw_seed;
 
@@ -147,13 +147,15 @@ impl<B: crate::ModelBackend> HeatmapModel<B> {
     /// Whether any parameter of `segment` trains.
     pub fn segment_trains(&self, segment: Segment) -> bool {
         match segment {
-            Segment::Embed | Segment::Block(_) | Segment::Bridge => {
-                self.backbone.part_trains(segment)
-            }
+            Segment::Embed => self.backbone.part_trains(BackbonePart::Embed),
+            Segment::Block(i) => self.backbone.part_trains(BackbonePart::Block(i)),
+            Segment::Bridge => self.backbone.part_trains(BackbonePart::Norm),
             Segment::Stage(j) => trains(&self.decoder.stages[j]),
             Segment::Output => trains(&self.head),
             Segment::Decoder => {
-                self.backbone.part_trains(segment) || trains(&self.decoder) || trains(&self.head)
+                self.backbone.part_trains(BackbonePart::Norm)
+                    || trains(&self.decoder)
+                    || trains(&self.head)
             }
         }
     }
