@@ -23,6 +23,7 @@
 
 pub mod adamw;
 mod attention_kernel;
+pub(crate) mod bilinear;
 mod composed;
 #[cfg(test)]
 mod grad_tests;
@@ -95,7 +96,7 @@ pub trait FusedBackend: Backend {
     /// Bilinear resize (`align_corners = false`) of `[batch, channels, h, w]` to `size`
     /// (`[height, width]`), PyTorch's `F.interpolate(mode="bilinear")`.
     fn fused_bilinear_resize(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
-        prim(crate::decoder::resize::composed(float::<Self>(x), size))
+        prim(crate::fused::bilinear::composed(float::<Self>(x), size))
     }
 
     /// The gradient of [`fused_bilinear_resize`](Self::fused_bilinear_resize) with respect to
@@ -104,7 +105,7 @@ pub trait FusedBackend: Backend {
         grad: FloatTensor<Self>,
         in_hw: [usize; 2],
     ) -> FloatTensor<Self> {
-        prim(crate::decoder::resize::composed_backward(
+        prim(crate::fused::bilinear::composed_backward(
             float::<Self>(grad),
             in_hw,
         ))
@@ -456,7 +457,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         if B::host_kernels() {
             nodes::bilinear_resize::<B, C>(x, size)
         } else {
-            prim(crate::decoder::resize::composed(float::<Self>(x), size))
+            prim(crate::fused::bilinear::composed(float::<Self>(x), size))
         }
     }
 

@@ -320,7 +320,7 @@ fn fused_bilinear_resize_matches_the_composed_resize_and_its_gradients() {
     for size in [[10, 14], [3, 2], [5, 14]] {
         let (x, x64) = leaf([2, 3, 5, 7], 11);
         let out = crate::decoder::bilinear_resize(x.clone(), size);
-        let truth = crate::decoder::resize::composed(x64.clone(), size);
+        let truth = crate::fused::bilinear::composed(x64.clone(), size);
         check(
             &format!("bilinear {size:?}"),
             out,

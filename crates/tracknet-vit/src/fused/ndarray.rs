@@ -76,7 +76,7 @@ impl FusedBackend for NdArray {
 
     fn fused_bilinear_resize(x: FloatTensor<Self>, size: [usize; 2]) -> FloatTensor<Self> {
         let Some((data, shape)) = host::read(&x) else {
-            return prim(crate::decoder::resize::composed(float::<Self>(x), size));
+            return prim(crate::fused::bilinear::composed(float::<Self>(x), size));
         };
         let (ty, tx) = resize_taps([shape[2], shape[3]], size);
         let y = kernels::bilinear_forward(&data, (shape[2], shape[3]), &ty, &tx);
@@ -88,7 +88,7 @@ impl FusedBackend for NdArray {
         in_hw: [usize; 2],
     ) -> FloatTensor<Self> {
         let Some((data, shape)) = host::read(&grad) else {
-            return prim(crate::decoder::resize::composed_backward(
+            return prim(crate::fused::bilinear::composed_backward(
                 float::<Self>(grad),
                 in_hw,
             ));
@@ -277,7 +277,7 @@ fn resize_taps(
     from: [usize; 2],
     to: [usize; 2],
 ) -> (Vec<(usize, usize, f32)>, Vec<(usize, usize, f32)>) {
-    use crate::decoder::resize::source_taps;
+    use crate::fused::bilinear::source_taps;
     (source_taps(from[0], to[0]), source_taps(from[1], to[1]))
 }
 
