@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::peer::{PAIRS, Peer};
-use crate::{cargo, cuda_device_present, root, run as run_cmd};
+use crate::sys::{
+    capture, cargo, cuda_device_present, openblas_installed, quote, root, run as run_cmd,
+};
 
 /// One process the bench runs: a `tracknet-bench` subcommand, or the peer's anchor in `mode`
 /// (compared with our case `pair`).
@@ -143,9 +145,9 @@ pub fn run(rest: &[String]) -> Result<(), String> {
         build.args(["--features", &features.join(",")]);
     }
     if wgpu {
-        crate::ensure_vulkan()?;
+        crate::sys::ensure_vulkan()?;
     }
-    if let Err(e) = crate::ensure_openblas() {
+    if let Err(e) = crate::sys::ensure_openblas() {
         eprintln!("xtask: {e}; the bench leaves out the OpenBLAS GEMM row");
     }
     run_cmd(build, "cargo build --bin tracknet-bench")?;
@@ -349,11 +351,6 @@ pub fn run(rest: &[String]) -> Result<(), String> {
     run_cmd(report, "tracknet-bench report")
 }
 
-/// Whether OpenBLAS's runtime library is on the loader's path (`ldconfig -p`).
-pub(crate) fn openblas_installed() -> bool {
-    capture("ldconfig", &["-p"]).contains("libopenblas.so.0")
-}
-
 /// `tracknet-bench case`'s default `--batch` (`bench::config::Sizes::resolve`), at which the
 /// main cases run.
 const BENCH_DEFAULT_BATCH: &str = "2";
@@ -422,34 +419,6 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into())
-}
-
-pub(crate) fn capture(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// A JSON string literal.
-pub(crate) fn quote(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {

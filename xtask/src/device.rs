@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, root, run};
+use crate::sys::{cargo, root, run};
 
 /// The crates whose `it` test binary holds backend suites (`backend_tests!`), in the order
 /// they go into the bundle and run: bitsandbytes parity first, then transformers and PEFT
@@ -184,8 +184,8 @@ fn tracked_bytes() -> Result<u64, String> {
 
 /// The short commit the binaries were built from (`-dirty` with uncommitted changes).
 fn commit() -> String {
-    let head = crate::bench::capture("git", &["rev-parse", "--short", "HEAD"]);
-    let changes = crate::bench::capture("git", &["status", "--porcelain", "--untracked-files=no"]);
+    let head = crate::sys::capture("git", &["rev-parse", "--short", "HEAD"]);
+    let changes = crate::sys::capture("git", &["status", "--porcelain", "--untracked-files=no"]);
     if changes.is_empty() {
         head
     } else {

@@ -17,9 +17,11 @@
 mod bench;
 mod device;
 mod peer;
+mod sys;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
+
+use sys::{cargo, cuda_device_present, ensure_openblas, ensure_vulkan, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,31 +48,6 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
-}
-
-fn run(mut cmd: Command, what: &str) -> Result<(), String> {
-    eprintln!("xtask: {what}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("{what}: could not start: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what}: failed ({status})"))
     }
 }
 
@@ -114,74 +91,6 @@ fn backend_features(backends: &[&str]) -> String {
         }
     }
     list.join(",")
-}
-
-/// A Vulkan driver for the wgpu tests: Mesa's lavapipe (a CPU Vulkan device) when no Vulkan
-/// ICD is installed, from Debian's `mesa-vulkan-drivers` + `libvulkan1`.
-fn ensure_vulkan() -> Result<(), String> {
-    let icd_dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
-    let has_icd = icd_dirs.iter().any(|d| {
-        std::fs::read_dir(d)
-            .map(|mut e| e.next().is_some())
-            .unwrap_or(false)
-    });
-    let has_loader = [
-        "/usr/lib/x86_64-linux-gnu/libvulkan.so.1",
-        "/usr/lib/libvulkan.so.1",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists());
-    if has_icd && has_loader {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask: no Vulkan driver; installing Mesa's lavapipe (mesa-vulkan-drivers, libvulkan1)"
-    );
-    apt_install(&["mesa-vulkan-drivers", "libvulkan1"]).map_err(|e| {
-        format!(
-            "{e}; the wgpu tests need a Vulkan driver: install Debian's mesa-vulkan-drivers and libvulkan1"
-        )
-    })
-}
-
-/// OpenBLAS's runtime library, which `TRACKNET_GEMM=openblas` loads (tracknet-quant `gemm`):
-/// the tests check its path and the bench measures it beside the built-in GEMM.
-fn ensure_openblas() -> Result<(), String> {
-    if bench::openblas_installed() {
-        return Ok(());
-    }
-    eprintln!("xtask: no OpenBLAS; installing Debian's libopenblas0-pthread");
-    apt_install(&["libopenblas0-pthread"]).map_err(|e| {
-        format!("{e}; the OpenBLAS GEMM's tests need it: install Debian's libopenblas0-pthread")
-    })
-}
-
-/// `apt-get install` (through `sudo -n` when not root).
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    let sudo = std::env::var("USER").map(|u| u != "root").unwrap_or(false)
-        && Command::new("sudo")
-            .arg("-n")
-            .arg("true")
-            .status()
-            .is_ok_and(|s| s.success());
-    let apt = |args: &[&str]| -> Result<(), String> {
-        let mut c = if sudo {
-            let mut c = Command::new("sudo");
-            c.arg("-n").arg("apt-get");
-            c
-        } else {
-            Command::new("apt-get")
-        };
-        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run(c, &format!("apt-get {}", args.join(" ")))
-    };
-    let mut install = vec!["install", "-y", "-qq"];
-    install.extend(packages);
-    apt(&["update", "-qq"]).and_then(|()| apt(&install))
-}
-
-fn cuda_device_present() -> bool {
-    Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists()
 }
 
 fn test() -> Result<(), String> {

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::root;
+use crate::sys::root;
 
 /// The anchor's modes, each paired with the `tracknet-bench case --mode` it is compared with.
 /// `infer` is compared with the inference figures of our `full` case (the same dense model).
@@ -70,8 +70,8 @@ impl Peer {
             .output();
         let fields = format!(
             "\"kind\":\"torch\",\"mode\":{},\"pair\":{}",
-            crate::bench::quote(mode),
-            crate::bench::quote(pair)
+            crate::sys::quote(mode),
+            crate::sys::quote(pair)
         );
         match out {
             Ok(o) if o.status.success() => {
@@ -87,11 +87,11 @@ impl Peer {
             }
             Ok(o) => format!(
                 "{{{fields},\"error\":{}}}",
-                crate::bench::quote(&format!("exit status {}", o.status))
+                crate::sys::quote(&format!("exit status {}", o.status))
             ),
             Err(e) => format!(
                 "{{{fields},\"error\":{}}}",
-                crate::bench::quote(&format!("{}: {e}", self.python.display()))
+                crate::sys::quote(&format!("{}: {e}", self.python.display()))
             ),
         }
     }
@@ -154,7 +154,7 @@ impl Peer {
             };
             format!(
                 "{{\"kind\":\"gemm\",\"impl\":\"torch\",\"error\":{}}}",
-                crate::bench::quote(&why)
+                crate::sys::quote(&why)
             )
         })
     }
@@ -177,7 +177,7 @@ fn make_venv() -> Result<PathBuf, String> {
     let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut mk = Command::new(&base);
     mk.args(["-m", "venv"]).arg(&venv);
-    crate::run(mk, &format!("{base} -m venv {}", venv.display()))?;
+    crate::sys::run(mk, &format!("{base} -m venv {}", venv.display()))?;
     let mut pip = Command::new(&python);
     pip.args([
         "-m",
@@ -188,7 +188,7 @@ fn make_venv() -> Result<PathBuf, String> {
         "peft",
         "bitsandbytes",
     ]);
-    crate::run(
+    crate::sys::run(
         pip,
         "pip install torch transformers peft bitsandbytes (PyPI, ~4 GB)",
     )?;
