@@ -14,6 +14,8 @@
 //!   (`device.rs`).
 //! - `ci`: what CI runs (`test`).
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod device;
 mod peer;

@@ -24,6 +24,8 @@
 //! assert_eq!(cfg.training.optimizer.lr, 1e-4);
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod data;
 mod enums;
 mod error;

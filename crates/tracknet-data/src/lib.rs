@@ -11,6 +11,8 @@
 //! The crate has no Burn dependency on purpose: the training crate converts [`Batch`] buffers
 //! into tensors, so this crate stays testable and fast to build.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod index;
 pub mod io;

@@ -5,6 +5,8 @@
 //! Kept apart as PEFT does: [`config`] (what to adapt), [`layer`] (the wrapped layer),
 //! [`target`] (which modules), [`params`] (what trains), [`peft`] (files).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod error;
 pub mod layer;
