@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
+use tracknet_lora::peft::AdapterTensors;
 use tracknet_lora::{BiasMode, LoraError, LoraLinear, LoraSettings};
 use tracknet_quant::LinearInfo;
 
@@ -257,50 +258,51 @@ pub fn adapter_base_dir(adapter_dir: &Path, base: &str) -> PathBuf {
 /// (`…attention.attention.query`, `…mlp.weights_in`). A fused SwiGLU `weights_in` adapter
 /// becomes two with the same A and B's halves (`gate_proj`, `up_proj`): the same function.
 fn in_our_spelling(family: crate::arch::Family, loaded: &mut tracknet_lora::peft::LoadedAdapter) {
-    use crate::hf::peft_paths_in_our_spelling;
-    let halves = |shape: &[usize], values: &[f32], i: usize| {
-        let rows = shape[0] / 2;
-        let n = values.len() / 2;
-        let mut shape = shape.to_vec();
-        shape[0] = rows;
-        (shape, values[i * n..(i + 1) * n].to_vec())
-    };
-    let tensors = std::mem::take(&mut loaded.tensors);
-    for (path, t) in tensors {
-        let ours = peft_paths_in_our_spelling(family, &path);
-        let split = ours.len() == 2 && t.b_shape[0] % 2 == 0;
-        for (i, p) in ours.iter().enumerate() {
-            let mut t = t.clone();
-            t.path = p.clone();
-            if split {
-                let (shape, b) = halves(&t.b_shape, &t.b, i);
-                t.b_shape = [shape[0], shape[1]];
-                t.b = b;
-            }
-            loaded.tensors.insert(p.clone(), t);
-            if !split {
-                break;
-            }
+    for (path, t) in std::mem::take(&mut loaded.tensors) {
+        for (ours, half) in our_parts(family, &path, t.b_shape[0]) {
+            let (b_shape, b) = rows_half(&t.b_shape, &t.b, half);
+            let t = AdapterTensors {
+                path: ours.clone(),
+                b_shape: [b_shape[0], b_shape[1]],
+                b,
+                ..t.clone()
+            };
+            loaded.tensors.insert(ours, t);
         }
     }
-    let extra = std::mem::take(&mut loaded.extra);
-    for (key, (shape, values)) in extra {
+    for (key, (shape, values)) in std::mem::take(&mut loaded.extra) {
         let Some((module, leaf)) = key.rsplit_once('.') else {
             loaded.extra.insert(key, (shape, values));
             continue;
         };
-        let ours = peft_paths_in_our_spelling(family, module);
-        let split = ours.len() == 2 && shape.first().is_some_and(|r| r % 2 == 0);
-        for (i, m) in ours.iter().enumerate() {
-            let t = if split {
-                halves(&shape, &values, i)
-            } else {
-                (shape.clone(), values.clone())
-            };
-            loaded.extra.insert(format!("{m}.{leaf}"), t);
-            if !split {
-                break;
-            }
+        let rows = shape.first().copied().unwrap_or(0);
+        for (ours, half) in our_parts(family, module, rows) {
+            loaded
+                .extra
+                .insert(format!("{ours}.{leaf}"), rows_half(&shape, &values, half));
         }
     }
+}
+
+/// `path` in our spelling, each with the half of a fused tensor (`rows` rows) it takes, or
+/// `None` for all of it. A fused path whose rows do not halve keeps its first name only (the
+/// assignment then reports the other as missing).
+fn our_parts(family: crate::arch::Family, path: &str, rows: usize) -> Vec<(String, Option<usize>)> {
+    let ours = crate::hf::peft_paths_in_our_spelling(family, path);
+    if ours.len() == 2 && rows.is_multiple_of(2) {
+        ours.into_iter().zip([Some(0), Some(1)]).collect()
+    } else {
+        ours.into_iter().take(1).map(|p| (p, None)).collect()
+    }
+}
+
+/// Half `half` of a row-major tensor along its first axis, or all of it.
+fn rows_half(shape: &[usize], values: &[f32], half: Option<usize>) -> (Vec<usize>, Vec<f32>) {
+    let Some(i) = half else {
+        return (shape.to_vec(), values.to_vec());
+    };
+    let n = values.len() / 2;
+    let mut shape = shape.to_vec();
+    shape[0] /= 2;
+    (shape, values[i * n..(i + 1) * n].to_vec())
 }

@@ -233,14 +233,7 @@ fn dinov2_full_and_qlora_models_equal_ndarrays<B: ModelBackend>(device: &B::Devi
 /// codes on this backend as on NdArray.
 fn bnb_serialized_snapshots_run_as_on_ndarray<B: ModelBackend>(device: &B::Device) {
     use tracknet_vit::backbone::Backbone;
-    let root = tracknet_testkit::fixtures().join("bnb_serialized");
-    let mut dirs: Vec<_> = std::fs::read_dir(tracknet_testkit::need(&root))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    assert!(dirs.len() >= 2, "{}", root.display());
+    let dirs = crate::bnb_serialized::snapshots();
     for dir in dirs {
         let io = tracknet_vit::hf::read_safetensors(&dir.join("io.safetensors")).unwrap();
         let cpu = Default::default();

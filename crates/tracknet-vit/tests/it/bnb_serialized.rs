@@ -2,6 +2,7 @@
 //! every folder there): read with the codes as stored, the 4-bit model's own output reproduced,
 //! LoRA trained on them, and a config that disagrees with the stored format refused by key.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
@@ -12,7 +13,9 @@ use tracknet_config::RunConfig;
 use tracknet_lora::{BaseLinear, LoraLinear};
 use tracknet_quant::{Absmax, QuantType, Quantized4, dequantize_4bit, quantize_4bit};
 use tracknet_vit::backbone::{Backbone, BackboneArch};
-use tracknet_vit::hf::{KeyMapping, canonical_key, read_safetensors, read_stored};
+use tracknet_vit::hf::{
+    KeyMapping, MappedSafetensors, canonical_key, read_safetensors, read_stored,
+};
 use tracknet_vit::model::HeatmapModel;
 
 use crate::common;
@@ -22,7 +25,7 @@ type B = NdArray<f32>;
 type AD = Autodiff<B>;
 
 /// Every snapshot folder under `bnb_serialized/` (at least one).
-fn snapshots() -> Vec<PathBuf> {
+pub(crate) fn snapshots() -> Vec<PathBuf> {
     let root = fixtures().join("bnb_serialized");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(need(&root))
         .unwrap()
@@ -43,15 +46,18 @@ fn snapshots() -> Vec<PathBuf> {
     dirs
 }
 
-/// The name in `dir`'s `model.safetensors` of our tensor `ours` (the checkpoint may use the
-/// hub's spelling: `layer.N…`, `attention.attention.query`).
-fn checkpoint_key(dir: &Path, ours: &str) -> String {
+/// Our tensor name → its name in `dir`'s `model.safetensors` (the checkpoint may use the hub's
+/// spelling: `layer.N…`, `attention.attention.query`), from the file's header.
+fn checkpoint_keys(dir: &Path) -> BTreeMap<String, String> {
     let arch = BackboneArch::from_config_file(&dir.join("config.json")).unwrap();
-    read_stored(&dir.join("model.safetensors"))
-        .unwrap()
-        .into_keys()
-        .find(|k| canonical_key(&arch, k) == KeyMapping::Canonical(ours.to_string()))
-        .unwrap_or_else(|| panic!("{ours} is not in {}", dir.display()))
+    let file = MappedSafetensors::open(&dir.join("model.safetensors")).unwrap();
+    file.entries()
+        .keys()
+        .filter_map(|k| match canonical_key(&arch, k) {
+            KeyMapping::Canonical(ours) => Some((ours, k.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// `(path, 4-bit data)` of every projection whose base is 4-bit.
@@ -211,10 +217,11 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
         let dense = read_safetensors(need(&source.join("model.safetensors"))).unwrap();
         let (quant_type, double) = quantized_snapshot_settings(&dir);
         let blocksize = stored_blocksize(&dir);
+        let (keys, source_keys) = (checkpoint_keys(&dir), checkpoint_keys(&source));
         for (path, q) in stored_layers(&loaded.backbone) {
             // The checkpoint's names are the hub's (`layer.N…`, `attention.attention.query`).
-            let key = checkpoint_key(&dir, &format!("{path}.weight"));
-            assert_eq!(q.packed, raw[&key].data, "{key}: codes as stored");
+            let key = &keys[&format!("{path}.weight")];
+            assert_eq!(q.packed, raw[key].data, "{key}: codes as stored");
             match &q.absmax {
                 Absmax::Double { absmax_u8, .. } => {
                     assert_eq!(absmax_u8, &raw[&format!("{key}.absmax")].data, "{key}")
@@ -224,8 +231,8 @@ fn bnb_serialized_codes_are_kept_as_stored_and_equal_our_quantization_of_the_f32
                 }
             }
             // bitsandbytes' codes of the f32 weight are the ones our quantizer gives.
-            let f32_key = checkpoint_key(&source, &format!("{path}.weight"));
-            let ours = quantize_4bit(&dense[&f32_key].data, quant_type, blocksize, double).unwrap();
+            let f32_key = &source_keys[&format!("{path}.weight")];
+            let ours = quantize_4bit(&dense[f32_key].data, quant_type, blocksize, double).unwrap();
             assert_eq!(
                 ours.packed, q.packed,
                 "{key}: codes differ from bitsandbytes'"
@@ -286,9 +293,10 @@ fn bnb_serialized_snapshots_train_lora_on_the_stored_codes() {
         assert_eq!(adapters, 2 * layers, "q_proj and v_proj of {layers} layers");
         // The stored codes are what the model runs on (and the shared code books hold them).
         let raw = read_stored(&dir.join("model.safetensors")).unwrap();
+        let keys = checkpoint_keys(&dir);
         for (path, q) in &before {
-            let key = checkpoint_key(&dir, &format!("{path}.weight"));
-            assert_eq!(q.packed, raw[&key].data, "{key}");
+            let key = &keys[&format!("{path}.weight")];
+            assert_eq!(q.packed, raw[key].data, "{key}");
         }
         assert!(model.code_books.is_some());
         assert_eq!(
