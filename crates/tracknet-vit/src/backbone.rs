@@ -239,10 +239,8 @@ impl<B: crate::ModelBackend> Backbone<B> {
             .filter_map(|p| Some((hf::hub_module_path(family, p)?, p)))
             .collect();
         let hub_paths: Vec<String> = hub.iter().map(|(h, _)| h.clone()).collect();
-        let via_hub = match hub_paths.is_empty() {
-            true => Vec::new(),
-            false => tracknet_lora::select_targets(&hub_paths, spec).unwrap_or_default(),
-        };
+        // No hub spelling (DINOv3), or nothing matched by it: none selected this way.
+        let via_hub = tracknet_lora::select_targets(&hub_paths, spec).unwrap_or_default();
         let by_name = direct.as_ref().cloned().unwrap_or_default();
         let selected: Vec<String> = paths
             .iter()
